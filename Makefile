@@ -1,0 +1,55 @@
+# Two commands for users: `make serve` and `make test`. Both set up .venv first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fleetlm-installed
+
+.PHONY: setup serve test test-fast lint format protos gpu-test clean
+
+setup: $(STAMP)
+
+# On a CPU-only machine torch is pinned to the CPU build before anything else (a bare `torch`
+# requirement would pull several GB of CUDA wheels); on a GPU machine the user's torch is kept by
+# letting the venv see the system site-packages.
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if command -v nvidia-smi >/dev/null 2>&1 && $(PYTHON) -c 'import torch' 2>/dev/null; then \
+	    echo "GPU machine: keeping the system torch"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q torch==2.13.0; \
+	fi
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/fleetlm serve
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+
+test: $(STAMP) lint
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -m "not gpu" -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not gpu" -q tests/pure
+
+gpu-test: $(STAMP)
+	$(VENV)/bin/pytest -m gpu -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info
