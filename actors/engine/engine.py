@@ -11,4 +11,362 @@ Public API (the replica and the CLI code against exactly this):
     engine.has_unfinished_requests() -> bool
     engine.generate(prompts, params) -> list[CompletionResult]   # synchronous
     engine.stats() -> EngineStats                    # running, waiting, kv blocks free/total...
+
+The engine is single-threaded: callers on other threads hand work to it through their own inbox
+(the replica does) and call these methods from the loop thread only.
 """
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+
+from actors.engine.block_manager import BlockManager
+from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.engine.detokenizer import IncrementalDetokenizer
+from actors.engine.model_runner import ModelRunner
+from actors.engine.outputs import CompletionResult, RequestOutput, SchedulerOutput
+from actors.engine.request import FINISH_REASONS, Request, RequestStatus
+from actors.engine.sampler import Sampler
+from actors.engine.sampling_params import SamplingParams
+from actors.engine.scheduler import Scheduler
+from actors.engine.tokenizer import Tokenizer
+from actors.models.embedded import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_free: int
+    kv_blocks_total: int
+    block_size: int
+    tokens_in_flight: int
+    last_step_ms: float
+    num_steps: int
+    num_preemptions: int
+    prefix_hashes: tuple[str, ...]
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        model_path = resolve_model_path(config.model.model)
+        config = replace(config, model=replace(config.model, model=str(model_path)))
+        self.config = config
+        self.tokenizer = Tokenizer.from_dir(model_path)
+        self.runner = ModelRunner(config)
+        self.block_manager = BlockManager(
+            self.runner.num_blocks,
+            config.cache.block_size,
+            config.cache.enable_prefix_caching,
+            num_host_blocks=self.runner.num_host_blocks,
+        )
+        self.max_model_len = self.runner.max_model_len
+        self.scheduler = Scheduler(config.scheduler, self.block_manager, self.max_model_len)
+        self.sampler = Sampler()
+        self._seed_rng = random.Random(config.model.seed)
+        self._requests: dict[str, Request] = {}  # live child requests by their own id
+        self._children: dict[str, list[str]] = {}  # user request id -> child ids
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._pending: list[RequestOutput] = []  # finished outside step() (aborts)
+        self._last_step_ms = 0.0
+        self._num_steps = 0
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int | None = None,
+        load_format: str = "auto",
+        **kwargs: object,
+    ) -> LLMEngine:
+        """Build from a model name/path; kwargs go to CacheConfig or SchedulerConfig by name."""
+        cache_fields = set(CacheConfig.__dataclass_fields__)
+        sched_fields = set(SchedulerConfig.__dataclass_fields__)
+        unknown = set(kwargs) - cache_fields - sched_fields
+        if unknown:
+            raise ValueError(f"unknown engine options: {sorted(unknown)}")
+        cache = CacheConfig(**{k: v for k, v in kwargs.items() if k in cache_fields})
+        sched = SchedulerConfig(**{k: v for k, v in kwargs.items() if k in sched_fields})
+        mcfg = ModelConfig(
+            model=model, dtype=dtype, max_model_len=max_model_len, load_format=load_format
+        )
+        return cls(EngineConfig(model=mcfg, cache=cache, scheduler=sched, device=device))
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Validate and queue a request (n > 1 becomes n children sharing the prompt's blocks)."""
+        if not request_id:
+            raise ValueError("request_id: must be a non-empty string")
+        if request_id in self._children:
+            raise ValueError(f"request_id: {request_id!r} is already in flight")
+        params.validate(self.tokenizer.vocab_size)
+        prompt_ids = self._prompt_ids(prompt)
+        self._check_fits(prompt_ids, params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        eos = None if params.ignore_eos else self.tokenizer.eos_token_id
+        child_ids = (
+            [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        )
+        for index, child_id in enumerate(child_ids):
+            seed = params.seed + index if params.seed is not None else self._draw_seed()
+            req = Request(
+                request_id=child_id,
+                prompt_token_ids=list(prompt_ids),
+                sampling_params=params,
+                eos_token_id=eos,
+                arrival_time=arrival,
+                priority=priority,
+                sampling_seed=seed,
+                parent_id=request_id if params.n > 1 else None,
+                index=index,
+            )
+            self._requests[child_id] = req
+            self._detok[child_id] = IncrementalDetokenizer(
+                self.tokenizer, prompt_ids, params.stop, params.include_stop_str_in_output
+            )
+            self.scheduler.add_request(req)
+        self._children[request_id] = child_ids
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            vocab = self.tokenizer.vocab_size
+            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise ValueError(
+                    f"prompt: token ids {bad[:5]} are outside the vocabulary [0, {vocab})"
+                )
+        if not ids:
+            raise ValueError("prompt: must not be empty")
+        return ids
+
+    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        n_prompt = len(prompt_ids)
+        if n_prompt >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {n_prompt} tokens does not fit the context of {self.max_model_len} "
+                "(at least one token must be generated)"
+            )
+        if n_prompt + params.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"max_tokens: prompt ({n_prompt}) + max_tokens ({params.max_tokens}) exceeds the "
+                f"model's context length {self.max_model_len}"
+            )
+        bs = self.config.cache.block_size
+        total = self.block_manager.num_total_blocks
+        prompt_blocks = n_prompt // bs  # full prompt blocks are shared between the n choices
+        per_choice = -(-(n_prompt + params.max_tokens) // bs) - prompt_blocks
+        needed = prompt_blocks + params.n * per_choice
+        if needed > total:
+            field = "n" if params.n > 1 and prompt_blocks + per_choice <= total else "max_tokens"
+            raise ValueError(
+                f"{field}: the request needs {needed} KV blocks at most but the cache holds {total}"
+            )
+
+    def _draw_seed(self) -> int:
+        return self._seed_rng.getrandbits(63)
+
+    def abort_request(self, request_id: str) -> None:
+        """Abort a user request (all its choices). Unknown or finished ids are ignored."""
+        for child_id in self._children.pop(request_id, []):
+            req = self.scheduler.abort_request(child_id)
+            if req is None:
+                req = self._requests.get(child_id)
+            if req is None:
+                continue
+            self._pending.append(self._make_output(req, [], "", finished=True, reason="abort"))
+            self._forget(child_id)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._pending) or self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        outputs, self._pending = self._pending, []
+        t0 = time.perf_counter()
+        sched_out = self.scheduler.schedule()
+        outputs.extend(self._fail_unschedulable())
+        if sched_out.is_empty:
+            return outputs
+        try:
+            sampled = self._run(sched_out)
+        except Exception as exc:  # noqa: BLE001 — one bad step must not take the engine down
+            logger.exception(
+                "engine step failed; failing the %d requests in it", len(sched_out.chunks)
+            )
+            outputs.extend(self._fail_step(sched_out, exc))
+            return outputs
+        changed = self.scheduler.update(sched_out, {r: t for r, (t, _) in sampled.items()})
+        for req in changed:
+            outputs.append(self._publish(req, sampled.get(req.request_id)))
+        self._last_step_ms = (time.perf_counter() - t0) * 1e3
+        self._num_steps += 1
+        return outputs
+
+    def _run(self, sched_out: SchedulerOutput) -> dict[str, tuple[int, object]]:
+        logits = self.runner.execute(sched_out)  # [num_sampled, V]
+        reqs = [c.request for c in sched_out.chunks if c.needs_sample]
+        if not reqs:
+            return {}
+        result = self.sampler.sample(logits, reqs)
+        logprobs = result.logprobs if result.logprobs is not None else [None] * len(reqs)
+        return {
+            r.request_id: (int(t), lp)
+            for r, t, lp in zip(reqs, result.token_ids, logprobs, strict=True)
+        }
+
+    def _publish(self, req: Request, sampled: tuple[int, object] | None) -> RequestOutput:
+        new_ids = [sampled[0]] if sampled is not None else []
+        text, stop_hit = self._detok[req.request_id].update(new_ids, final=req.is_finished)
+        if stop_hit is not None and not req.is_finished:
+            self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
+        finished = req.is_finished
+        reason = FINISH_REASONS.get(req.status) if finished else None
+        if finished and reason is None:
+            reason = "stop"
+        lps = [sampled[1]] if sampled is not None and sampled[1] is not None else None
+        out = self._make_output(req, new_ids, text, finished=finished, reason=reason, logprobs=lps)
+        if stop_hit is not None:
+            out.stop_reason = stop_hit
+        elif finished and new_ids and new_ids[-1] in self._stop_ids(req):
+            out.stop_reason = new_ids[-1]
+        if finished:
+            self._forget(req.request_id)
+        return out
+
+    @staticmethod
+    def _stop_ids(req: Request) -> set[int]:
+        ids = set(req.sampling_params.stop_token_ids)
+        if req.eos_token_id is not None:
+            ids.add(req.eos_token_id)
+        return ids
+
+    def _make_output(
+        self,
+        req: Request,
+        new_ids: list[int],
+        text: str,
+        *,
+        finished: bool,
+        reason: str | None,
+        logprobs: list | None = None,
+    ) -> RequestOutput:
+        return RequestOutput(
+            request_id=req.parent_id or req.request_id,
+            index=req.index,
+            new_token_ids=new_ids,
+            new_text=text,
+            finished=finished,
+            finish_reason=reason,
+            logprobs=logprobs,
+            error=req.error,
+            num_prompt_tokens=req.num_prompt_tokens,
+            num_output_tokens=req.num_output_tokens,
+            num_cached_tokens=req.num_cached_tokens,
+        )
+
+    def _fail_step(self, sched_out: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        outputs = []
+        for chunk in sched_out.chunks:
+            req = chunk.request
+            req.error = f"{type(exc).__name__}: {exc}"
+            self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_ERROR)
+            outputs.append(self._make_output(req, [], "", finished=True, reason="error"))
+            self._forget(req.request_id)
+        return outputs
+
+    def _fail_unschedulable(self) -> list[RequestOutput]:
+        """Requests the scheduler gave up on (e.g. could never fit) finish with their error."""
+        failed = [
+            r
+            for r in self._requests.values()
+            if r.status == RequestStatus.FINISHED_ERROR and r.request_id in self._detok
+        ]
+        outputs = [self._make_output(r, [], "", finished=True, reason="error") for r in failed]
+        for r in failed:
+            self._forget(r.request_id)
+        return outputs
+
+    def _forget(self, child_id: str) -> None:
+        req = self._requests.pop(child_id, None)
+        self._detok.pop(child_id, None)
+        if req is None:
+            return
+        parent = req.parent_id or req.request_id
+        siblings = self._children.get(parent)
+        if siblings is not None and all(s not in self._requests for s in siblings):
+            del self._children[parent]
+
+    # ---- conveniences ----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[str | list[int]],
+        params: SamplingParams | list[SamplingParams],
+    ) -> list[CompletionResult]:
+        """Run prompts to completion (blocking) and return one result per prompt, in order."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError("params: need one SamplingParams per prompt")
+        base = f"gen-{self._draw_seed():x}"
+        ids = [f"{base}-{i}" for i in range(len(prompts))]
+        results: dict[str, CompletionResult] = {}
+        for rid, prompt, p in zip(ids, prompts, plist, strict=True):
+            self.add_request(rid, prompt, p)
+            n = p.n
+            results[rid] = CompletionResult(
+                request_id=rid,
+                prompt_token_ids=self._requests[self._children[rid][0]].prompt_token_ids,
+                texts=[""] * n,
+                token_ids=[[] for _ in range(n)],
+                finish_reasons=[""] * n,
+                logprobs=[[] if p.logprobs is not None else None for _ in range(n)],
+            )
+        while self.has_unfinished_requests():
+            for out in self.step():
+                res = results[out.request_id]
+                res.texts[out.index] += out.new_text
+                res.token_ids[out.index].extend(out.new_token_ids)
+                if out.logprobs is not None and res.logprobs[out.index] is not None:
+                    res.logprobs[out.index].extend(out.logprobs)
+                if out.finished:
+                    res.finish_reasons[out.index] = out.finish_reason or ""
+                    if out.error:
+                        raise RuntimeError(f"request {out.request_id} failed: {out.error}")
+        return [results[rid] for rid in ids]
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        running = s.running_requests()
+        return EngineStats(
+            num_running=len(running),
+            num_waiting=s.num_waiting,
+            kv_blocks_free=self.block_manager.num_free_blocks,
+            kv_blocks_total=self.block_manager.num_total_blocks,
+            block_size=self.config.cache.block_size,
+            tokens_in_flight=sum(r.num_tokens for r in running),
+            last_step_ms=self._last_step_ms,
+            num_steps=self._num_steps,
+            num_preemptions=s.num_preemptions,
+            prefix_hashes=tuple(self.block_manager.cached_prefix_hashes(256)),
+        )
