@@ -210,7 +210,7 @@ class LLMEngine:
             return outputs
         try:
             sampled = self._run(sched_out)
-        except Exception as exc:  # noqa: BLE001 — one bad step must not take the engine down
+        except Exception as exc:  # one bad step must not take the engine down
             logger.exception(
                 "engine step failed; failing the %d requests in it", len(sched_out.chunks)
             )
