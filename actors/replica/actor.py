@@ -1,0 +1,104 @@
+"""The replica as a Ray actor: an engine loop, its gRPC server and a load reporter.
+
+The class is plain; whoever creates replicas wraps it with `ray.remote(...)` and the resources
+of the deployment (num_cpus on CPU, num_gpus on GPU), so this module stays testable without Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+
+from actors.replica.engine_factory import ReplicaSpec, build_engine
+from actors.replica.reporter import ControllerLink, LoadReporter
+from actors.replica.server import ReplicaServer
+from actors.replica.tls import TlsFiles
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
+    port: int = 0
+    report_interval_s: float = 0.5
+    tls: TlsFiles | None = None
+    # Where to look the controller up again when its address stops answering (it restarted).
+    controller_name: str | None = None
+    controller_namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.report_interval_s <= 0:
+            raise ValueError(f"report_interval_s: must be > 0, got {self.report_interval_s}")
+
+
+class ControllerLocator:
+    """The replica's one Ray call: find the named controller actor's current gRPC address."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self._name = name
+        self._namespace = namespace
+
+    def __call__(self) -> str | None:
+        import ray
+
+        handle = ray.get_actor(self._name, namespace=self._namespace)
+        return ray.get(handle.grpc_address.remote(), timeout=5)
+
+
+class ReplicaActor:
+    def __init__(
+        self,
+        replica_id: str,
+        spec: ReplicaSpec,
+        controller_address: str | None,
+        options: ReplicaOptions = ReplicaOptions(),
+        node_id: str = "",
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.replica_id = replica_id
+        self.incarnation = uuid.uuid4().hex[:12]
+        self._server = ReplicaServer(
+            lambda: build_engine(spec),
+            replica_id,
+            bind_host=options.bind_host,
+            advertise_host=options.advertise_host,
+            port=options.port,
+            tls=options.tls,
+            node_id=node_id,
+            incarnation=self.incarnation,
+        )
+        self._reporter: LoadReporter | None = None
+        if controller_address is not None:
+            self._reporter = LoadReporter(
+                self._server.engine_loop.snapshot,
+                ControllerLink(controller_address, options.tls),
+                options.report_interval_s,
+                resolve=_locator(options),
+                tls=options.tls,
+            )
+            self._reporter.tick()  # register before the first request can be routed here
+            self._reporter.start()
+
+    def address(self) -> str:
+        return self._server.address
+
+    def health(self) -> bool:
+        return self._server.engine_loop.alive
+
+    def stats(self) -> dict:
+        return dataclasses.asdict(self._server.engine_loop.snapshot())
+
+    def shutdown(self) -> None:
+        if self._reporter is not None:
+            self._reporter.stop()
+        self._server.stop()
+
+
+def _locator(options: ReplicaOptions) -> ControllerLocator | None:
+    if options.controller_name is None:
+        return None
+    return ControllerLocator(options.controller_name, options.controller_namespace or "")

@@ -1,0 +1,169 @@
+"""The replica's gRPC server: Generate (one multiplexed stream per connection), Abort, Health,
+Stats.
+
+grpc.aio runs on its own event-loop thread; the engine loop runs on another. Deltas cross over with
+one `call_soon_threadsafe` per step per connection, never per token per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+
+import grpc
+
+from actors.engine.engine import LLMEngine
+from actors.replica.loop import EngineLoop, ReplicaIdentity
+from actors.replica.tls import TlsFiles, add_port
+from actors.replica.types import GenerateDelta
+from actors.replica.wire import delta_to_pb, load_to_pb, spec_from_pb
+from protos import common_pb2, replica_pb2, replica_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+_END = None  # queue sentinel: the connection has nothing more to send
+
+
+class _ConnectionSink:
+    """One Generate stream's outbox; `put_batch` is called on the engine thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.queue: asyncio.Queue[list[GenerateDelta] | None] = asyncio.Queue()
+        self.closed = False
+
+    def put_batch(self, deltas: list[GenerateDelta]) -> None:
+        if not self.closed:
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, deltas)
+
+
+class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
+    def __init__(self, engine_loop: EngineLoop, identity: ReplicaIdentity) -> None:
+        self._engine_loop = engine_loop
+        self._identity = identity
+
+    async def Generate(
+        self, request_iterator: AsyncIterator[replica_pb2.GenerateCall], context: object
+    ) -> AsyncIterator[replica_pb2.DeltaBatch]:
+        sink = _ConnectionSink(asyncio.get_running_loop())
+        open_requests: dict[str, int] = {}  # request id -> choices not finished yet
+        reader = asyncio.create_task(self._read_calls(request_iterator, sink, open_requests))
+        try:
+            while True:
+                batch = await sink.queue.get()
+                if batch is _END:
+                    if not open_requests:
+                        return
+                    continue
+                _close_finished(batch, open_requests)
+                yield replica_pb2.DeltaBatch(deltas=[delta_to_pb(d) for d in batch])
+                if reader.done() and not open_requests:
+                    return
+        finally:
+            sink.closed = True
+            reader.cancel()
+            self._engine_loop.detach(sink)
+
+    async def _read_calls(
+        self,
+        calls: AsyncIterator[replica_pb2.GenerateCall],
+        sink: _ConnectionSink,
+        open_requests: dict[str, int],
+    ) -> None:
+        try:
+            async for call in calls:
+                if call.HasField("spec"):
+                    spec = spec_from_pb(call.spec)
+                    open_requests.setdefault(spec.request_id, max(spec.sampling.n, 1))
+                    self._engine_loop.submit(spec, sink)
+                elif call.HasField("abort_request_id"):
+                    self._engine_loop.abort(call.abort_request_id)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            return
+        finally:
+            # The client half-closed: finish the requests it has open, then end the stream.
+            sink.queue.put_nowait(_END)
+
+    async def Abort(
+        self, request: replica_pb2.AbortRequest, context: object
+    ) -> replica_pb2.AbortReply:
+        return replica_pb2.AbortReply(found=self._engine_loop.abort(request.request_id))
+
+    async def Health(
+        self, request: replica_pb2.HealthRequest, context: object
+    ) -> replica_pb2.HealthReply:
+        return replica_pb2.HealthReply(
+            ok=self._engine_loop.alive,
+            replica_id=self._identity.replica_id,
+            incarnation=self._identity.incarnation,
+        )
+
+    async def Stats(
+        self, request: replica_pb2.StatsRequest, context: object
+    ) -> common_pb2.LoadReport:
+        return load_to_pb(self._engine_loop.snapshot())
+
+
+def _close_finished(batch: list[GenerateDelta], open_requests: dict[str, int]) -> None:
+    for d in batch:
+        if not d.finished or d.request_id not in open_requests:
+            continue
+        left = open_requests[d.request_id] - 1
+        if left <= 0 or d.ends_request:
+            del open_requests[d.request_id]
+        else:
+            open_requests[d.request_id] = left
+
+
+class ReplicaServer:
+    """Builds the engine, binds the gRPC port, and runs the engine loop and the server."""
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], LLMEngine],
+        replica_id: str,
+        *,
+        bind_host: str = "127.0.0.1",
+        advertise_host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TlsFiles | None = None,
+        node_id: str = "",
+        incarnation: str = "",
+    ) -> None:
+        self._aio_loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._aio_loop.run_forever, name="replica-grpc")
+        self._thread.daemon = True
+        self._thread.start()
+        engine = engine_factory()
+        self._server = self._call(self._make_server())
+        bound = add_port(self._server, f"{bind_host}:{port}", tls)
+        self.identity = ReplicaIdentity(
+            replica_id, f"{advertise_host}:{bound}", node_id, incarnation
+        )
+        self.engine_loop = EngineLoop(engine, self.identity)
+        servicer = ReplicaServicer(self.engine_loop, self.identity)
+        replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, self._server)
+        self.engine_loop.start()
+        self._call(self._server.start())
+        logger.info("replica %s serving on %s", replica_id, self.identity.address)
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    @staticmethod
+    async def _make_server() -> grpc.aio.Server:
+        return grpc.aio.server()
+
+    def _call(self, coro: object) -> object:
+        fut: Future = asyncio.run_coroutine_threadsafe(coro, self._aio_loop)
+        return fut.result(timeout=60)
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self._call(self._server.stop(grace_s))
+        self.engine_loop.stop()
+        self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,61 @@
+"""Optional TLS for the control and token planes: one helper for servers, one for channels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM paths. `ca` verifies the peer (clients); servers present `cert`/`key`."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"security.tls.{name}: no such file {path!r}")
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    if tls.cert is None or tls.key is None:
+        raise ValueError("security.tls: a server needs both cert and key")
+    pair = (Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())
+    return grpc.ssl_server_credentials([pair])
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    # With no explicit CA the server's own (self-signed) certificate is the trust root.
+    root = tls.ca or tls.cert
+    return grpc.ssl_channel_credentials(Path(root).read_bytes() if root else None)
+
+
+def add_port(server: grpc.Server | grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:
+    if tls is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, server_credentials(tls))
+
+
+_CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.max_receive_message_length", 64 << 20),
+)
+
+
+def sync_channel(address: str, tls: TlsFiles | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, channel_credentials(tls), options=_CHANNEL_OPTIONS)
+
+
+def aio_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=_CHANNEL_OPTIONS)
