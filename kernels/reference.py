@@ -97,3 +97,43 @@ def rms_norm_ref(
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype), residual
+
+
+def lora_ref(
+    y: torch.Tensor,  # [T, >= sum(out_dims)], updated in place
+    x: torch.Tensor,  # [T, in_dim]
+    a_pool: torch.Tensor,  # read flat; A_p rank-row j of slot s at a_offsets[s, p, j]
+    a_offsets: torch.Tensor,  # [S, P, R] int64
+    b_pool: torch.Tensor,  # read flat; B_p^T rank-row j of slot s at b_offsets[s, p, j]
+    b_offsets: torch.Tensor,  # [S, P, R] int64
+    ranks: torch.Tensor,  # [S, P] int
+    scales: torch.Tensor,  # [S, P] float32
+    token_slots: torch.Tensor,  # [T] int, -1 = base only
+    out_dims: list[int],  # projection p owns the next out_dims[p] columns of y
+) -> None:
+    """y[t, cols_p] += ((x[t] @ A_p^T) @ B_p^T) * scale, per adapter (layout: kernels.lora_meta).
+
+    The shrink result is accumulated in fp32 and cast to the weights' dtype before the expand,
+    as PEFT does; the expand accumulates in fp32 and adds to y once.
+    """
+    in_dim = x.shape[1]
+    a_flat, b_flat = a_pool.reshape(-1), b_pool.reshape(-1)
+    cols = [0]
+    for d in out_dims:
+        cols.append(cols[-1] + d)
+    slots = token_slots.long()
+    for slot in sorted(set(slots.tolist()) - {-1}):
+        rows = (slots == slot).nonzero().flatten()  # [n]
+        xs = x[rows].float()  # [n, in_dim]
+        for p, width in enumerate(out_dims):
+            r = int(ranks[slot, p])
+            if r == 0:
+                continue
+            a_idx = a_offsets[slot, p, :r, None].cpu() + torch.arange(in_dim)  # [r, in_dim]
+            b_idx = b_offsets[slot, p, :r, None].cpu() + torch.arange(width)  # [r, width]
+            a = a_flat[a_idx.to(a_flat.device)].float()  # [r, in_dim]
+            b_t = b_flat[b_idx.to(b_flat.device)].float()  # [r, width]
+            s = (xs @ a.T).to(b_pool.dtype).float()  # [n, r]
+            delta = (s @ b_t) * float(scales[slot, p])  # [n, width]
+            block = y[rows, cols[p] : cols[p + 1]].float() + delta
+            y[rows, cols[p] : cols[p + 1]] = block.to(y.dtype)
