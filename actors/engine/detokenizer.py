@@ -1,0 +1,113 @@
+"""Streaming detokenization with stop strings, one IncrementalDetokenizer per request.
+
+Text is produced with the prefix/read-offset method (as in TGI and vLLM): each step decodes a
+short window of tokens twice, once without and once with the new tokens, and emits the
+difference. Decoding a window rather than single tokens keeps decoders that look at neighbours
+(SentencePiece's leading space, byte fallback, byte-level BPE) correct; a window that ends in
+U+FFFD is an incomplete UTF-8 sequence, so nothing is emitted until a later token completes it.
+
+Stop strings are searched in the output text only (never the prompt). Until the request ends,
+the last len(longest stop) - 1 characters are held back so a stop string that is still being
+generated is never half-emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from actors.engine.tokenizer import Tokenizer
+
+# Prompt tokens decoded in front of the first output token, so the first token decodes in context
+# (e.g. SentencePiece drops the leading space of a window's first token).
+_PROMPT_CONTEXT_TOKENS = 5
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_token_ids: Sequence[int],
+        stop: Sequence[str] = (),
+        include_stop_str_in_output: bool = False,
+        skip_special_tokens: bool = True,
+    ) -> None:
+        if any(not s for s in stop):
+            raise ValueError("stop: stop strings must be non-empty")
+        self._tokenizer = tokenizer
+        self._stop = tuple(stop)
+        self._include_stop = include_stop_str_in_output
+        self._skip_special = skip_special_tokens
+        self._holdback = max((len(s) for s in self._stop), default=1) - 1
+        self._ids: list[int] = list(prompt_token_ids)
+        self._prefix_offset = max(len(self._ids) - _PROMPT_CONTEXT_TOKENS, 0)
+        self._read_offset = len(self._ids)
+        self.output_text = ""  # all decoded output text (truncated at a stop string)
+        self._num_emitted = 0  # characters of output_text handed out so far
+        self.stop_reason: str | None = None  # the stop string that matched, once one has
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    def update(self, new_token_ids: Sequence[int], final: bool = False) -> tuple[str, str | None]:
+        """Add sampled tokens; return (text delta, stop string that matched now or None).
+
+        `final` flushes everything held back (the request ends for another reason: EOS, length).
+        After a stop string matched, further calls return ("", None).
+        """
+        if self.stopped:
+            return "", None
+        before = len(self.output_text)
+        for token_id in new_token_ids:
+            self._ids.append(token_id)
+            self.output_text += self._decode_step(final=False)
+        if final:
+            self.output_text += self._decode_step(final=True)
+        matched = self._find_stop(before)
+        if matched is not None:
+            return self._emit(len(self.output_text)), matched
+        limit = len(self.output_text) if final else len(self.output_text) - self._holdback
+        return self._emit(limit), None
+
+    def _decode_step(self, final: bool) -> str:
+        """Text newly completed by the tokens after the read offset ('' while UTF-8 is partial)."""
+        if self._read_offset == len(self._ids):
+            return ""
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        full_text = self._decode(self._ids[self._prefix_offset :])
+        if len(full_text) <= len(prefix_text):
+            return ""  # e.g. only skipped special tokens so far
+        if full_text.endswith(_REPLACEMENT_CHAR) and not final:
+            return ""
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return full_text[len(prefix_text) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
+
+    def _find_stop(self, before: int) -> str | None:
+        """Find the earliest stop string that ends in the new text; truncate the output there."""
+        if not self._stop or len(self.output_text) == before:
+            return None
+        best: tuple[int, str] | None = None
+        for stop in self._stop:
+            # A match that ended before `before` would have been found on an earlier step.
+            start = self.output_text.find(stop, max(before - len(stop) + 1, 0))
+            if start != -1 and (best is None or start < best[0]):
+                best = (start, stop)
+        if best is None:
+            return None
+        start, stop = best
+        end = start + len(stop) if self._include_stop else start
+        self.output_text = self.output_text[:end]
+        self.stop_reason = stop
+        return stop
+
+    def _emit(self, limit: int) -> str:
+        if limit <= self._num_emitted:
+            return ""
+        delta = self.output_text[self._num_emitted : limit]
+        self._num_emitted = limit
+        return delta
