@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -156,5 +157,11 @@ def test_metrics_render_prometheus_text() -> None:
     assert "fleetlm_prompt_tokens_total 0.0" in IngressMetrics().render().decode()
 
 
-def test_pure_tier_imports_no_torch_or_ray() -> None:
-    assert "torch" not in sys.modules and "ray" not in sys.modules
+def test_protocol_modules_import_no_torch_or_ray() -> None:
+    # A fresh interpreter: other tests in the same process may have imported anything.
+    code = (
+        "import sys, orchestrator.api.protocol, orchestrator.api.responses, "
+        "orchestrator.api.errors, orchestrator.api.metrics, bench.loadgen; "
+        "bad = {'torch', 'ray', 'grpc'} & set(sys.modules); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,199 @@
+"""The HTTP surface: FastAPI routes around OpenAIServing (OpenAI API, /health, /metrics).
+
+`build_app` is transport glue only; every decision lives in serving.py. Errors leave in the
+OpenAI shape with their status (400 names the field, 404 model, 413 body, 429/503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.api import errors
+from orchestrator.api.errors import APIError
+from orchestrator.api.metrics import CONTENT_TYPE, IngressMetrics
+from orchestrator.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    model_card,
+    validation_error_field,
+)
+from orchestrator.api.responses import SSE_DONE, ResponseBuilder, sse_event
+from orchestrator.api.serving import OpenAIServing, Prepared, Relay
+
+logger = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"request body exceeds {limit} bytes", "body", "body_too_large")
+
+
+def parse_request(raw: bytes, model: type[BaseModel]) -> Any:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.invalid("body", f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.invalid("body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, reason = validation_error_field(exc)
+        raise errors.invalid(field, reason) from exc
+
+
+class Handlers:
+    """The route bodies; one instance per ingress replica."""
+
+    def __init__(
+        self,
+        serving: OpenAIServing,
+        metrics: IngressMetrics,
+        health_check: HealthCheck,
+        max_body_bytes: int,
+    ) -> None:
+        self.serving = serving
+        self.metrics = metrics
+        self.health_check = health_check
+        self.max_body_bytes = max_body_bytes
+
+    async def generate(self, request: Request, chat: bool) -> Response:
+        endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+            if chat:
+                prep = self.serving.prepare_chat(parse_request(raw, ChatCompletionRequest))
+            else:
+                prep = self.serving.prepare_completion(parse_request(raw, CompletionRequest))
+            relay = await self.serving.open(prep)
+            self.metrics.ttft.observe(time.perf_counter() - prep.arrival)
+            builder = self._builder(prep)
+            if prep.stream:
+                self.metrics.observe_request(endpoint, 200)
+                return StreamingResponse(
+                    self._sse(relay, builder, prep), media_type="text/event-stream"
+                )
+            async for d in relay:
+                builder.add(d)
+        except APIError as exc:
+            self.metrics.observe_request(endpoint, exc.status)
+            return error_response(exc)
+        except Exception:
+            logger.exception("%s failed", endpoint)
+            self.metrics.observe_request(endpoint, 500)
+            return error_response(APIError(500, "internal error", code="internal_error"))
+        self._done(endpoint, prep, builder)
+        return JSONResponse(builder.final_body())
+
+    def _builder(self, prep: Prepared) -> ResponseBuilder:
+        return ResponseBuilder(
+            chat=prep.chat,
+            model=self.serving.model.name,
+            n=prep.params.n,
+            num_prompt_tokens=len(prep.prompt_token_ids),
+            token_text=self.serving.token_text,
+            logprobs=prep.params.logprobs is not None,
+            request_id=prep.request_id,
+        )
+
+    def _done(self, endpoint: str, prep: Prepared, builder: ResponseBuilder) -> None:
+        self.metrics.observe_request(endpoint, 200)
+        self.metrics.observe_tokens(builder.num_prompt_tokens, builder.completion_tokens)
+        self.metrics.e2e.observe(time.perf_counter() - prep.arrival)
+
+    async def _sse(
+        self, relay: Relay, builder: ResponseBuilder, prep: Prepared
+    ) -> AsyncIterator[str]:
+        try:
+            role = builder.role_chunk()
+            if role is not None:
+                yield role
+            async for d in relay:
+                choice = builder.add(d)
+                if choice is not None:
+                    yield builder.sse([choice], None)
+            if prep.include_usage:
+                yield builder.usage_chunk()
+            self.metrics.observe_tokens(builder.num_prompt_tokens, builder.completion_tokens)
+            self.metrics.e2e.observe(time.perf_counter() - prep.arrival)
+            yield SSE_DONE
+        except APIError as exc:
+            self.metrics.errors.labels(code=str(exc.status)).inc()
+            yield sse_event(exc.body())
+            yield SSE_DONE
+        except (asyncio.CancelledError, GeneratorExit):
+            self.metrics.aborts.inc()
+            raise
+        except Exception:
+            logger.exception("stream of %s failed", prep.request_id)
+            self.metrics.errors.labels(code="500").inc()
+            yield sse_event(APIError(500, "internal error", code="internal_error").body())
+            yield SSE_DONE
+        finally:
+            relay.close()  # synchronous: releases the slot, aborts what is left on the replica
+
+    async def models(self) -> JSONResponse:
+        m = self.serving.model
+        card = model_card(m.name, 0, m.max_model_len, m.tokenizer.vocab_size)
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(self) -> JSONResponse:
+        report = await self.health_check()
+        return JSONResponse(report, status_code=200 if report.get("ok") else 503)
+
+    async def render_metrics(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def build_app(handlers: Handlers) -> FastAPI:
+    app = FastAPI(title="fleetlm", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handlers.generate(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handlers.generate(request, chat=True)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return await handlers.models()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return await handlers.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return await handlers.render_metrics()
+
+    return app

@@ -1,0 +1,331 @@
+"""The ingress's request path: validate -> tokenize -> route -> Generate on a replica -> relay.
+
+`OpenAIServing` is transport-free (app.py puts HTTP around it): it turns a parsed OpenAI request
+into a `Prepared` request, then `open()` routes it and returns a `Relay`, an async iterator of the
+request's deltas that owns the dispatch slot and aborts the request on its replica when it is
+closed early (client disconnect, error). A replica that dies mid-request is replaced: the request
+is routed again and resumes after the tokens the client already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from actors.engine.sampling_params import SamplingParams
+from actors.engine.tokenizer import Tokenizer
+from actors.replica.client import ReplicaClient, ReplicaUnavailable
+from actors.replica.types import GenerateDelta, GenerateSpec
+from orchestrator.api import errors
+from orchestrator.api.errors import APIError
+from orchestrator.api.protocol import ChatCompletionRequest, CompletionRequest
+from policies.cluster_view import RequestMeta
+from policies.prefix import block_hashes
+
+logger = logging.getLogger(__name__)
+
+MAX_REDISPATCH = 2  # replicas that may die under one request before it fails
+
+
+class RouteLike(Protocol):
+    replica_id: str
+    address: str
+
+
+class RouterLike(Protocol):
+    async def route(self, meta: RequestMeta) -> RouteLike | None: ...
+
+    def release(self, replica_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the ingress knows about the model: its name, tokenizer and context length."""
+
+    name: str
+    tokenizer: Tokenizer
+    max_model_len: int
+    block_size: int
+
+    @classmethod
+    def load(
+        cls, name: str, model_dir: Path, max_model_len: int | None, block_size: int
+    ) -> ServedModel:
+        cfg = json.loads((model_dir / "config.json").read_text())
+        ctx = int(cfg.get("max_position_embeddings", 2048))
+        return cls(
+            name=name,
+            tokenizer=Tokenizer.from_dir(model_dir),
+            max_model_len=min(ctx, max_model_len) if max_model_len else ctx,
+            block_size=block_size,
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, tokenized request, ready to route."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams
+    priority: int
+    stream: bool
+    include_usage: bool
+    chat: bool
+    arrival: float = field(default_factory=time.perf_counter)
+
+
+class ReplicaPool:
+    """One ReplicaClient (one channel, one multiplexed stream) per replica address."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, ReplicaClient] = {}
+
+    def get(self, address: str) -> ReplicaClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = ReplicaClient(address)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            await c.close()
+
+
+class OpenAIServing:
+    def __init__(self, model: ServedModel, router: RouterLike, pool: ReplicaPool) -> None:
+        self.model = model
+        self.router = router
+        self.pool = pool
+        self._background: set[asyncio.Task] = set()  # fire-and-forget aborts, kept alive here
+        self._token_text: dict[int, str] = {}
+
+    # ---- validation and tokenization -------------------------------------------------------
+
+    def check_model(self, name: str) -> None:
+        if name == self.model.name:
+            return
+        base, sep, adapter = name.partition(":")
+        if sep and base == self.model.name:
+            raise APIError(
+                404,
+                f"model {name!r}: adapter {adapter!r} is not available",
+                "model",
+                "model_not_found",
+            )
+        raise APIError(
+            404,
+            f"model {name!r} not found; this server serves {self.model.name!r}",
+            "model",
+            "model_not_found",
+        )
+
+    def prepare_completion(self, req: CompletionRequest) -> Prepared:
+        self.check_model(req.model)
+        try:
+            prompt = req.single_prompt()
+            ids = self._encode(prompt)
+            params = req.to_sampling_params()
+        except ValueError as exc:
+            raise errors.from_value_error(exc) from exc
+        return self._prepared(req, ids, params, chat=False)
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+        self.check_model(req.model)
+        tok = self.model.tokenizer
+        try:
+            text = tok.apply_chat_template(
+                req.template_messages(), add_generation_prompt=req.add_generation_prompt
+            )
+            # The template writes the special tokens itself (BOS included).
+            ids = tok.encode(text, add_special_tokens=False)
+            room = self.model.max_model_len - len(ids)
+            params = req.to_sampling_params(default_max_tokens=max(1, room))
+        except ValueError as exc:
+            raise errors.from_value_error(exc) from exc
+        return self._prepared(req, ids, params, chat=True)
+
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.model.tokenizer.encode(prompt)
+        vocab = self.model.tokenizer.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt: token ids {bad[:5]} are outside the vocabulary (0..{vocab})")
+        return prompt
+
+    def _prepared(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        ids: list[int],
+        params: SamplingParams,
+        chat: bool,
+    ) -> Prepared:
+        try:
+            params.validate(self.model.tokenizer.vocab_size)
+        except ValueError as exc:
+            raise errors.from_value_error(exc) from exc
+        limit = self.model.max_model_len
+        if len(ids) >= limit:
+            raise errors.invalid(
+                "messages" if chat else "prompt",
+                f"{len(ids)} tokens do not fit the model's context of {limit} tokens",
+            )
+        if len(ids) + params.max_tokens > limit:
+            name = "max_completion_tokens" if chat else "max_tokens"
+            raise errors.invalid(
+                name,
+                f"prompt ({len(ids)} tokens) + {params.max_tokens} exceeds the context "
+                f"length {limit}",
+            )
+        return Prepared(
+            request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            prompt_token_ids=tuple(ids),
+            params=params,
+            priority=req.priority,
+            stream=req.stream,
+            include_usage=req.include_usage,
+            chat=chat,
+        )
+
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.model.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._token_text[token_id] = text
+        return text
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    async def open(self, prep: Prepared) -> Relay:
+        """Route the request and wait for its first delta, so errors still become statuses."""
+        relay = Relay(self, prep)
+        await relay.start()
+        return relay
+
+    async def _route(self, prep: Prepared) -> RouteLike:
+        meta = RequestMeta(
+            request_id=prep.request_id,
+            num_prompt_tokens=len(prep.prompt_token_ids),
+            max_tokens=prep.params.max_tokens,
+            priority=prep.priority,
+            prefix_hashes=tuple(block_hashes(prep.prompt_token_ids, self.model.block_size)),
+        )
+        route = await self.router.route(meta)
+        if route is None:
+            raise errors.no_replica()
+        return route
+
+    def spawn(self, coro: object) -> None:
+        """Run `coro` detached; used for cleanup that must survive a cancelled handler."""
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class Relay:
+    """A request's deltas across (re-)dispatches; close() releases and aborts what is left."""
+
+    def __init__(self, serving: OpenAIServing, prep: Prepared) -> None:
+        self._serving = serving
+        self._prep = prep
+        self._route: RouteLike | None = None
+        self._gen: AsyncIterator[GenerateDelta] | None = None
+        self._first: GenerateDelta | None = None
+        self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
+        self._left = prep.params.n
+        self._redispatches = 0
+        self.closed = False
+
+    async def start(self) -> None:
+        try:
+            await self._dispatch()
+            self._first = await self._next()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _dispatch(self) -> None:
+        prep = self._prep
+        self._route = await self._serving._route(prep)
+        resume = tuple(self._sent.get(0, ()))
+        spec = GenerateSpec(
+            request_id=prep.request_id,
+            prompt_token_ids=prep.prompt_token_ids,
+            sampling=prep.params,
+            priority=prep.priority,
+            resume_token_ids=resume,
+        )
+        client = self._serving.pool.get(self._route.address)
+        self._gen = client.generate(spec).__aiter__()
+
+    async def _next(self) -> GenerateDelta:
+        while True:
+            assert self._gen is not None
+            try:
+                d = await self._gen.__anext__()
+            except ReplicaUnavailable as exc:
+                await self._redispatch(exc)
+                continue
+            if d.error is not None:
+                raise errors.from_replica_error(d.error)
+            self._sent.setdefault(d.index, []).extend(d.token_ids)
+            if d.finished:
+                self._left -= 1
+            return d
+
+    async def _redispatch(self, exc: ReplicaUnavailable) -> None:
+        # Resuming is exact for one choice; n > 1 choices would need one resume list each.
+        if self._redispatches >= MAX_REDISPATCH or self._prep.params.n > 1:
+            raise APIError(503, f"replica lost mid-request: {exc}", retry_after_s=1) from exc
+        logger.warning("request %s: %s; re-dispatching", self._prep.request_id, exc)
+        self._redispatches += 1
+        self._release()
+        await self._dispatch()
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> GenerateDelta:
+        if self._first is not None:
+            d, self._first = self._first, None
+            return d
+        if self._left <= 0 or self.closed:
+            self.close()
+            raise StopAsyncIteration
+        try:
+            return await self._next()
+        except BaseException:
+            self.close()
+            raise
+
+    def _release(self) -> None:
+        if self._route is not None:
+            self._serving.router.release(self._route.replica_id)
+            self._route = None
+
+    def close(self) -> None:
+        """Idempotent and synchronous: safe in a cancelled task's finally block."""
+        if self.closed:
+            return
+        self.closed = True
+        self._release()
+        gen, self._gen = self._gen, None
+        if gen is not None and self._left > 0:
+            # Closing the client's generator sends the abort on the multiplexed stream.
+            self._serving.spawn(_aclose_quietly(gen))
+
+
+async def _aclose_quietly(gen: AsyncIterator[GenerateDelta]) -> None:
+    try:
+        await gen.aclose()  # type: ignore[attr-defined]
+    except Exception as exc:  # a generator still running elsewhere: its own finally aborts
+        logger.debug("closing a request stream: %s", exc)
