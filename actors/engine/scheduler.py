@@ -1,0 +1,336 @@
+"""Continuous batching with chunked prefill (Sarathi-Serve style).
+
+Each step has one token budget shared by every request. Running requests go first (decodes,
+then the next chunk of unfinished prefills), then swapped-out requests come back, then new ones
+are admitted from the waiting queue in (priority, arrival) order. A request is only two counters
+and a block table, so a "prefill" is simply a request with more than one token left to compute
+and a chunk is cut to whatever budget is left.
+
+When a running request cannot get a block, the running request with the worst (priority,
+arrival) is preempted, possibly the one asking: by recompute (drop its blocks, recompute
+prompt and output later) or by swap (its blocks move to host memory).
+
+`schedule()` does not advance counters; `update()` does so after the model ran.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from actors.engine.block_manager import BlockManager
+from actors.engine.config import SchedulerConfig
+from actors.engine.outputs import ScheduledChunk, SchedulerOutput
+from actors.engine.request import Request, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+# (priority, 0 if put back by preemption else 1, arrival_time, admission sequence number)
+_WaitKey = tuple[int, int, float, int]
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    num_running: int
+    num_waiting: int  # waiting, preempted and swapped requests
+    num_swapped: int
+    tokens_in_flight: int  # sum of num_tokens over running requests
+    kv_blocks_free: int
+    kv_blocks_total: int
+    num_preemptions: int
+
+
+@dataclass
+class _Step:
+    """What one schedule() call has decided so far."""
+
+    budget: int
+    chunks: dict[str, ScheduledChunk] = field(default_factory=dict)  # insertion order is kept
+    out: SchedulerOutput = field(default_factory=SchedulerOutput)
+
+    def add(self, req: Request, num_new_tokens: int) -> None:
+        self.chunks[req.request_id] = ScheduledChunk(req, num_new_tokens)
+        self.budget -= num_new_tokens
+
+    def drop(self, req: Request) -> None:
+        chunk = self.chunks.pop(req.request_id, None)
+        if chunk is not None:
+            self.budget += chunk.num_new_tokens
+
+
+class Scheduler:
+    def __init__(
+        self, config: SchedulerConfig, block_manager: BlockManager, max_model_len: int
+    ) -> None:
+        if max_model_len < 2:
+            raise ValueError(f"max_model_len: must be >= 2, got {max_model_len}")
+        self.config = config
+        self.block_manager = block_manager
+        self.max_model_len = max_model_len
+        self._requests: dict[str, Request] = {}  # every unfinished request by id
+        self._seq: dict[str, int] = {}  # admission order, the tie-break after arrival time
+        self._counter = itertools.count()
+        self._waiting: list[tuple[_WaitKey, Request]] = []  # sorted by key
+        self._swapped: list[Request] = []
+        self._running: list[Request] = []
+        self._first_child: dict[str, Request] = {}  # n > 1: parent id -> the index-0 child
+        self.num_preemptions = 0
+
+    # ---- queues --------------------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        rid = request.request_id
+        if rid in self._requests:
+            raise ValueError(f"request_id: {rid!r} is already scheduled")
+        if request.status != RequestStatus.WAITING:
+            raise ValueError(f"status: a new request must be WAITING, got {request.status.name}")
+        if request.num_prompt_tokens == 0:
+            raise ValueError("prompt: must not be empty")
+        if request.num_tokens >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {request.num_tokens} tokens leave no room to generate within "
+                f"max_model_len {self.max_model_len}"
+            )
+        self._requests[rid] = request
+        self._seq[rid] = next(self._counter)
+        if request.parent_id is not None and request.index == 0:
+            self._first_child[request.parent_id] = request
+        self._enqueue(request, front=False)
+
+    def abort_request(self, request_id: str) -> Request | None:
+        """Abort and free an unfinished request; None if unknown or already finished."""
+        return self.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
+
+    def finish_request(self, request_id: str, status: RequestStatus) -> Request | None:
+        """End a request from outside (stop strings, errors, aborts); frees its blocks."""
+        if not status.finished:
+            raise ValueError(f"status: {status.name} is not a finished status")
+        req = self._requests.get(request_id)
+        if req is None:
+            return None
+        self._finish(req, status)
+        return req
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting) + len(self._swapped)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self._swapped)
+
+    def running_requests(self) -> list[Request]:
+        return list(self._running)
+
+    def waiting_requests(self) -> list[Request]:
+        """Waiting and preempted requests in admission order."""
+        return [req for _, req in self._waiting]
+
+    def get_request(self, request_id: str) -> Request | None:
+        return self._requests.get(request_id)
+
+    def stats(self) -> SchedulerStats:
+        bm = self.block_manager
+        return SchedulerStats(
+            num_running=len(self._running),
+            num_waiting=self.num_waiting,
+            num_swapped=len(self._swapped),
+            tokens_in_flight=sum(r.num_tokens for r in self._running),
+            kv_blocks_free=bm.num_free_blocks,
+            kv_blocks_total=bm.num_total_blocks,
+            num_preemptions=self.num_preemptions,
+        )
+
+    # ---- schedule ------------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        step = _Step(budget=self.config.max_num_batched_tokens)
+        self._schedule_running(step)
+        # After a preemption the cache is tight: admitting more would only thrash.
+        if not step.out.preempted:
+            self._schedule_swapped(step)
+            self._schedule_waiting(step)
+        step.out.chunks = list(step.chunks.values())
+        return step.out
+
+    def _schedule_running(self, step: _Step) -> None:
+        # Decodes (one token left) first, then chunked prefills; better priority first in each.
+        order = sorted(self._running, key=lambda r: (self._remaining(r) > 1, self._rank(r)))
+        for req in order:
+            if step.budget <= 0:
+                break
+            if req.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            num_new = min(self._remaining(req), step.budget)
+            if self._allocate_or_preempt(req, num_new, step):
+                step.add(req, num_new)
+
+    def _allocate_or_preempt(self, req: Request, num_new: int, step: _Step) -> bool:
+        while not self.block_manager.allocate_slots(req, num_new):
+            victim = max(self._running, key=self._rank)
+            if victim is req and len(self._running) == 1:
+                # Alone with the whole cache and still no room: it can never run.
+                self._fail_too_large(req)
+                return False
+            step.drop(victim)
+            self._preempt(victim, step.out)
+            if victim is req:
+                return False
+        return True
+
+    def _schedule_swapped(self, step: _Step) -> None:
+        bm = self.block_manager
+        for req in sorted(self._swapped, key=self._rank):
+            if step.budget <= 0 or len(self._running) >= self.config.max_num_seqs:
+                return
+            num_new = min(self._remaining(req), step.budget)
+            if not bm.can_allocate(bm.blocks_needed(req.num_computed_tokens + num_new)):
+                if not self._running:
+                    self._fail_too_large(req)
+                    continue
+                return
+            self._swapped.remove(req)
+            step.out.swap_in.extend(bm.swap_in(req))
+            if not bm.allocate_slots(req, num_new):
+                raise RuntimeError("allocation after a checked swap-in failed")
+            req.status = RequestStatus.RUNNING
+            self._running.append(req)
+            step.add(req, num_new)
+
+    def _schedule_waiting(self, step: _Step) -> None:
+        bm = self.block_manager
+        i = 0
+        while i < len(self._waiting) and step.budget > 0:
+            if len(self._running) >= self.config.max_num_seqs:
+                return
+            req = self._waiting[i][1]
+            if self._gated(req):
+                i += 1
+                continue
+            hit_blocks, num_hit = bm.get_computed_blocks(req)
+            num_new = min(req.num_tokens - num_hit, step.budget)
+            if not bm.allocate_slots(req, num_new, hit_blocks):
+                if not self._running:
+                    self._fail_too_large(req)
+                    continue
+                return  # FCFS: later requests do not overtake one that waits for blocks
+            del self._waiting[i]
+            req.num_computed_tokens = num_hit
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_hit
+            req.status = RequestStatus.RUNNING
+            self._running.append(req)
+            step.add(req, num_new)
+
+    def _gated(self, req: Request) -> bool:
+        """n > 1: later choices wait until choice 0 computed the prompt they will share."""
+        if not self.block_manager.enable_prefix_caching or req.parent_id is None or req.index == 0:
+            return False
+        first = self._first_child.get(req.parent_id)
+        return first is not None and first.num_computed_tokens < first.num_prompt_tokens
+
+    # ---- preemption ----------------------------------------------------------------------------
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self._running.remove(req)
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        out.preempted.append(req)
+        bm = self.block_manager
+        if self.config.preemption_mode == "swap" and bm.can_swap_out(req):
+            out.swap_out.extend(bm.swap_out(req))
+            req.status = RequestStatus.SWAPPED
+            self._swapped.append(req)
+            return
+        bm.free(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        self._enqueue(req, front=True)
+
+    def _fail_too_large(self, req: Request) -> None:
+        bm = self.block_manager
+        req.error = (
+            f"kv cache: the request needs more than the whole cache ({bm.num_total_blocks} blocks "
+            f"of {bm.block_size} tokens) at {req.num_tokens} tokens"
+        )
+        logger.warning("request %s failed: %s", req.request_id, req.error)
+        self._finish(req, RequestStatus.FINISHED_ERROR)
+
+    # ---- update --------------------------------------------------------------------------------
+
+    def update(self, sched_out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance the counters after the model ran; returns requests that got a token or ended."""
+        changed: list[Request] = []
+        for chunk in sched_out.chunks:
+            req = chunk.request
+            if req.is_finished or req.status != RequestStatus.RUNNING:
+                continue  # finished from outside between schedule() and update()
+            needs_sample = chunk.needs_sample  # before the counter moves
+            req.num_computed_tokens += chunk.num_new_tokens
+            self.block_manager.cache_full_blocks(req, req.num_computed_tokens)
+            if not needs_sample:
+                continue
+            token = sampled.get(req.request_id)
+            if token is None:
+                req.error = "engine: no token was sampled for a request that needed one"
+                self._finish(req, RequestStatus.FINISHED_ERROR)
+            else:
+                req.output_token_ids.append(token)
+                status = self._stop_status(req, token)
+                if status is not None:
+                    self._finish(req, status)
+            changed.append(req)
+        return changed
+
+    def _stop_status(self, req: Request, token: int) -> RequestStatus | None:
+        params = req.sampling_params
+        if not params.ignore_eos and req.eos_token_id is not None and token == req.eos_token_id:
+            return RequestStatus.FINISHED_STOPPED
+        if token in params.stop_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+        if req.num_output_tokens >= params.max_tokens or req.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _finish(self, req: Request, status: RequestStatus) -> None:
+        rid = req.request_id
+        if req.status == RequestStatus.RUNNING:
+            self._running.remove(req)
+        elif req.status == RequestStatus.SWAPPED:
+            self._swapped.remove(req)
+        else:
+            self._waiting = [(k, r) for k, r in self._waiting if r is not req]
+        self.block_manager.free(req)
+        req.status = status
+        del self._requests[rid]
+        self._seq.pop(rid, None)
+        if req.parent_id is not None and self._first_child.get(req.parent_id) is req:
+            del self._first_child[req.parent_id]
+
+    def _enqueue(self, req: Request, front: bool) -> None:
+        key: _WaitKey = (
+            req.priority,
+            0 if front else 1,
+            req.arrival_time,
+            self._seq[req.request_id],
+        )
+        bisect.insort(self._waiting, (key, req))  # keys are unique: Requests never compare
+
+    def _rank(self, req: Request) -> tuple[int, float, int]:
+        """Lower is better; max() over running requests is the preemption victim."""
+        return (req.priority, req.arrival_time, self._seq[req.request_id])
+
+    @staticmethod
+    def _remaining(req: Request) -> int:
+        return req.num_tokens - req.num_computed_tokens
