@@ -1,5 +1,137 @@
-"""Placeholder until its owner lands it; registers nothing."""
+"""`fleetlm serve`, `fleetlm status` and `fleetlm bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RESULT = "bench/results/result.json"
 
 
-def register(subparsers) -> None:  # noqa: ANN001
-    return None
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="start the cluster and the OpenAI API (foreground)")
+    p.add_argument("--config", default=None, help="deployment YAML (default: the default preset)")
+    p.add_argument("--address", default=None, help="join this Ray cluster instead of a local one")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (overrides the config)")
+    p.add_argument("--host", default=None, help="HTTP host (overrides the config)")
+    p.set_defaults(func=run_serve)
+
+    s = subparsers.add_parser("status", help="print the replicas and their load")
+    s.add_argument("--controller", default=None, help="controller gRPC address host:port")
+    s.add_argument("--address", default="auto", help="Ray cluster to find the controller in")
+    s.add_argument("--json", action="store_true", help="print the raw status JSON")
+    s.set_defaults(func=run_status)
+
+    b = subparsers.add_parser("bench", help="open-loop load test of an OpenAI-compatible server")
+    b.add_argument("--url", default="http://127.0.0.1:8000")
+    b.add_argument("--model", default=None, help="model name (default: the server's first)")
+    b.add_argument("--rate", type=float, default=math.inf, help="requests/s (default: all at once)")
+    b.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
+    b.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
+    b.add_argument("--num-requests", type=int, default=100)
+    b.add_argument("--input-mean", type=float, default=200.0)
+    b.add_argument("--output-mean", type=float, default=180.0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--slo-ttft-ms", type=float, default=None)
+    b.add_argument("--slo-tpot-ms", type=float, default=None)
+    b.add_argument("--out", default=DEFAULT_RESULT, help="result JSON (a PNG is written beside)")
+    b.set_defaults(func=run_bench)
+
+
+# ---- serve ----------------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    # Heavy imports here so `fleetlm --help` and the other subcommands stay fast.
+    from orchestrator.api.launch import ServeOptions, start_stack
+
+    options = ServeOptions(
+        config_path=args.config, address=args.address, host=args.host, port=args.port
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = start_stack(options)
+    try:
+        for line in stack.banner():
+            print(line, flush=True)
+        stop.wait()
+        print("fleetlm: shutting down", flush=True)
+    finally:
+        stack.shutdown()
+    return 0
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from orchestrator.api.launch import find_controller_address
+    from orchestrator.controller.client import ControllerClient
+
+    address = args.controller or find_controller_address(args.address)
+    status = ControllerClient(address).status()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(format_status(address, status))
+    return 0
+
+
+def format_status(address: str, status: dict[str, Any]) -> str:
+    lines = [f"controller {address}"]
+    for key in ("policy", "desired_replicas", "generation"):
+        if key in status:
+            lines.append(f"{key}: {status[key]}")
+    replicas = status.get("replicas", [])
+    header = (
+        f"{'replica':24s} {'address':22s} {'healthy':7s} {'run':>4s} {'wait':>4s} {'kv free':>9s}"
+    )
+    lines.append(header)
+    for r in replicas:
+        kv = f"{r.get('kv_blocks_free', 0)}/{r.get('kv_blocks_total', 0)}"
+        lines.append(
+            f"{str(r.get('replica_id', '?')):24s} {str(r.get('address', '')):22s} "
+            f"{str(r.get('healthy', '?')):7s} {r.get('running', 0):>4} {r.get('waiting', 0):>4} "
+            f"{kv:>9s}"
+        )
+    if not replicas:
+        lines.append("(no replicas registered)")
+    return "\n".join(lines)
+
+
+# ---- bench ----------------------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from bench.loadgen import WorkloadSpec, format_summary, run_benchmark, write_results
+
+    spec = WorkloadSpec(
+        num_requests=args.num_requests,
+        rate=args.rate,
+        arrival=args.arrival,
+        burstiness=args.burstiness,
+        input_mean=args.input_mean,
+        output_mean=args.output_mean,
+        seed=args.seed,
+    )
+    summary, results = asyncio.run(
+        run_benchmark(args.url, spec, args.slo_ttft_ms, args.slo_tpot_ms, args.model)
+    )
+    print(format_summary(summary))
+    png = write_results(summary, results, Path(args.out))
+    print(f"wrote {args.out} and {png}")
+    return 0 if summary["completed"] else 1
+
+
+if __name__ == "__main__":
+    from orchestrator.cli.main import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,128 @@
+"""The ingress as a Ray Serve deployment: one OpenAIServing + Router per ingress replica.
+
+Ingress replicas hold no state the controller needs: each builds its own Router (fed by the
+controller's streamed ClusterView) and its own replica connections, so Serve may scale them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from actors.models.embedded import resolve_model_path
+from orchestrator.api.app import Handlers, build_app
+from orchestrator.api.metrics import IngressMetrics
+from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
+from orchestrator.controller.client import ControllerClient
+from orchestrator.controller.router import Router
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "fleetlm"
+DEPLOYMENT_NAME = "fleetlm-ingress"
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    controller_address: str
+    model_name: str  # the name clients send as `model`
+    model: str  # checkpoint directory or the embedded model's name
+    max_model_len: int | None
+    block_size: int
+    policy_name: str
+    policy_params: tuple[tuple[str, Any], ...] = ()
+    max_body_bytes: int = 1 << 20
+    health_timeout_s: float = 2.0
+    num_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError(f"server.max_body_bytes: must be >= 1, got {self.max_body_bytes}")
+        if self.num_replicas < 1:
+            raise ValueError(f"server.ingress_replicas: must be >= 1, got {self.num_replicas}")
+
+
+class HealthChecker:
+    """/health: the controller answers AND at least one replica it lists as healthy answers."""
+
+    def __init__(
+        self, controller: ControllerClient, router: Router, pool: ReplicaPool, timeout_s: float
+    ) -> None:
+        self._controller = controller
+        self._router = router
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    async def __call__(self) -> dict[str, Any]:
+        controller_ok = await self._controller_ok()
+        replicas = [r for r in self._router.view().healthy()]
+        answering = None
+        for r in replicas:
+            if await self._replica_ok(r.address):
+                answering = r.replica_id
+                break
+        return {
+            "ok": controller_ok and answering is not None,
+            "controller": controller_ok,
+            "replicas_healthy": len(replicas),
+            "replica_answering": answering,
+        }
+
+    async def _controller_ok(self) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._controller.status), self._timeout_s)
+        except Exception as exc:  # any failure means "not answering"; the reason is logged
+            logger.warning("health: controller did not answer: %s", exc)
+            return False
+        return True
+
+    async def _replica_ok(self, address: str) -> bool:
+        try:
+            return await asyncio.wait_for(self._pool.get(address).health(), self._timeout_s)
+        except Exception as exc:
+            logger.warning("health: replica %s did not answer: %s", address, exc)
+            return False
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class OpenAIIngress:
+    async def __init__(self, settings: IngressSettings) -> None:
+        model_dir = resolve_model_path(settings.model)
+        model = ServedModel.load(
+            settings.model_name, model_dir, settings.max_model_len, settings.block_size
+        )
+        self._controller = ControllerClient(settings.controller_address)
+        self._router = Router(
+            settings.controller_address,
+            policy_name=settings.policy_name,
+            policy_params=dict(settings.policy_params),
+        )
+        await self._router.start()
+        self._pool = ReplicaPool()
+        self._metrics = IngressMetrics()
+        health = HealthChecker(
+            self._controller, self._router, self._pool, settings.health_timeout_s
+        )
+        serving = OpenAIServing(model, self._router, self._pool)
+        self._handlers = Handlers(serving, self._metrics, health, settings.max_body_bytes)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_app(self._handlers)
+
+    async def __del__(self) -> None:
+        await self._router.close()
+        await self._pool.close()
+
+
+def build_ingress(settings: IngressSettings) -> serve.Application:
+    return OpenAIIngress.options(
+        num_replicas=settings.num_replicas,
+        # Requests wait on the replicas, not in the ingress: do not let Serve queue them here.
+        max_ongoing_requests=4096,
+    ).bind(settings)

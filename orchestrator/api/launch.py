@@ -1,0 +1,155 @@
+"""Bring the whole stack up (Ray, controller + replicas, Serve ingress) and down again.
+
+Used by `fleetlm serve` and by the cluster tests' fixture, so both run exactly the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.config import DeploymentConfig, load_config, preset_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_path: str | None = None  # None: the default preset (+ one replica per local GPU)
+    address: str | None = None  # a Ray cluster to join; None starts a local one
+    host: str | None = None
+    port: int | None = None
+    config: DeploymentConfig | None = None  # an already loaded config wins over config_path
+
+
+def resolve_config(options: ServeOptions) -> DeploymentConfig:
+    if options.config is not None:
+        cfg = options.config
+    elif options.config_path is not None:
+        cfg = load_config(Path(options.config_path))
+    else:
+        cfg = _with_local_gpus(load_config(preset_path("default")))
+    server = cfg.server
+    if options.host is not None or options.port is not None:
+        server = server.model_copy(
+            update={
+                "host": options.host if options.host is not None else server.host,
+                "http_port": options.port if options.port is not None else server.http_port,
+            }
+        )
+        cfg = cfg.model_copy(update={"server": server})
+    return cfg
+
+
+def _with_local_gpus(cfg: DeploymentConfig) -> DeploymentConfig:
+    """The default deployment runs one replica per GPU when this machine has GPUs."""
+    gpus = _local_gpu_count()
+    if gpus == 0:
+        return cfg
+    resources = cfg.replicas.resources.model_copy(update={"num_gpus": 1.0})
+    replicas = cfg.replicas.model_copy(update={"count": gpus, "resources": resources})
+    return cfg.model_copy(update={"replicas": replicas})
+
+
+def _local_gpu_count() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def ingress_settings(cfg: DeploymentConfig, controller_address: str):
+    from orchestrator.api.deployment import IngressSettings
+
+    return IngressSettings(
+        controller_address=controller_address,
+        model_name=cfg.model.name,
+        model=cfg.model.path,
+        max_model_len=cfg.model.max_model_len,
+        block_size=cfg.engine.block_size,
+        policy_name=cfg.dispatch.policy,
+        policy_params=tuple(sorted(cfg.dispatch_params().items())),
+        max_body_bytes=cfg.server.max_body_bytes,
+    )
+
+
+class Stack:
+    """A running deployment: the cluster handle plus the Serve application in front of it."""
+
+    def __init__(self, cfg: DeploymentConfig, cluster: object, http_port: int) -> None:
+        self.config = cfg
+        self.cluster = cluster
+        self.http_port = http_port
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.server.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{shown}:{self.http_port}"
+
+    @property
+    def controller_address(self) -> str:
+        return self.cluster.controller_address  # type: ignore[attr-defined]
+
+    def banner(self) -> list[str]:
+        return [
+            f"fleetlm: serving {self.config.model.name!r}",
+            f"  OpenAI API  {self.base_url}/v1",
+            f"  health      {self.base_url}/health",
+            f"  metrics     {self.base_url}/metrics",
+            f"  controller  {self.controller_address} (fleetlm status --controller ...)",
+            "  Ctrl-C to stop",
+        ]
+
+    def shutdown(self) -> None:
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        except Exception as exc:  # keep going: the cluster must still come down
+            logger.warning("serve shutdown: %s", exc)
+        self.cluster.shutdown()  # type: ignore[attr-defined]
+
+
+def start_stack(options: ServeOptions) -> Stack:
+    from ray import serve
+
+    from orchestrator.api.deployment import APP_NAME, build_ingress
+    from orchestrator.controller.launcher import start_cluster
+
+    cfg = resolve_config(options)
+    cluster = start_cluster(cfg, address=options.address)
+    try:
+        settings = ingress_settings(cfg, cluster.controller_address)
+        serve.start(http_options={"host": cfg.server.host, "port": cfg.server.http_port})
+        serve.run(build_ingress(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return Stack(cfg, cluster, cfg.server.http_port)
+
+
+def find_controller_address(ray_address: str = "auto") -> str:
+    """The running controller's gRPC address, looked up through its named Ray actor."""
+    import ray
+
+    from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, namespace=NAMESPACE, logging_level="ERROR")
+    try:
+        actor = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError as exc:
+        raise ValueError(
+            "controller: no fleetlm controller is running in this Ray cluster "
+            "(start one with `fleetlm serve`, or pass --controller HOST:PORT)"
+        ) from exc
+    return ray.get(actor.address.remote(), timeout=10)
