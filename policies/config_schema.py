@@ -1,0 +1,252 @@
+"""Pydantic models of the deployment YAML's sections; cross-field checks return key-path issues.
+
+Strict types (YAML already has ints, floats and booleans: "8" for an int is a mistake, not a
+number), extra keys forbidden, models frozen. Byte sizes take an int or a string like "256MiB".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from policies.dispatch import make_dispatch_policy
+from policies.params import PolicyParamError
+
+EMBEDDED_MODEL = "fleetlm/tiny-llama"  # actors.engine.config.EMBEDDED_MODEL (policies are pure)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40})
+
+
+def _parse_size(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match is None:
+            raise ValueError(f"must be a byte count like 268435456 or '256MiB', got {value!r}")
+        number, unit = match.groups()
+        return int(float(number) * _UNITS[(unit or "B").upper()])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: pick a free port
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSection(Section):
+    path: str = Field(default=EMBEDDED_MODEL, min_length=1)  # a local checkpoint directory
+    served_model_name: str | None = None  # the OpenAI `model` name; default: path
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    load_format: Literal["auto", "safetensors", "dummy"] = "auto"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.path
+
+
+class ResourcesSection(Section):
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)  # 0: CPU replica
+
+
+class ReplicasSection(Section):
+    """A fixed `count`, or `min`/`max` for autoscaling (starts at min)."""
+
+    count: int | None = Field(default=None, ge=0)
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=1)
+    resources: ResourcesSection = ResourcesSection()
+
+    @property
+    def min_replicas(self) -> int:
+        if self.count is not None:
+            return self.count
+        return self.min if self.min is not None else 1
+
+    @property
+    def max_replicas(self) -> int:
+        if self.count is not None:
+            return self.count
+        return self.max if self.max is not None else self.min_replicas
+
+    @property
+    def initial(self) -> int:
+        """Replicas to start with: the count, or min (at least 1 when only max is given)."""
+        return self.min_replicas if self.count is not None or self.min is not None else 1
+
+
+class EngineSection(Section):
+    """Mirrors actors.engine.config CacheConfig and SchedulerConfig, field for field."""
+
+    block_size: int = Field(default=16, ge=1, le=1024)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    cpu_kv_cache_bytes: ByteSize = 256 << 20
+    swap_space_bytes: ByteSize = 0
+    enable_prefix_caching: bool = True
+    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+
+
+class DispatchSection(Section):
+    policy: str = "least_load"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerSection(Section):
+    host: str = "127.0.0.1"
+    http_port: Port = 8000
+    controller_grpc_port: Port = 50051
+    report_interval_s: float = Field(default=0.5, gt=0)
+    unhealthy_after_s: float = Field(default=3.0, gt=0)
+    max_queue_per_replica: int = Field(default=64, ge=1)
+    max_body_bytes: ByteSize = 1 << 20
+
+
+class TlsSection(Section):
+    """PEM paths, as actors.replica.tls.TlsFiles takes them."""
+
+    cert: str = Field(min_length=1)  # servers present cert/key
+    key: str = Field(min_length=1)
+    ca: str | None = None  # verifies peers; default: cert (self-signed deployments)
+
+
+class SecuritySection(Section):
+    tls: TlsSection | None = None  # absent: plaintext gRPC (a trusted network only)
+    # Lax only to take the YAML list as a tuple; items must still be strings.
+    api_keys: tuple[str, ...] | None = Field(default=None, strict=False)
+    api_keys_env: str | None = None  # name of an env var holding comma-separated keys
+
+
+class DeploymentConfig(Section):
+    model: ModelSection = ModelSection()
+    replicas: ReplicasSection = ReplicasSection(count=2)
+    engine: EngineSection = EngineSection()
+    dispatch: DispatchSection = DispatchSection()
+    server: ServerSection = ServerSection()
+    security: SecuritySection = SecuritySection()
+
+    def dispatch_params(self) -> dict[str, Any]:
+        """The policy's params with max_queue from server.max_queue_per_replica (the wire form)."""
+        return {**self.dispatch.params, "max_queue": self.server.max_queue_per_replica}
+
+    def make_dispatch_policy(self) -> Any:
+        """A fresh policies.dispatch policy object for this config."""
+        return make_dispatch_policy(self.dispatch.policy, self.dispatch_params())
+
+    def engine_kwargs(self) -> dict[str, dict[str, Any]]:
+        """Keyword arguments of actors.engine.config ModelConfig, CacheConfig, SchedulerConfig."""
+        m, e = self.model, self.engine
+        return {
+            "model": {
+                "model": m.path,
+                "dtype": m.dtype,
+                "max_model_len": m.max_model_len,
+                "load_format": m.load_format,
+                "seed": m.seed,
+            },
+            "cache": {
+                "block_size": e.block_size,
+                "gpu_memory_utilization": e.gpu_memory_utilization,
+                "cpu_kv_cache_bytes": e.cpu_kv_cache_bytes,
+                "swap_space_bytes": e.swap_space_bytes,
+                "enable_prefix_caching": e.enable_prefix_caching,
+            },
+            "scheduler": {
+                "max_num_batched_tokens": e.max_num_batched_tokens,
+                "max_num_seqs": e.max_num_seqs,
+                "preemption_mode": e.preemption_mode,
+            },
+        }
+
+
+def cross_checks(cfg: DeploymentConfig) -> list[tuple[str, str]]:
+    """Checks spanning fields or sections, each as (key path, reason)."""
+    return [
+        *_replica_issues(cfg),
+        *_engine_issues(cfg.engine),
+        *_dispatch_issues(cfg.dispatch),
+        *_server_issues(cfg.server),
+        *_security_issues(cfg.security),
+    ]
+
+
+def _replica_issues(cfg: DeploymentConfig) -> list[tuple[str, str]]:
+    r, tp = cfg.replicas, cfg.model.tensor_parallel_size
+    issues = []
+    if r.count is not None and (r.min is not None or r.max is not None):
+        issues.append(("replicas.count", "give either count or min/max, not both"))
+    if r.min is not None and r.max is not None and r.min > r.max:
+        issues.append(("replicas.min", f"must be <= replicas.max ({r.max}), got {r.min}"))
+    gpus = r.resources.num_gpus
+    if gpus > 0 and gpus != tp and not (tp == 1 and gpus < 1):
+        issues.append(
+            (
+                "replicas.resources.num_gpus",
+                f"must be {tp} (one GPU per tensor-parallel shard), or a fraction below 1 with "
+                f"tensor_parallel_size 1; got {gpus:g}",
+            )
+        )
+    return issues
+
+
+def _engine_issues(e: EngineSection) -> list[tuple[str, str]]:
+    issues = []
+    if e.block_size & (e.block_size - 1):
+        issues.append(("engine.block_size", f"must be a power of two, got {e.block_size}"))
+    if e.preemption_mode == "swap" and e.swap_space_bytes == 0:
+        issues.append(("engine.swap_space_bytes", "must be > 0 when preemption_mode is swap"))
+    if e.max_num_batched_tokens < e.max_num_seqs:
+        issues.append(
+            (
+                "engine.max_num_batched_tokens",
+                f"must be >= engine.max_num_seqs ({e.max_num_seqs}) so every running request "
+                f"can decode each step, got {e.max_num_batched_tokens}",
+            )
+        )
+    return issues
+
+
+def _dispatch_issues(d: DispatchSection) -> list[tuple[str, str]]:
+    if "max_queue" in d.params:
+        return [("dispatch.params.max_queue", "set server.max_queue_per_replica instead")]
+    try:
+        make_dispatch_policy(d.policy, d.params)
+    except PolicyParamError as exc:
+        return [(f"dispatch.params.{exc.key}", exc.reason)]
+    except ValueError as exc:
+        return [("dispatch.policy", str(exc).removeprefix("policy: "))]
+    return []
+
+
+def _server_issues(s: ServerSection) -> list[tuple[str, str]]:
+    issues = []
+    if s.http_port and s.http_port == s.controller_grpc_port:
+        issues.append(
+            ("server.controller_grpc_port", f"must differ from http_port ({s.http_port})")
+        )
+    if s.unhealthy_after_s <= s.report_interval_s:
+        issues.append(
+            (
+                "server.unhealthy_after_s",
+                f"must be > report_interval_s ({s.report_interval_s:g}) or every replica would "
+                f"flap unhealthy, got {s.unhealthy_after_s:g}",
+            )
+        )
+    return issues
+
+
+def _security_issues(s: SecuritySection) -> list[tuple[str, str]]:
+    return [
+        (f"security.api_keys[{i}]", "must be non-empty without whitespace")
+        for i, key in enumerate(s.api_keys or ())
+        if not key or any(c.isspace() for c in key)
+    ]
