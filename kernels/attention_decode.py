@@ -130,6 +130,7 @@ def _decode_reduce_kernel(
     row = (req * NUM_HEADS + head) * NUM_SPLITS
     lse = tl.load(part_lse_ptr + row + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
     m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # no split saw a token: all weights are 0
     w = tl.where(lse > float("-inf"), tl.math.exp2(lse - m), 0.0)  # [S]
     parts = tl.load(
         part_out_ptr + (row + sp.to(tl.int64))[:, None] * HEAD_DIM + d[None, :],
@@ -140,47 +141,6 @@ def _decode_reduce_kernel(
     o = tl.sum(parts * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
     o_ptrs = out_ptr + req * stride_ob + head * stride_oh + d
     tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty))
-
-
-def check_paged_kv(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype, device: torch.device
-) -> None:
-    """K and V caches: [num_blocks, block_size, num_kv_heads, head_dim], the query's dtype."""
-    checks.check_tensor("k_cache", k_cache, ndim=4, dtypes=(dtype,), device=device)
-    checks.check_tensor("v_cache", v_cache, ndim=4, dtypes=(dtype,), device=device)
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(
-            f"v_cache: shape {tuple(v_cache.shape)} must equal k_cache {tuple(k_cache.shape)}"
-        )
-    bs = k_cache.shape[1]
-    if bs < 1 or bs & (bs - 1):
-        raise ValueError(f"k_cache: block_size (dim 1) must be a power of two, got {bs}")
-
-
-def _check_decode(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-) -> None:
-    checks.check_tensor("query", query, ndim=3, dtypes=checks.FLOAT_DTYPES)
-    check_paged_kv(k_cache, v_cache, query.dtype, query.device)
-    b, hq, d = query.shape
-    hkv = k_cache.shape[2]
-    checks.check_head_dim("query", d)
-    checks.check_dim("k_cache", k_cache, 3, d, "query head_dim")
-    if hq % hkv:
-        raise ValueError(f"query: {hq} heads is not a multiple of k_cache's {hkv} KV heads")
-    checks.check_tensor(
-        "block_tables", block_tables, ndim=2, dtypes=(torch.int32,), device=query.device
-    )
-    checks.check_dim("block_tables", block_tables, 0, b, "the batch size")
-    checks.check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,), device=query.device)
-    checks.check_dim("seq_lens", seq_lens, 0, b, "the batch size")
-    checks.check_contiguous("seq_lens", seq_lens)
-    checks.check_positive("scale", scale)
 
 
 def pick_num_splits(batch: int, kv_heads: int, max_seq_len: int, device: torch.device) -> int:
@@ -212,7 +172,7 @@ def paged_attention_decode(
     Table entries past a request's length are never read (they may be -1); a block id outside
     [0, N) inside the length is skipped instead of read. seq_len 0 gives a zero output row.
     """
-    _check_decode(query, k_cache, v_cache, block_tables, seq_lens, scale)
+    checks.check_decode(query, k_cache, v_cache, block_tables, seq_lens, scale)
     if max_seq_len < 0:
         raise ValueError(f"max_seq_len: must be >= 0, got {max_seq_len}")
     b, hq, d = query.shape

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from kernels import checks
-from kernels.attention_decode import LOG2E, check_paged_kv
+from kernels.attention_decode import LOG2E
 from kernels.triton_utils import mma
 
 
@@ -104,37 +104,6 @@ def _prefill_kernel(
     tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=m_valid[:, None])
 
 
-def _check_prefill(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-) -> None:
-    checks.check_tensor("query", query, ndim=3, dtypes=checks.FLOAT_DTYPES)
-    check_paged_kv(k_cache, v_cache, query.dtype, query.device)
-    _, hq, d = query.shape
-    hkv = k_cache.shape[2]
-    checks.check_head_dim("query", d)
-    checks.check_dim("k_cache", k_cache, 3, d, "query head_dim")
-    if hq % hkv:
-        raise ValueError(f"query: {hq} heads is not a multiple of k_cache's {hkv} KV heads")
-    dev = query.device
-    checks.check_tensor("block_tables", block_tables, ndim=2, dtypes=(torch.int32,), device=dev)
-    b = block_tables.shape[0]
-    checks.check_tensor(
-        "query_start_loc", query_start_loc, ndim=1, dtypes=(torch.int32,), device=dev
-    )
-    checks.check_dim("query_start_loc", query_start_loc, 0, b + 1, "batch size + 1")
-    checks.check_contiguous("query_start_loc", query_start_loc)
-    checks.check_tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,), device=dev)
-    checks.check_dim("seq_lens", seq_lens, 0, b, "the batch size")
-    checks.check_contiguous("seq_lens", seq_lens)
-    checks.check_positive("scale", scale)
-
-
 def paged_attention_prefill(
     query: torch.Tensor,  # [T, Hq, D] packed query rows
     k_cache: torch.Tensor,  # [N, bs, Hkv, D]
@@ -152,7 +121,7 @@ def paged_attention_prefill(
     The chunk's own K/V must already be written to the cache. `max_query_len` (host int, >= every
     q_len) sizes the grid. Rows of T not covered by any request are left untouched in `out`.
     """
-    _check_prefill(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
+    checks.check_prefill(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
     if max_query_len < 0:
         raise ValueError(f"max_query_len: must be >= 0, got {max_query_len}")
     t, hq, d = query.shape

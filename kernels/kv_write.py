@@ -62,22 +62,8 @@ def write_kv(
     key/value may be strided views (e.g. slices of a fused qkv output) as long as the last dim
     has stride 1. The caches keep the engine's layout with the same shape.
     """
-    checks.check_tensor("key", key, ndim=3, dtypes=checks.FLOAT_DTYPES)
-    checks.check_tensor("value", value, ndim=3, dtypes=checks.FLOAT_DTYPES, device=key.device)
-    if value.shape != key.shape:
-        raise ValueError(f"value: shape {tuple(value.shape)} must equal key {tuple(key.shape)}")
-    checks.check_tensor("k_cache", k_cache, ndim=4, dtypes=checks.FLOAT_DTYPES, device=key.device)
-    checks.check_tensor("v_cache", v_cache, ndim=4, dtypes=(k_cache.dtype,), device=key.device)
-    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise ValueError("v_cache: shape and strides must equal k_cache's")
+    checks.check_write_kv(key, value, k_cache, v_cache, slot_mapping)
     t, hkv, d = key.shape
-    checks.check_dim("k_cache", k_cache, 2, hkv, "key's KV heads")
-    checks.check_dim("k_cache", k_cache, 3, d, "key's head_dim")
-    checks.check_tensor(
-        "slot_mapping", slot_mapping, ndim=1, dtypes=checks.INDEX_DTYPES, device=key.device
-    )
-    checks.check_dim("slot_mapping", slot_mapping, 0, t, "the number of key rows")
-    checks.check_contiguous("slot_mapping", slot_mapping)
     if t == 0:
         return
     n, bs = k_cache.shape[:2]

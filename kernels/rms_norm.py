@@ -54,19 +54,8 @@ def rms_norm(
     The output dtype is torch's promotion of weight and x; the new residual has x's dtype.
     Inputs are not modified.
     """
-    checks.check_tensor("x", x, ndim=2, dtypes=checks.FLOAT_DTYPES)
-    checks.check_tensor("weight", weight, ndim=1, dtypes=checks.FLOAT_DTYPES, device=x.device)
+    checks.check_rms_norm(x, weight, eps, residual)
     t, h = x.shape
-    checks.check_dim("weight", weight, 0, h, "x's hidden size")
-    checks.check_positive("eps", eps)
-    if h > 65536:
-        raise ValueError(f"x: hidden size {h} exceeds the one-tile limit of 65536")
-    if residual is not None:
-        checks.check_tensor("residual", residual, ndim=2, dtypes=(x.dtype,), device=x.device)
-        if residual.shape != x.shape:
-            raise ValueError(
-                f"residual: shape {tuple(residual.shape)} must equal x {tuple(x.shape)}"
-            )
     out = torch.empty((t, h), dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     new_residual = torch.empty_like(x) if residual is not None else None
     if t == 0:
