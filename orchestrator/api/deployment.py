@@ -15,11 +15,13 @@ from fastapi import FastAPI
 from ray import serve
 
 from actors.models.embedded import resolve_model_path
+from actors.replica.actor import ControllerLocator
 from orchestrator.api.app import Handlers, build_app
 from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.router import Router
+from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ class IngressSettings:
     model: str  # checkpoint directory or the embedded model's name
     max_model_len: int | None
     block_size: int
-    policy_name: str
-    policy_params: tuple[tuple[str, Any], ...] = ()
     max_body_bytes: int = 1 << 20
     health_timeout_s: float = 2.0
     num_replicas: int = 1
@@ -60,7 +60,8 @@ class HealthChecker:
 
     async def __call__(self) -> dict[str, Any]:
         controller_ok = await self._controller_ok()
-        replicas = [r for r in self._router.view().healthy()]
+        view = self._router.view
+        replicas = list(view.healthy()) if view is not None else []
         answering = None
         for r in replicas:
             if await self._replica_ok(r.address):
@@ -98,10 +99,10 @@ class OpenAIIngress:
             settings.model_name, model_dir, settings.max_model_len, settings.block_size
         )
         self._controller = ControllerClient(settings.controller_address)
+        # The router finds a restarted controller again through its named actor.
         self._router = Router(
             settings.controller_address,
-            policy_name=settings.policy_name,
-            policy_params=dict(settings.policy_params),
+            resolve=ControllerLocator(CONTROLLER_NAME, NAMESPACE),
         )
         await self._router.start()
         self._pool = ReplicaPool()

@@ -73,10 +73,14 @@ def from_replica_error(error: str) -> APIError:
     return APIError(500, f"replica error: {error}", code="internal_error")
 
 
-def no_replica() -> APIError:
+def no_replica(reason: str = "", overloaded: bool = False) -> APIError:
+    """429 when every replica's queue is full (back off and retry), 503 when none is up."""
+    detail = f": {reason}" if reason else ""
+    if overloaded:
+        return APIError(429, f"every replica is busy{detail}", code="overloaded", retry_after_s=1)
     return APIError(
         503,
-        "no replica can take the request right now; retry later",
+        f"no replica can take the request right now{detail}",
         code="no_replica_available",
         retry_after_s=1,
     )

@@ -75,8 +75,6 @@ def ingress_settings(cfg: DeploymentConfig, controller_address: str):
         model=cfg.model.path,
         max_model_len=cfg.model.max_model_len,
         block_size=cfg.engine.block_size,
-        policy_name=cfg.dispatch.policy,
-        policy_params=tuple(sorted(cfg.dispatch_params().items())),
         max_body_bytes=cfg.server.max_body_bytes,
     )
 

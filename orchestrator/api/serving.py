@@ -39,8 +39,16 @@ class RouteLike(Protocol):
     address: str
 
 
+class OutcomeLike(Protocol):
+    result: RouteLike | None
+    reason: str
+    overloaded: bool
+
+
 class RouterLike(Protocol):
-    async def route(self, meta: RequestMeta) -> RouteLike | None: ...
+    """orchestrator.controller.router.Router's routing surface."""
+
+    async def decide(self, meta: RequestMeta) -> OutcomeLike: ...
 
     def release(self, replica_id: str) -> None: ...
 
@@ -219,10 +227,10 @@ class OpenAIServing:
             priority=prep.priority,
             prefix_hashes=tuple(block_hashes(prep.prompt_token_ids, self.model.block_size)),
         )
-        route = await self.router.route(meta)
-        if route is None:
-            raise errors.no_replica()
-        return route
+        outcome = await self.router.decide(meta)
+        if outcome.result is None:
+            raise errors.no_replica(outcome.reason, outcome.overloaded)
+        return outcome.result
 
     def spawn(self, coro: object) -> None:
         """Run `coro` detached; used for cleanup that must survive a cancelled handler."""

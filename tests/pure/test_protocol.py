@@ -135,6 +135,8 @@ def test_error_mapping() -> None:
     v = errors.from_value_error(ValueError("max_tokens: must be >= 1, got 0"))
     assert (v.status, v.param) == (400, "max_tokens")
     assert errors.no_replica().status == 503 and "Retry-After" in errors.no_replica().headers()
+    busy_all = errors.no_replica("all healthy replicas are full", overloaded=True)
+    assert busy_all.status == 429 and busy_all.headers() == {"Retry-After": "1"}
 
 
 def test_completion_logprobs_offsets() -> None:
