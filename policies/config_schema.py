@@ -111,19 +111,19 @@ class ServerSection(Section):
     max_body_bytes: ByteSize = 1 << 20
 
 
-class TlsSection(Section):
-    """PEM paths, as actors.replica.tls.TlsFiles takes them."""
-
-    cert: str = Field(min_length=1)  # servers present cert/key
-    key: str = Field(min_length=1)
-    ca: str | None = None  # verifies peers; default: cert (self-signed deployments)
-
-
 class SecuritySection(Section):
-    tls: TlsSection | None = None  # absent: plaintext gRPC (a trusted network only)
+    """TLS for gRPC (PEM paths, as actors.replica.tls.TlsFiles takes them) and API keys."""
+
+    tls_cert_file: str | None = None  # absent: plaintext gRPC (a trusted network only)
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None  # verifies peers; default: the cert (self-signed deployments)
     # Lax only to take the YAML list as a tuple; items must still be strings.
     api_keys: tuple[str, ...] | None = Field(default=None, strict=False)
     api_keys_env: str | None = None  # name of an env var holding comma-separated keys
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 class DeploymentConfig(Section):
@@ -245,8 +245,13 @@ def _server_issues(s: ServerSection) -> list[tuple[str, str]]:
 
 
 def _security_issues(s: SecuritySection) -> list[tuple[str, str]]:
-    return [
-        (f"security.api_keys[{i}]", "must be non-empty without whitespace")
-        for i, key in enumerate(s.api_keys or ())
-        if not key or any(c.isspace() for c in key)
-    ]
+    issues = []
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        missing = "tls_key_file" if s.tls_key_file is None else "tls_cert_file"
+        issues.append((f"security.{missing}", "tls_cert_file and tls_key_file go together"))
+    if s.tls_ca_file is not None and s.tls_cert_file is None:
+        issues.append(("security.tls_ca_file", "needs tls_cert_file and tls_key_file"))
+    for i, key in enumerate(s.api_keys or ()):
+        if not key or any(c.isspace() for c in key):
+            issues.append((f"security.api_keys[{i}]", "must be non-empty without whitespace"))
+    return issues
