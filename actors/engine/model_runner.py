@@ -1,0 +1,278 @@
+"""ModelRunner: owns the device, the model and the paged KV cache; runs one scheduled step.
+
+    runner = ModelRunner(engine_config)     # config.model.model must be a checkpoint directory
+    logits = runner.execute(sched_out)      # [num chunks that sample, V] fp32, in chunk order
+
+The KV cache is one tensor `[L, 2, num_blocks, block_size, Hkv, D]`; layer l's K and V are the
+views `kv_cache[l, 0]` and `kv_cache[l, 1]`, each in the fixed kernel layout `[num_blocks,
+block_size, Hkv, D]`. One tensor makes a block's whole KV (every layer) one index along dim 2,
+so swaps and migration move many blocks with one gather/scatter. The host swap pool has the same
+layout (pinned on GPU).
+
+Sizing: on CPU the KV budget is `cache.cpu_kv_cache_bytes`. On GPU it is
+`gpu_memory_utilization x total memory - peak torch memory of a profile step at
+max_num_batched_tokens (weights included) - memory outside torch (CUDA context, other
+processes)`. `cache.num_gpu_blocks_override` wins on either device.
+
+Sliding-window models (Mistral v0.1): every position sees the whole context, so
+`max_model_len` is clamped to the window (with a warning); within it, full attention is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from actors.engine.config import EngineConfig
+from actors.engine.input_batch import build_input_batch, pack_batch
+from actors.engine.outputs import SchedulerOutput
+from actors.models.attention import KVCache
+from actors.models.config import ModelArchConfig, load_arch_config
+from actors.models.loader import load_model, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:N)"
+        ) from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested but CUDA is not available")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r} but only {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", index)
+    return device
+
+
+def resolve_max_model_len(arch: ModelArchConfig, requested: int | None) -> int:
+    limit = arch.max_position_embeddings
+    if requested is not None and requested > limit:
+        raise ValueError(
+            f"max_model_len: {requested} exceeds the model's max_position_embeddings ({limit})"
+        )
+    length = requested or limit
+    window = arch.sliding_window
+    if window is not None and length > window:
+        logger.warning(
+            "%s uses a sliding window of %d tokens; clamping max_model_len %d -> %d so that "
+            "full attention stays exact",
+            arch.architecture,
+            window,
+            length,
+            window,
+        )
+        length = window
+    return length
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._device = resolve_device(config.device)
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        model_dir = Path(config.model.model)
+        self.arch = load_arch_config(model_dir)
+        self._dtype = resolve_dtype(config.model.dtype, self.arch, self._device)
+        self._max_model_len = resolve_max_model_len(self.arch, config.model.max_model_len)
+        self._block_size = config.cache.block_size
+        self.model = load_model(
+            model_dir,
+            self.arch,
+            dtype=self._dtype,
+            device=self._device,
+            load_format=config.model.load_format,
+            seed=config.model.seed,
+        )
+        num_blocks = self._plan_num_blocks()
+        a = self.arch
+        shape = (a.num_layers, 2, num_blocks, self._block_size, a.num_kv_heads, a.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self._dtype, device=self._device)
+        self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
+        num_host = config.cache.swap_space_bytes // self.kv_block_bytes
+        pin = self._device.type == "cuda"
+        self.host_kv_cache = torch.zeros(
+            (*shape[:2], num_host, *shape[3:]), dtype=self._dtype, pin_memory=pin
+        )
+        logger.info(
+            "model %s on %s (%s): %d KV blocks of %d tokens, %d host blocks, max_model_len %d",
+            a.architecture,
+            self._device,
+            self._dtype,
+            num_blocks,
+            self._block_size,
+            num_host,
+            self._max_model_len,
+        )
+
+    # ---- properties --------------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache.shape[2]
+
+    @property
+    def num_host_blocks(self) -> int:
+        return self.host_kv_cache.shape[2]
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.arch.vocab_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def kv_block_bytes(self) -> int:
+        """Bytes of one block across all layers, K and V."""
+        a = self.arch
+        elem = torch.empty((), dtype=self._dtype).element_size()
+        return a.num_layers * 2 * self._block_size * a.num_kv_heads * a.head_dim * elem
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
+        """Swaps first, then the forward; logits [S, V] fp32 for the chunks that sample."""
+        self.swap(sched_out.swap_out, sched_out.swap_in)
+        if sched_out.is_empty:
+            return torch.empty(0, self.vocab_size, device=self._device)
+        batch = build_input_batch(
+            sched_out.chunks, self._block_size, self._device, self._max_model_len
+        )
+        hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
+        return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
+
+    def swap(self, swap_out: list[tuple[int, int]], swap_in: list[tuple[int, int]]) -> None:
+        """Copies (device_block, host_block) pairs: out (device -> host) before in."""
+        if swap_out:
+            dev_idx, host_idx = self._swap_indices(swap_out, "swap_out")
+            self.host_kv_cache[:, :, host_idx] = self.kv_cache[:, :, dev_idx.to(self._device)].cpu()
+        if swap_in:
+            dev_idx, host_idx = self._swap_indices(swap_in, "swap_in")
+            src = self.host_kv_cache[:, :, host_idx]  # [L, 2, n, bs, Hkv, D]
+            self.kv_cache[:, :, dev_idx.to(self._device)] = src.to(self._device, non_blocking=True)
+
+    def _swap_indices(
+        self, pairs: list[tuple[int, int]], name: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = [d for d, _ in pairs]
+        host = [h for _, h in pairs]
+        if min(dev) < 0 or max(dev) >= self.num_blocks:
+            raise ValueError(f"{name}: device block ids must be in [0, {self.num_blocks})")
+        if min(host) < 0 or max(host) >= self.num_host_blocks:
+            raise ValueError(
+                f"{name}: host block ids must be in [0, {self.num_host_blocks}) "
+                "(cache.swap_space_bytes sets the host pool)"
+            )
+        return torch.tensor(dev, dtype=torch.int64), torch.tensor(host, dtype=torch.int64)
+
+    # ---- sizing ------------------------------------------------------------------------------
+
+    def _plan_num_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        if self._device.type == "cpu":
+            budget, field = cache.cpu_kv_cache_bytes, "cache.cpu_kv_cache_bytes"
+        else:
+            budget, field = self._gpu_kv_budget(), "cache.gpu_memory_utilization"
+        num_blocks = budget // self.kv_block_bytes
+        if num_blocks < 1:
+            raise ValueError(
+                f"{field}: leaves {max(budget, 0)} bytes for the KV cache, less than one block "
+                f"({self.kv_block_bytes} bytes)"
+            )
+        if num_blocks * self._block_size < self._max_model_len:
+            logger.warning(
+                "the KV cache holds %d tokens, fewer than max_model_len %d",
+                num_blocks * self._block_size,
+                self._max_model_len,
+            )
+        return num_blocks
+
+    def _gpu_kv_budget(self) -> int:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self._device)
+        self._profile_run()
+        torch.cuda.synchronize(self._device)
+        peak = torch.cuda.max_memory_allocated(self._device)
+        free, total = torch.cuda.mem_get_info(self._device)
+        outside_torch = (total - free) - torch.cuda.memory_reserved(self._device)
+        torch.cuda.empty_cache()
+        util = self.config.cache.gpu_memory_utilization
+        budget = int(util * total) - peak - outside_torch
+        logger.info(
+            "GPU memory: total %.2f GiB x %.2f, torch peak %.2f GiB, outside torch %.2f GiB, "
+            "KV budget %.2f GiB",
+            total / 2**30,
+            util,
+            peak / 2**30,
+            outside_torch / 2**30,
+            budget / 2**30,
+        )
+        return budget
+
+    @torch.inference_mode()
+    def _profile_run(self) -> None:
+        """One forward at the worst step shape: the token budget as long prefills + many rows.
+
+        Long chunks set the attention peak, many sampled rows the logits peak; the profile has
+        both. Every layer shares one small scratch cache, so it costs one layer's KV only.
+        """
+        sched = self.config.scheduler
+        tokens = sched.max_num_batched_tokens
+        n_short = min(sched.max_num_seqs, tokens) - 1
+        lens, long_total = [1] * n_short, tokens - n_short
+        while long_total > 0:
+            lens.append(min(self._max_model_len, long_total))
+            long_total -= lens[-1]
+        bs = self._block_size
+        n_blocks = [-(-n // bs) for n in lens]
+        width, first = max(n_blocks), [sum(n_blocks[:i]) for i in range(len(n_blocks))]
+        a = self.arch
+        scratch = torch.zeros(
+            (2, sum(n_blocks), bs, a.num_kv_heads, a.head_dim),
+            dtype=self._dtype,
+            device=self._device,
+        )
+        batch = pack_batch(
+            token_ids=[0] * tokens,
+            starts=[0] * len(lens),
+            q_lens=lens,
+            block_tables=[
+                list(range(f, f + n)) + [0] * (width - n)
+                for f, n in zip(first, n_blocks, strict=True)
+            ],
+            sampled=list(range(len(lens))),
+            block_size=bs,
+            device=self._device,
+        )
+        caches = [(scratch[0], scratch[1])] * a.num_layers
+        hidden = self.model(batch.input_ids, batch.positions, batch.attn, caches)
+        self.model.compute_logits(hidden[batch.logits_indices])
