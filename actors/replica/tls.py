@@ -27,13 +27,22 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     if tls.cert is None or tls.key is None:
         raise ValueError("security.tls: a server needs both cert and key")
     pair = (Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())
-    return grpc.ssl_server_credentials([pair])
+    if tls.ca is None:
+        return grpc.ssl_server_credentials([pair])
+    # A CA means mutual TLS: peers must present a certificate it signed.
+    ca = Path(tls.ca).read_bytes()
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
 
 
 def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     # With no explicit CA the server's own (self-signed) certificate is the trust root.
     root = tls.ca or tls.cert
-    return grpc.ssl_channel_credentials(Path(root).read_bytes() if root else None)
+    root_pem = Path(root).read_bytes() if root else None
+    if tls.ca is None or tls.cert is None or tls.key is None:
+        return grpc.ssl_channel_credentials(root_pem)
+    return grpc.ssl_channel_credentials(
+        root_pem, Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()
+    )
 
 
 def add_port(server: grpc.Server | grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:

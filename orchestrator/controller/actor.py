@@ -1,0 +1,38 @@
+"""The controller as one named, detached, restartable Ray actor.
+
+Ray restarts it after a crash with the same arguments; it starts empty, adopts the replica actors
+it finds, and those re-register when their reports are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from orchestrator.controller.backend import RayBackend
+from orchestrator.controller.deployment import ConfigUpdater
+from orchestrator.controller.host import ControllerHost
+from orchestrator.controller.settings import ControllerSettings
+from policies.config import DeploymentConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ControllerActor:
+    def __init__(self, config: DeploymentConfig, settings: ControllerSettings) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._backend = RayBackend()
+        self._host = ControllerHost(settings, self._backend, ConfigUpdater(config))
+
+    def grpc_address(self) -> str:
+        return self._host.address
+
+    def status(self) -> dict[str, Any]:
+        return self._host.status()
+
+    def shutdown(self) -> None:
+        """Stop the control loop and remove every replica (the cluster is going away)."""
+        replica_ids = self._host.replica_ids()
+        self._host.stop()
+        for replica_id in set(replica_ids) | set(self._backend.list_replicas()):
+            self._backend.kill_replica(replica_id)

@@ -1,0 +1,68 @@
+"""RayBackend: every Ray call the controller makes, behind one class (tests swap a Fake in here).
+
+Replicas are detached named actors, so they outlive a controller restart; a restarted controller
+finds them by name and they re-register with it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from actors.replica.actor import ReplicaActor
+from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX, ControllerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class RayBackend:
+    def __init__(self, namespace: str = NAMESPACE) -> None:
+        self._namespace = namespace
+
+    def create_replica(
+        self, replica_id: str, settings: ControllerSettings, controller_address: str
+    ) -> None:
+        """Start a replica actor; returns at once (it registers when its engine is up)."""
+        res = settings.resources
+        actor_cls = ray.remote(ReplicaActor).options(
+            name=REPLICA_NAME_PREFIX + replica_id,
+            namespace=self._namespace,
+            lifetime="detached",
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            resources=dict(res.custom) or None,
+            max_restarts=0,
+        )
+        actor_cls.remote(replica_id, settings.spec, controller_address, settings.replica_options)
+
+    def list_replicas(self) -> list[str]:
+        """Ids of the live replica actors in the namespace (named actors of dead ones are gone)."""
+        names = ray.util.list_named_actors(all_namespaces=True)
+        return [
+            n["name"][len(REPLICA_NAME_PREFIX) :]
+            for n in names
+            if n["namespace"] == self._namespace and n["name"].startswith(REPLICA_NAME_PREFIX)
+        ]
+
+    def is_alive(self, replica_id: str, timeout_s: float = 2.0) -> bool:
+        """False only when the actor is certainly gone; a slow answer counts as alive."""
+        try:
+            handle = ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=self._namespace)
+            return bool(ray.get(handle.health.remote(), timeout=timeout_s))
+        except ValueError:
+            return False  # no such named actor
+        except ray.exceptions.GetTimeoutError:
+            return True
+        except ray.exceptions.RayActorError:
+            return False
+
+    def kill_replica(self, replica_id: str) -> None:
+        try:
+            handle = ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=self._namespace)
+        except ValueError:
+            return
+        ray.kill(handle, no_restart=True)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,167 @@
+"""Router: routes on the ingress from the ClusterView the controller streams to it.
+
+The dispatch policy runs locally on the latest view plus this router's own dispatches since each
+replica's last report (so a burst spreads instead of herding onto the replica that looked idlest).
+bench/control_plane.py measured this against asking the controller per request; see
+docs/control-plane-notes.md. When the controller is unreachable the router keeps serving from its
+last view with least_load, and reconnects (finding a restarted controller through `resolve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actors.replica.tls import TlsFiles
+from orchestrator.controller.client import ControllerClient, RouteOutcome, RouteResult
+from orchestrator.controller.wire import ViewUpdate
+from policies.cluster_view import ClusterView, RequestMeta
+from policies.dispatch import DispatchPolicy, make_dispatch_policy
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_POLICY = "least_load"
+
+
+class Router:
+    def __init__(
+        self,
+        controller_address: str,
+        *,
+        tls: TlsFiles | None = None,
+        resolve: Callable[[], str | None] | None = None,
+        reconnect_s: float = 0.5,
+    ) -> None:
+        self._address = controller_address
+        self._tls = tls
+        self._resolve = resolve
+        self._reconnect_s = reconnect_s
+        self._update: ViewUpdate | None = None
+        self._policy_key: tuple[str, str] | None = None
+        self._policy: DispatchPolicy | None = None
+        self._fallback: DispatchPolicy = make_dispatch_policy(FALLBACK_POLICY)
+        self._since_report: dict[str, int] = {}  # dispatches since the replica's last report
+        self._versions: dict[str, int] = {}
+        self._connected = False
+        self._first_view = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.num_updates = 0
+        self.last_update_at = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, wait_s: float = 10.0) -> None:
+        """Start watching the controller; waits up to `wait_s` for the first view."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch_forever())
+        try:
+            await asyncio.wait_for(self._first_view.wait(), wait_s)
+        except asyncio.TimeoutError:
+            logger.warning("no cluster view from %s after %.1fs", self._address, wait_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def view(self) -> ClusterView | None:
+        return self._update.view if self._update is not None else None
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                client = ControllerClient(self._address, self._tls)
+                try:
+                    async for update in client.watch_updates(watcher_id="router"):
+                        self._connected = True
+                        self.apply_update(update)
+                finally:
+                    client.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the controller is down or moved: keep the last view
+                if self._connected:
+                    logger.warning("controller watch lost (%s); routing on the last view", exc)
+            self._connected = False
+            await asyncio.sleep(self._reconnect_s)  # paces reconnect attempts
+            await self._relocate()
+
+    async def _relocate(self) -> None:
+        if self._resolve is None:
+            return
+        try:
+            address = await asyncio.to_thread(self._resolve)
+        except Exception as exc:
+            logger.info("controller lookup failed: %s", exc)
+            return
+        if address and address != self._address:
+            logger.info("controller moved to %s", address)
+            self._address = address
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    def apply_update(self, update: ViewUpdate) -> None:
+        """Take a new view: replicas whose report is newer forget this router's dispatches."""
+        for replica in update.view.replicas:
+            if self._versions.get(replica.replica_id) != replica.version:
+                self._versions[replica.replica_id] = replica.version
+                self._since_report[replica.replica_id] = 0
+        key = (update.policy_name, json.dumps(update.policy_params, sort_keys=True))
+        if key != self._policy_key and update.policy_name:
+            try:
+                self._policy = make_dispatch_policy(update.policy_name, update.policy_params)
+                self._policy_key = key
+            except ValueError:
+                logger.exception("controller sent an unusable policy; keeping the previous one")
+        self._update = update
+        self.num_updates += 1
+        self.last_update_at = time.monotonic()
+        self._first_view.set()
+
+    def decide_now(self, meta: RequestMeta) -> RouteOutcome:
+        update = self._update
+        if update is None:
+            return RouteOutcome(None, "no cluster view yet")
+        policy = self._policy if self._connected and self._policy else self._fallback
+        view = update.view.with_inflight(self._since_report)
+        decision = policy.choose(view, meta)
+        if decision.replica_id is None:
+            return RouteOutcome(None, decision.reason, decision.overloaded)
+        replica = view.get(decision.replica_id)
+        assert replica is not None
+        self._since_report[replica.replica_id] = self._since_report.get(replica.replica_id, 0) + 1
+        return RouteOutcome(RouteResult(replica.replica_id, replica.address, decision.reason), "")
+
+    async def decide(self, meta: RequestMeta) -> RouteOutcome:
+        return self.decide_now(meta)
+
+    async def route(self, meta: RequestMeta) -> RouteResult | None:
+        return self.decide_now(meta).result
+
+    def release(self, replica_id: str) -> None:
+        """A request routed here ended before the replica's next report counted it."""
+        count = self._since_report.get(replica_id, 0)
+        if count > 0:
+            self._since_report[replica_id] = count - 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected,
+            "controller": self._address,
+            "policy": self._policy_key[0] if self._policy_key else None,
+            "num_updates": self.num_updates,
+            "since_report": dict(self._since_report),
+        }
