@@ -122,6 +122,7 @@ class Handlers:
             token_text=self.serving.token_text,
             logprobs=prep.params.logprobs is not None,
             request_id=prep.request_id,
+            return_token_ids=prep.return_token_ids,
         )
 
     def _done(self, endpoint: str, prep: Prepared, builder: ResponseBuilder) -> None:

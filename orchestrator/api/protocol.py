@@ -51,6 +51,7 @@ class _SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     priority: int = 0
+    return_token_ids: bool = False  # vLLM extra: each choice carries its generated token ids
 
     @field_validator("stream_options")
     @classmethod

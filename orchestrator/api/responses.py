@@ -23,6 +23,7 @@ class ChoiceState:
     """What one choice has produced so far."""
 
     text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
     num_tokens: int = 0
     finish_reason: str | None = None
     text_len: int = 0  # characters already emitted (legacy logprobs text_offset)
@@ -51,6 +52,7 @@ class ResponseBuilder:
     token_text: TokenText
     logprobs: bool
     request_id: str = ""
+    return_token_ids: bool = False
     created: int = field(default_factory=protocol.now)
     choices: dict[int, ChoiceState] = field(default_factory=dict)
     sent_role: bool = False
@@ -77,6 +79,7 @@ class ResponseBuilder:
         if d.num_prompt_tokens:
             self.num_prompt_tokens = d.num_prompt_tokens
         c.num_tokens = max(c.num_tokens + len(d.token_ids), d.num_output_tokens)
+        c.token_ids.extend(d.token_ids)
         lps = list(d.logprobs or ())
         if c.wants_logprobs:
             c.logprobs.extend(lps)
@@ -87,7 +90,10 @@ class ResponseBuilder:
         offset = c.text_len
         c.text.append(d.text)
         c.text_len += len(d.text)
-        return self._choice(d.index, d.text, lps if c.wants_logprobs else None, offset, c, True)
+        choice = self._choice(d.index, d.text, lps if c.wants_logprobs else None, offset, c, True)
+        if self.return_token_ids:
+            choice["token_ids"] = list(d.token_ids)
+        return choice
 
     def _choice(
         self,
@@ -125,10 +131,13 @@ class ResponseBuilder:
     # ---- whole response -------------------------------------------------------------------
 
     def final_body(self) -> dict[str, Any]:
-        choices = [
-            self._choice(i, "".join(c.text), c.logprobs if c.wants_logprobs else None, 0, c, False)
-            for i, c in sorted(self.choices.items())
-        ]
+        choices = []
+        for i, c in sorted(self.choices.items()):
+            lps = c.logprobs if c.wants_logprobs else None
+            choice = self._choice(i, "".join(c.text), lps, 0, c, False)
+            if self.return_token_ids:
+                choice["token_ids"] = list(c.token_ids)
+            choices.append(choice)
         make = protocol.chat_body if self.chat else protocol.completion_body
         return make(self.request_id, self.model, self.created, choices, self.usage(), False)
 

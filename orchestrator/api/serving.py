@@ -87,6 +87,7 @@ class Prepared:
     stream: bool
     include_usage: bool
     chat: bool
+    return_token_ids: bool = False
     arrival: float = field(default_factory=time.perf_counter)
 
 
@@ -202,6 +203,7 @@ class OpenAIServing:
             stream=req.stream,
             include_usage=req.include_usage,
             chat=chat,
+            return_token_ids=req.return_token_ids,
         )
 
     def token_text(self, token_id: int) -> str:

@@ -86,3 +86,4 @@ def test_chat_final_message_and_logprobs() -> None:
     entry = choice["logprobs"]["content"][0]
     assert entry["token"] == "<3>" and entry["top_logprobs"][0]["logprob"] == -0.2
     assert entry["bytes"] == list(b"<3>")
+    assert choice["token_ids"] == [3]
