@@ -76,7 +76,13 @@ def test_chat_stream_chunks() -> None:
 
 def test_chat_final_message_and_logprobs() -> None:
     b = ResponseBuilder(
-        chat=True, model="m", n=1, num_prompt_tokens=4, token_text=_tok, logprobs=True
+        chat=True,
+        model="m",
+        n=1,
+        num_prompt_tokens=4,
+        token_text=_tok,
+        logprobs=True,
+        return_token_ids=True,
     )
     b.add(_delta(0, (3,), "hi", True, logprobs=(TokenLogprob(3, -0.2, ((3, -0.2),)),)))
     body = b.final_body()
