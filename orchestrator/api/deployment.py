@@ -16,6 +16,7 @@ from ray import serve
 
 from actors.models.embedded import resolve_model_path
 from actors.replica.actor import ControllerLocator
+from actors.replica.tls import TlsFiles
 from orchestrator.api.app import Handlers, build_app
 from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
@@ -39,6 +40,7 @@ class IngressSettings:
     max_body_bytes: int = 1 << 20
     health_timeout_s: float = 2.0
     num_replicas: int = 1
+    tls: TlsFiles | None = None  # gRPC to the controller and replicas (config.security)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -98,14 +100,15 @@ class OpenAIIngress:
         model = ServedModel.load(
             settings.model_name, model_dir, settings.max_model_len, settings.block_size
         )
-        self._controller = ControllerClient(settings.controller_address)
+        self._controller = ControllerClient(settings.controller_address, settings.tls)
         # The router finds a restarted controller again through its named actor.
         self._router = Router(
             settings.controller_address,
+            tls=settings.tls,
             resolve=ControllerLocator(CONTROLLER_NAME, NAMESPACE),
         )
         await self._router.start()
-        self._pool = ReplicaPool()
+        self._pool = ReplicaPool(settings.tls)
         self._metrics = IngressMetrics()
         health = HealthChecker(
             self._controller, self._router, self._pool, settings.health_timeout_s

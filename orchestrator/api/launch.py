@@ -68,6 +68,7 @@ def _local_gpu_count() -> int:
 
 def ingress_settings(cfg: DeploymentConfig, controller_address: str):
     from orchestrator.api.deployment import IngressSettings
+    from orchestrator.controller.deployment import tls_from_config
 
     return IngressSettings(
         controller_address=controller_address,
@@ -76,6 +77,7 @@ def ingress_settings(cfg: DeploymentConfig, controller_address: str):
         max_model_len=cfg.model.max_model_len,
         block_size=cfg.engine.block_size,
         max_body_bytes=cfg.server.max_body_bytes,
+        tls=tls_from_config(cfg),
     )
 
 
@@ -139,15 +141,18 @@ def find_controller_address(ray_address: str = "auto") -> str:
     """The running controller's gRPC address, looked up through its named Ray actor."""
     import ray
 
+    from actors.replica.actor import ControllerLocator
     from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 
     if not ray.is_initialized():
         ray.init(address=ray_address, namespace=NAMESPACE, logging_level="ERROR")
     try:
-        actor = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        address = ControllerLocator(CONTROLLER_NAME, NAMESPACE)()
     except ValueError as exc:
         raise ValueError(
             "controller: no fleetlm controller is running in this Ray cluster "
             "(start one with `fleetlm serve`, or pass --controller HOST:PORT)"
         ) from exc
-    return ray.get(actor.address.remote(), timeout=10)
+    if not address:
+        raise ValueError("controller: the controller has no gRPC address yet")
+    return address

@@ -22,6 +22,7 @@ from typing import Protocol
 from actors.engine.sampling_params import SamplingParams
 from actors.engine.tokenizer import Tokenizer
 from actors.replica.client import ReplicaClient, ReplicaUnavailable
+from actors.replica.tls import TlsFiles
 from actors.replica.types import GenerateDelta, GenerateSpec
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
@@ -94,13 +95,14 @@ class Prepared:
 class ReplicaPool:
     """One ReplicaClient (one channel, one multiplexed stream) per replica address."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self._tls = tls
         self._clients: dict[str, ReplicaClient] = {}
 
     def get(self, address: str) -> ReplicaClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = ReplicaClient(address)
+            client = self._clients[address] = ReplicaClient(address, self._tls)
         return client
 
     async def close(self) -> None:
