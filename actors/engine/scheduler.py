@@ -208,11 +208,16 @@ class Scheduler:
 
     def _schedule_waiting(self, step: _Step) -> None:
         bm = self.block_manager
+        # Swapped requests hold host memory and made progress: newcomers of the same or a worse
+        # priority must not take the blocks they wait for.
+        floor = min((r.priority for r in self._swapped), default=None)
         i = 0
         while i < len(self._waiting) and step.budget > 0:
             if len(self._running) >= self.config.max_num_seqs:
                 return
             req = self._waiting[i][1]
+            if floor is not None and req.priority >= floor:
+                return  # the queue is sorted by priority: everything after is no better
             if self._gated(req):
                 i += 1
                 continue
