@@ -59,6 +59,7 @@ class ReplicaActor:
         node_id: str = "",
     ) -> None:
         logging.basicConfig(level=logging.INFO)
+        node_id = node_id or _ray_node_id()
         self.replica_id = replica_id
         self.incarnation = uuid.uuid4().hex[:12]
         self._server = ReplicaServer(
@@ -96,6 +97,12 @@ class ReplicaActor:
         if self._reporter is not None:
             self._reporter.stop()
         self._server.stop()
+
+
+def _ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _locator(options: ReplicaOptions) -> ControllerLocator | None:

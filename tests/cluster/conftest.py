@@ -1,0 +1,71 @@
+"""Shared Ray fixtures for the cluster tier.
+
+One local Ray (small num_cpus) is shared by every module that asks for `ray_local`; a module that
+needs its own multi-node cluster (test_multinode.py) shuts it down and the next `ray_local` user
+starts it again. Ray is shut down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+RAY_NUM_CPUS = 4  # logical slots: two 1-CPU replicas plus room; the machine has 2 cores
+
+
+def ensure_local_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=RAY_NUM_CPUS,
+            namespace="fleetlm",
+            include_dashboard=False,
+            log_to_driver=bool(os.environ.get("FLEETLM_TEST_RAY_LOGS")),
+        )
+
+
+@pytest.fixture(scope="session")
+def _ray_session() -> Iterator[None]:
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session: None) -> Iterator[None]:
+    """A local Ray cluster (started on first use, shared by modules)."""
+    ensure_local_ray()
+    yield
+
+
+def tiny_config_yaml(replicas: int = 2, policy: str = "least_load", **server: object) -> str:
+    """A deployment file for tests: the embedded tiny model on CPU replicas, fast reports."""
+    opts = {
+        "report_interval_s": 0.25,
+        "unhealthy_after_s": 1.5,
+        "controller_grpc_port": 0,
+        "http_port": 0,
+        **server,
+    }
+    server_lines = "\n".join(f"  {k}: {v}" for k, v in opts.items())
+    return f"""
+model:
+  path: fleetlm/tiny-llama
+replicas:
+  count: {replicas}
+  resources:
+    num_cpus: 1.0
+engine:
+  cpu_kv_cache_bytes: 16MiB
+  max_num_seqs: 16
+  max_num_batched_tokens: 256
+dispatch:
+  policy: {policy}
+server:
+{server_lines}
+"""
