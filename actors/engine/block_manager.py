@@ -16,7 +16,7 @@ so a shared block is never written again: no copy-on-write is needed.
 
 from __future__ import annotations
 
-import heapq
+import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
@@ -53,6 +53,8 @@ class BlockManager:
         # ref 0 but holding reusable KV; insertion order is the eviction order (oldest first).
         self._cached_free: OrderedDict[int, None] = OrderedDict()
         self._hash_to_block: dict[str, int] = {}
+        # Registered hashes bucketed by depth, so the routing summary costs O(limit), not O(cache).
+        self._by_depth: list[dict[str, None]] = []
         # Per request: its chained full-block hashes (a cache of pure token arithmetic) and how
         # many of its leading blocks cache_full_blocks has already dealt with.
         self._req_hashes: dict[str, list[str]] = {}
@@ -118,7 +120,8 @@ class BlockManager:
         """Register the hashes of the request's blocks that are now full and computed."""
         if not self.enable_prefix_caching or request.request_id in self._swapped:
             return
-        num_full = min(num_computed_tokens // self.block_size, len(request.block_ids))
+        num_computed = min(num_computed_tokens, request.num_tokens)
+        num_full = min(num_computed // self.block_size, len(request.block_ids))
         start = self._num_registered.get(request.request_id, 0)
         if num_full <= start:
             return
@@ -128,8 +131,7 @@ class BlockManager:
             # A block from a cache hit is registered already; a duplicate of a block another
             # request computed concurrently stays private and is freed as a plain block.
             if block.hash is None and hashes[i] not in self._hash_to_block:
-                block.hash, block.depth = hashes[i], i
-                self._hash_to_block[hashes[i]] = block.block_id
+                self._register(block, hashes[i], i)
         self._num_registered[request.request_id] = num_full
 
     def cached_prefix_hashes(self, limit: int) -> list[str]:
@@ -138,12 +140,26 @@ class BlockManager:
         Routers count a request's LEADING cached blocks, so the first blocks of many prefixes are
         worth more than the deep blocks of a few.
         """
-        if limit <= 0:
-            return []
-        best = heapq.nsmallest(
-            limit, self._hash_to_block.items(), key=lambda kv: self.blocks[kv[1]].depth
-        )
-        return [h for h, _ in best]
+        summary: list[str] = []
+        for bucket in self._by_depth:
+            if len(summary) >= limit:
+                break
+            # Newest first within a depth: recently computed prefixes are the likeliest to recur.
+            summary.extend(itertools.islice(reversed(bucket), limit - len(summary)))
+        return summary
+
+    def _register(self, block: Block, block_hash: str, depth: int) -> None:
+        block.hash, block.depth = block_hash, depth
+        self._hash_to_block[block_hash] = block.block_id
+        while len(self._by_depth) <= depth:
+            self._by_depth.append({})
+        self._by_depth[depth][block_hash] = None
+
+    def _evict(self, block: Block) -> None:
+        assert block.hash is not None
+        del self._hash_to_block[block.hash]
+        del self._by_depth[block.depth][block.hash]
+        block.hash, block.depth = None, 0
 
     def _hashes(self, request: Request, num_blocks: int) -> list[str]:
         chain = self._req_hashes.setdefault(request.request_id, [])
@@ -206,9 +222,7 @@ class BlockManager:
             block_id = self._free.popleft()
         else:
             block_id, _ = self._cached_free.popitem(last=False)  # evict the least recently freed
-            block = self.blocks[block_id]
-            del self._hash_to_block[block.hash]
-            block.hash, block.depth = None, 0
+            self._evict(self.blocks[block_id])
         self.blocks[block_id].ref_cnt = 1
         return block_id
 

@@ -193,7 +193,9 @@ class Scheduler:
             if step.budget <= 0 or len(self._running) >= self.config.max_num_seqs:
                 return
             num_new = min(self._remaining(req), step.budget)
-            if not bm.can_allocate(bm.blocks_needed(req.num_computed_tokens + num_new)):
+            # A victim may hold a block beyond its computed tokens (its dropped chunk's).
+            need = max(len(req.block_ids), bm.blocks_needed(req.num_computed_tokens + num_new))
+            if not bm.can_allocate(need):
                 if not self._running:
                     self._fail_too_large(req)
                     continue

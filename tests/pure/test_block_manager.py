@@ -128,7 +128,7 @@ def test_freed_blocks_stay_cached_and_evict_lru_tail_first() -> None:
     bm.free(b)
     assert bm.num_free_blocks == 6 and bm.num_cached_free_blocks == 4
     # Unhashed blocks go first: the two partial ones cost no cached KV.
-    filler = make_req("f", range(200, 208))
+    filler = make_req("f", range(200, 216))
     compute(bm, filler, 8)
     assert bm.num_cached_free_blocks == 4
     probe_a, probe_b = make_req("pa", range(9)), make_req("pb", range(50, 59))
@@ -139,6 +139,10 @@ def test_freed_blocks_stay_cached_and_evict_lru_tail_first() -> None:
     assert bm.get_computed_blocks(probe_b)[1] == 8
     compute(bm, filler, 4)
     assert bm.get_computed_blocks(make_req("pa3", range(9)))[1] == 0
+    summary = bm.cached_prefix_hashes(100)
+    assert set(summary) == set(block_hashes(list(range(50, 59)), BS)) | set(
+        block_hashes(list(range(200, 216)), BS)
+    )
     assert bm.get_computed_blocks(make_req("pb2", range(50, 59)))[1] == 8
     bm.free(filler)
     assert all(bm.ref_count(x) == 0 for x in range(6))
