@@ -85,7 +85,10 @@ class ResponseBuilder:
             c.logprobs.extend(lps)
         if d.finished:
             c.finish_reason = _finish_reason(d.finish_reason) or "stop"
-        if not d.text and not d.token_ids and not d.finished:
+        # A token that ends mid-character has no text yet: send nothing unless the client
+        # asked for per-token data (logprobs, token ids) or the choice just finished.
+        per_token = (c.wants_logprobs and lps) or (self.return_token_ids and d.token_ids)
+        if not d.text and not d.finished and not per_token:
             return None
         offset = c.text_len
         c.text.append(d.text)

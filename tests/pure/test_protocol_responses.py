@@ -71,6 +71,7 @@ def test_chat_stream_chunks() -> None:
     usage = _parse(b.usage_chunk())
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 1
     assert b.add(_delta(0, (), "")) is None  # an empty, unfinished delta yields no chunk
+    assert b.add(_delta(0, (7,), "")) is None  # nor does a token that is half a character
     assert SSE_DONE == "data: [DONE]\n\n"
 
 
