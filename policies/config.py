@@ -29,6 +29,8 @@ from policies.config_schema import (
     DispatchSection,
     ReplicasSection,
     cross_checks,
+    section_checks,
+    valid_sections,
 )
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -64,7 +66,9 @@ def _validate(data: Mapping[str, Any], source: str, text: str) -> DeploymentConf
     try:
         cfg = DeploymentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, pydantic_issues(exc, DeploymentConfig), text) from None
+        issues = pydantic_issues(exc, DeploymentConfig)
+        issues += section_checks(valid_sections(data))
+        raise ConfigError(source, issues, text) from None
     issues = cross_checks(cfg)
     if issues:
         raise ConfigError(source, issues, text)
@@ -116,7 +120,7 @@ def _cluster_issues(
     tp = cfg.model.tensor_parallel_size
     max_gpus = max(g for g, _ in shapes)
     max_cpus = max(c for _, c in shapes)
-    if gpus > 0 and tp > max_gpus:
+    if gpus > max_gpus and tp > 1:
         # Shards of one replica are packed on one node (STRICT_PACK) for the NCCL all-reduce.
         return [
             (
@@ -125,9 +129,19 @@ def _cluster_issues(
             )
         ]
     if gpus > max_gpus:
-        return [("replicas.resources.num_gpus", f"{gpus:g} GPUs per replica; no node has that")]
+        return [
+            (
+                "replicas.resources.num_gpus",
+                f"{gpus:g} GPUs per replica; the largest node has {max_gpus:g}",
+            )
+        ]
     if cpus > max_cpus:
-        return [("replicas.resources.num_cpus", f"{cpus:g} CPUs per replica; no node has that")]
+        return [
+            (
+                "replicas.resources.num_cpus",
+                f"{cpus:g} CPUs per replica; the largest node has {max_cpus:g}",
+            )
+        ]
     fits = sum(_replicas_on_node(g, c, gpus, cpus) for g, c in shapes)
     wanted = cfg.replicas.initial
     if fits < wanted:
@@ -199,13 +213,32 @@ def parse_policy_update(
 
 
 def _merge_update(current: DeploymentConfig, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys the update gives replace the current ones; `dispatch` is replaced as a whole (old
+    params would not fit a new policy), and a replica count replaces min/max and vice versa."""
     merged: dict[str, Any] = current.model_dump(mode="python")
     for section, value in data.items():
-        if section == "replicas" and isinstance(value, Mapping) and "resources" not in value:
-            # Scaling is the common run-time change: `replicas: {count: 4}` keeps the resources.
-            value = {**value, "resources": merged["replicas"]["resources"]}
-        merged[section] = value
+        old = merged.get(section)
+        if section == "dispatch" or not isinstance(value, Mapping) or not isinstance(old, dict):
+            merged[section] = value
+            continue
+        if section == "replicas":
+            old = dict(old)
+            if "count" in value:
+                old.update(min=None, max=None)
+            if "min" in value or "max" in value:
+                old.update(count=None)
+        merged[section] = _deep_merge(old, value)
     return merged
+
+
+def _deep_merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(old)
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _frozen_issue(

@@ -96,11 +96,44 @@ def _reason(err: Any, loc: tuple[str | int, ...], root: type[BaseModel]) -> str:
         return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = _plain(kind, err.get("ctx") or {}) or str(err["msg"]).removeprefix("Value error, ")
     value = err.get("input")
-    if isinstance(value, (dict, list)) or kind == "value_error":
+    if kind == "value_error":
         return msg
+    if isinstance(value, (dict, list)):
+        return f"{msg} (got a {'mapping' if isinstance(value, dict) else 'list'})"
     return f"{msg} (got {value!r})"
+
+
+_BOUNDS = {
+    "greater_than_equal": ">=",
+    "greater_than": ">",
+    "less_than_equal": "<=",
+    "less_than": "<",
+}
+_TYPES = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping of keys",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+def _plain(kind: str, ctx: dict[str, Any]) -> str | None:
+    """Short "must be ..." wording for the common pydantic error types; None keeps pydantic's."""
+    if kind in _BOUNDS:
+        (bound,) = (v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
+        return f"must be {_BOUNDS[kind]} {bound}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return _TYPES.get(kind)
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:

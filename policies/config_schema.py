@@ -7,9 +7,10 @@ number), extra keys forbidden, models frozen. Byte sizes take an int or a string
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from policies.dispatch import make_dispatch_policy
 from policies.params import PolicyParamError
@@ -170,17 +171,42 @@ class DeploymentConfig(Section):
 
 def cross_checks(cfg: DeploymentConfig) -> list[tuple[str, str]]:
     """Checks spanning fields or sections, each as (key path, reason)."""
-    return [
-        *_replica_issues(cfg),
-        *_engine_issues(cfg.engine),
-        *_dispatch_issues(cfg.dispatch),
-        *_server_issues(cfg.server),
-        *_security_issues(cfg.security),
-    ]
+    return section_checks({name: getattr(cfg, name) for name in DeploymentConfig.model_fields})
 
 
-def _replica_issues(cfg: DeploymentConfig) -> list[tuple[str, str]]:
-    r, tp = cfg.replicas, cfg.model.tensor_parallel_size
+def section_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The cross-field checks of the sections given; a missing section skips its checks."""
+    issues = []
+    if "replicas" in sections and "model" in sections:
+        issues += _replica_issues(sections["replicas"], sections["model"])
+    checks = (
+        ("engine", _engine_issues),
+        ("dispatch", _dispatch_issues),
+        ("server", _server_issues),
+        ("security", _security_issues),
+    )
+    for name, check in checks:
+        if name in sections:
+            issues += check(sections[name])
+    return issues
+
+
+def valid_sections(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The sections of `data` that validate on their own (absent ones: their defaults), so a
+    file with a type error elsewhere still gets every cross-field problem reported at once."""
+    out: dict[str, Any] = {}
+    for name, info in DeploymentConfig.model_fields.items():
+        try:
+            out[name] = (
+                info.annotation.model_validate(data[name]) if name in data else info.get_default()
+            )
+        except ValidationError:
+            continue
+    return out
+
+
+def _replica_issues(r: ReplicasSection, model: ModelSection) -> list[tuple[str, str]]:
+    tp = model.tensor_parallel_size
     issues = []
     if r.count is not None and (r.min is not None or r.max is not None):
         issues.append(("replicas.count", "give either count or min/max, not both"))
