@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from actors.engine.request import Request
@@ -175,7 +176,7 @@ class BlockManager:
     # ---- allocation ----------------------------------------------------------------------------
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, new_computed_blocks: list[int] | tuple = ()
+        self, request: Request, num_new_tokens: int, new_computed_blocks: Sequence[int] = ()
     ) -> bool:
         """Grow `request.block_ids` to hold its computed tokens, the cache hits and the new tokens.
 

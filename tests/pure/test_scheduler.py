@@ -5,7 +5,7 @@ No tensors: a test drives schedule() -> (pretend the model ran) -> update() with
 
 from __future__ import annotations
 
-import itertools
+import random
 
 import pytest
 
@@ -36,9 +36,6 @@ def make_sched(
     return Scheduler(cfg, bm, max_model_len)
 
 
-_clock = itertools.count()
-
-
 def make_req(
     rid: str,
     prompt_len: int,
@@ -49,7 +46,8 @@ def make_req(
 ) -> Request:
     params = SamplingParams(max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
     prompt = list(range(first_token, first_token + prompt_len))
-    return Request(rid, prompt, params, arrival_time=float(next(_clock)), priority=priority)
+    # Equal arrival times: the scheduler breaks ties by the order requests were added.
+    return Request(rid, prompt, params, arrival_time=0.0, priority=priority)
 
 
 def step(s: Scheduler, token: int = NEXT_TOKEN) -> tuple[SchedulerOutput, list[Request]]:
@@ -139,6 +137,16 @@ def test_priority_then_fcfs_admission() -> None:
         out, _ = step(s)
         admitted.extend(chunk_sizes(out))
     assert admitted == ["high_new", "high_newer", "low_old", "low_new"]
+
+
+def test_arrival_time_orders_within_a_priority() -> None:
+    s = make_sched(max_seqs=1)
+    late, early = make_req("late", 3, max_tokens=1), make_req("early", 3, max_tokens=1)
+    late.arrival_time, early.arrival_time = 2.0, 1.0
+    s.add_request(late)
+    s.add_request(early)
+    assert chunk_sizes(step(s)[0]) == {"early": 3}
+    assert chunk_sizes(step(s)[0]) == {"late": 3}
 
 
 def test_prefix_hit_on_admission_records_cached_tokens() -> None:
@@ -462,8 +470,6 @@ def check_invariants(s: Scheduler, out: SchedulerOutput, live: list[Request]) ->
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_simulated_engine_loop_random_requests(mode: str, seed: int) -> None:
-    import random
-
     rng = random.Random(seed)
     max_model_len = 40
     s = make_sched(
