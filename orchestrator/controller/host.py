@@ -102,6 +102,10 @@ class ControllerHost:
         return self.call(ids())
 
     def stop(self) -> None:
+        """Stop the reconciler and the server (idempotent)."""
+        if not self._thread.is_alive():
+            return
+
         async def shutdown() -> None:
             self._stop.set()
             await self._reconcile_task

@@ -109,9 +109,13 @@ class Reconciler:
             replica_id = uuid.uuid4().hex[:8]
             self._state.expect(replica_id)
             logger.info("creating replica %s (%d desired)", replica_id, desired)
-            await self._blocking(
-                self._backend.create_replica, replica_id, self._settings(), self._address
-            )
+            try:
+                await self._blocking(
+                    self._backend.create_replica, replica_id, self._settings(), self._address
+                )
+            except Exception:
+                self._state.forget(replica_id)  # not created: the next tick tries again
+                raise
         if missing < 0:
             await self._scale_down(-missing, managed)
 
