@@ -47,10 +47,18 @@ def open_replicas(
     view: ClusterView, max_queue: int
 ) -> tuple[list[ReplicaView], DispatchDecision | None]:
     """Healthy replicas with room in their queue, or the refusal when there are none."""
-    healthy = [r for r in view.replicas if r.healthy]
-    if not healthy:
+    candidates: list[ReplicaView] = []
+    any_healthy = False
+    for r in view.replicas:
+        if not r.healthy:
+            continue
+        any_healthy = True
+        # ReplicaView.is_full inlined: this loop runs over every replica on every request.
+        spare_slots = r.max_running - r.running
+        if r.waiting + r.inflight_dispatches - (spare_slots if spare_slots > 0 else 0) < max_queue:
+            candidates.append(r)
+    if not any_healthy:
         return [], DispatchDecision(None, REASON_NO_HEALTHY)
-    candidates = [r for r in healthy if not r.is_full(max_queue)]
     if not candidates:
         return [], DispatchDecision(None, REASON_ALL_FULL)
     return candidates, None
@@ -58,7 +66,14 @@ def open_replicas(
 
 def least_loaded(candidates: Sequence[ReplicaView]) -> ReplicaView:
     # Ties go to more free KV, then to the replica id, so the choice is deterministic.
-    return min(candidates, key=lambda r: (r.load, -r.kv_free_fraction, r.replica_id))
+    return min(candidates, key=_load_key)
+
+
+def _load_key(r: ReplicaView) -> tuple[float, float, str]:
+    # ReplicaView.load and kv_free_fraction inlined (hot path): lower load, then more free KV.
+    load = (r.running + r.waiting + r.inflight_dispatches) / (r.max_running or 1)
+    free = r.kv_blocks_free / r.kv_blocks_total if r.kv_blocks_total > 0 else 0.0
+    return (load, -free, r.replica_id)
 
 
 class RoundRobin:
@@ -154,22 +169,24 @@ class Llumnix:
         p = self.params
         own_blocks = req.blocks_needed(replica.block_size)
         per_pending = p.pending_blocks if p.pending_blocks is not None else max(1, own_blocks)
-        reserved = replica.running * p.growth_blocks_per_running + replica.pending * per_pending
+        pending = replica.waiting + replica.inflight_dispatches
+        reserved = replica.running * p.growth_blocks_per_running + pending * per_pending
         if req.priority > p.high_priority_max:
             reserved += p.headroom_fraction * replica.kv_blocks_total
         virtual_free = replica.kv_blocks_free - reserved - own_blocks
         if virtual_free < 0:
             # Dividing a deficit by the batch size would make busier replicas look better.
             return float(virtual_free)
-        return virtual_free / (replica.running + replica.pending + 1)
+        return virtual_free / (replica.running + pending + 1)
 
     def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
         candidates, refusal = open_replicas(view, self.params.max_queue)
         if refusal:
             return refusal
-        scored = [(-self.freeness(r, req), r.load, r.replica_id, r) for r in candidates]
-        best = min(scored, key=lambda s: s[:3])
-        return DispatchDecision(best[3].replica_id, f"llumnix: freeness {-best[0]:.2f}")
+        best = min(candidates, key=lambda r: (-self.freeness(r, req), *_load_key(r)))
+        return DispatchDecision(
+            best.replica_id, f"llumnix: freeness {self.freeness(best, req):.2f}"
+        )
 
 
 class PrefixAffinity:
@@ -200,12 +217,9 @@ class PrefixAffinity:
         if refusal:
             return refusal
         idlest = least_loaded(candidates)
-        scored = [
-            (-leading_matches(req.prefix_hashes, r.prefix_hashes), r.load, r.replica_id, r)
-            for r in candidates
-        ]
-        best = min(scored, key=lambda s: s[:3])
-        matched, replica = -best[0], best[3]
+        matches = [leading_matches(req.prefix_hashes, r.prefix_hashes) for r in candidates]
+        best = min(range(len(candidates)), key=lambda i: (-matches[i], *_load_key(candidates[i])))
+        matched, replica = matches[best], candidates[best]
         if matched < self.params.min_match_blocks:
             return DispatchDecision(idlest.replica_id, f"prefix_affinity: {matched} blocks, idlest")
         excess = (replica.running + replica.pending) - (idlest.running + idlest.pending)
