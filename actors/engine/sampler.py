@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import random
 import struct
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from actors.engine.outputs import TokenLogprob
 from actors.engine.request import Request
+from actors.engine.sampling_params import SamplingParams
 
+TokenSeq = Sequence[int] | torch.Tensor  # a row's token ids, as a list or a 1-D int tensor
 _STATE_MAGIC = b"FLGS"
 _STATE_HEADER = struct.Struct("<4sB8sq")  # magic, version, device type, seed
 
@@ -52,6 +57,10 @@ class Sampler:
     def __init__(self, seed: int | None = None) -> None:
         # Draws seeds for requests that reach the sampler with none (the engine normally sets one).
         self._seed_rng = random.Random(seed)
+        # Token histories for penalties, dropped with their request (Request hashes by identity).
+        self._history: weakref.WeakKeyDictionary[Request, TokenHistory] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(requests):
@@ -61,10 +70,13 @@ class Sampler:
             )
         logits = logits.float()  # [B, V]
         logprobs = _raw_logprobs(logits, requests)
-        logits = apply_penalties(logits, requests)
+        logits = apply_penalties(logits, requests, self._histories(requests))
         token_ids = torch.empty(len(requests), dtype=torch.long, device=logits.device)  # [B]
         greedy = [i for i, r in enumerate(requests) if r.sampling_params.temperature == 0.0]
         sampled = [i for i, r in enumerate(requests) if r.sampling_params.temperature != 0.0]
+        if not sampled:  # all greedy: skip the gathers
+            ids = logits.argmax(dim=-1).tolist()
+            return SamplerOutput(ids, _pick_logprobs(logprobs, ids, requests))
         if greedy:
             rows = torch.tensor(greedy, device=logits.device)
             token_ids[rows] = logits[rows].argmax(dim=-1)
@@ -76,6 +88,17 @@ class Sampler:
             token_ids[rows] = exponential_race(probs, gens)
         ids = token_ids.tolist()
         return SamplerOutput(ids, _pick_logprobs(logprobs, ids, requests))
+
+    def _histories(self, requests: list[Request]) -> list[TokenHistory] | None:
+        if not any(_penalized(r.sampling_params) for r in requests):
+            return None
+        out = []
+        for req in requests:
+            hist = self._history.get(req)
+            if hist is None:
+                hist = self._history[req] = TokenHistory(req)
+            out.append(hist.sync(req))
+        return out
 
     def generator(self, request: Request, device: torch.device) -> torch.Generator:
         """The request's generator on `device`, created (or restored) on first use."""
@@ -147,7 +170,13 @@ def import_generator_state(request: Request, data: bytes) -> None:
 # ---- logits processing (each step a pure function over a batch) ------------------------------
 
 
-def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+def _penalized(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
+def apply_penalties(
+    logits: torch.Tensor, requests: list[Request], histories: list[TokenHistory] | None = None
+) -> torch.Tensor:
     """Repetition, then presence/frequency penalties, on the rows that ask for them. [B, V]"""
     rep = [i for i, r in enumerate(requests) if r.sampling_params.repetition_penalty != 1.0]
     pf = [
@@ -155,19 +184,22 @@ def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tens
         for i, r in enumerate(requests)
         if r.sampling_params.presence_penalty != 0.0 or r.sampling_params.frequency_penalty != 0.0
     ]
-    if rep or pf:
-        logits = logits.clone()  # rows are written in place below; the caller's tensor stays
+    if not rep and not pf:
+        return logits
+    if histories is None:
+        histories = [TokenHistory(r) for r in requests]
+    logits = logits.clone()  # rows are written in place below; the caller's tensor stays
     if rep:
         rows = torch.tensor(rep, device=logits.device)
         penalties = [requests[i].sampling_params.repetition_penalty for i in rep]
-        tokens = [requests[i].all_token_ids for i in rep]
+        tokens = [histories[i].all_tokens() for i in rep]
         logits[rows] = apply_repetition_penalty(logits[rows], tokens, penalties)
     if pf:
         rows = torch.tensor(pf, device=logits.device)
         params = [requests[i].sampling_params for i in pf]
         logits[rows] = apply_presence_frequency_penalties(
             logits[rows],
-            [requests[i].output_token_ids for i in pf],
+            [histories[i].output_tokens() for i in pf],
             [p.presence_penalty for p in params],
             [p.frequency_penalty for p in params],
         )
@@ -175,10 +207,12 @@ def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tens
 
 
 def apply_repetition_penalty(
-    logits: torch.Tensor, token_ids: list[list[int]], penalties: list[float]
+    logits: torch.Tensor, token_ids: Sequence[TokenSeq], penalties: list[float]
 ) -> torch.Tensor:
     """HF: a seen token's logit is divided by p if positive, multiplied by p if negative."""
-    seen = _token_counts(token_ids, logits.shape[1], logits.device) > 0  # [R, V]
+    rows, cols = _flat_positions(token_ids, logits.shape[1], logits.device)
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # [R, V]
+    seen[rows, cols] = True
     p = torch.tensor(penalties, device=logits.device, dtype=logits.dtype).unsqueeze(1)  # [R, 1]
     penalized = torch.where(logits < 0, logits * p, logits / p)
     return torch.where(seen, penalized, logits)
@@ -186,27 +220,71 @@ def apply_repetition_penalty(
 
 def apply_presence_frequency_penalties(
     logits: torch.Tensor,
-    output_ids: list[list[int]],
+    output_ids: Sequence[TokenSeq],
     presence: list[float],
     frequency: list[float],
 ) -> torch.Tensor:
     """OpenAI: logit -= frequency * count + presence * (count > 0), over generated tokens."""
-    counts = _token_counts(output_ids, logits.shape[1], logits.device).to(logits.dtype)  # [R, V]
+    rows, cols = _flat_positions(output_ids, logits.shape[1], logits.device)
+    counts = torch.zeros_like(logits)  # [R, V]; exact while counts < 2**24
+    counts.index_put_((rows, cols), torch.ones_like(rows, dtype=logits.dtype), accumulate=True)
     pres = torch.tensor(presence, device=logits.device, dtype=logits.dtype).unsqueeze(1)
     freq = torch.tensor(frequency, device=logits.device, dtype=logits.dtype).unsqueeze(1)
     return logits - freq * counts - pres * (counts > 0).to(logits.dtype)
 
 
-def _token_counts(token_ids: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
-    """Occurrences of each token per row, [R, V] int64; ids outside [0, V) are ignored."""
-    width = max((len(t) for t in token_ids), default=0)
-    padded = torch.full((len(token_ids), width), vocab, dtype=torch.long)  # pad -> column V
-    for row, ids in enumerate(token_ids):
-        padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    padded = padded.clamp_(0, vocab).to(device)
-    counts = torch.zeros(len(token_ids), vocab + 1, dtype=torch.long, device=device)
-    counts.scatter_add_(1, padded, torch.ones_like(padded))
-    return counts[:, :vocab]
+def _flat_positions(
+    token_ids: Sequence[TokenSeq], vocab: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, token) index pairs of every token of every row, on `device`; ids outside [0, V)
+    are dropped. One host-to-device copy for the whole batch."""
+    seqs = [torch.as_tensor(t, dtype=torch.long) for t in token_ids]
+    lengths = torch.tensor([len(t) for t in seqs], dtype=torch.long)
+    cols = torch.cat(seqs) if seqs else torch.empty(0, dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
+    valid = (cols >= 0) & (cols < vocab)
+    return rows[valid].to(device), cols[valid].to(device)
+
+
+class TokenHistory:
+    """A request's prompt + output tokens in a growing int64 buffer.
+
+    Converting whole token lists from Python every step would cost ~50 ms at batch 256 with
+    1k-token prompts; the buffer converts only the tokens appended since the last step. The
+    engine only ever appends to a request's output, which is all this relies on.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._reset(request)
+
+    def _reset(self, request: Request) -> None:
+        self._prompt_len = request.num_prompt_tokens
+        self._buf = np.empty(max(64, 2 * request.num_tokens), dtype=np.int64)
+        self._buf[: self._prompt_len] = request.prompt_token_ids
+        self._len = self._prompt_len
+        self.sync(request)
+
+    def sync(self, request: Request) -> TokenHistory:
+        """Take in the output tokens appended since the last sync."""
+        outputs = request.output_token_ids
+        done = self._len - self._prompt_len
+        if len(outputs) < done:  # outputs were reset: start over
+            self._reset(request)
+            return self
+        new = outputs[done:]
+        if self._len + len(new) > len(self._buf):
+            grown = np.empty(2 * (self._len + len(new)), dtype=np.int64)
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
+        self._buf[self._len : self._len + len(new)] = new
+        self._len += len(new)
+        return self
+
+    def all_tokens(self) -> torch.Tensor:
+        return torch.from_numpy(self._buf[: self._len])  # [P + O]
+
+    def output_tokens(self) -> torch.Tensor:
+        return torch.from_numpy(self._buf[self._prompt_len : self._len])  # [O]
 
 
 def processed_probs(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:

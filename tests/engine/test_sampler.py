@@ -15,6 +15,7 @@ from transformers.generation.logits_process import (
 from actors.engine.request import Request
 from actors.engine.sampler import (
     Sampler,
+    TokenHistory,
     apply_min_p,
     apply_presence_frequency_penalties,
     apply_repetition_penalty,
@@ -32,17 +33,25 @@ def _req(rid: str = "r", prompt: list[int] | None = None, **params: object) -> R
     return Request(rid, prompt if prompt is not None else [1, 2, 3], SamplingParams(**params))
 
 
-def _logits(rows: int, seed: int = 0) -> torch.Tensor:
+def _logits(rows: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, V, generator=g) * 3.0  # [B, V]
+    return (torch.randn(rows, V, generator=g) * 3.0).to(device)  # [B, V]
 
 
-def _run(sampler: Sampler, req: Request, steps: int, batch_with: list[Request] = ()) -> list[int]:
+def _run(
+    sampler: Sampler,
+    req: Request,
+    steps: int,
+    batch_with: list[Request] = (),
+    first_step: int = 0,
+    device: str = "cpu",
+) -> list[int]:
     """Sample `steps` tokens for req (row 0), appending each to its output like the engine."""
     out = []
-    for step in range(steps):
+    for step in range(first_step, first_step + steps):
         reqs = [req, *batch_with]
-        token = sampler.sample(_logits(len(reqs), seed=100 + step), reqs).token_ids[0]
+        logits = _logits(len(reqs), seed=100 + step, device=device)
+        token = sampler.sample(logits, reqs).token_ids[0]
         req.output_token_ids.append(token)
         out.append(token)
     return out
@@ -141,6 +150,33 @@ def test_penalties_apply_before_greedy_and_leave_caller_logits() -> None:
     assert Sampler().sample(logits, [req]).token_ids == [6]
 
 
+def test_token_history_follows_appends_and_resets() -> None:
+    req = _req(prompt=list(range(40)))
+    hist = TokenHistory(req)
+    for t in range(200):  # grows past its first buffer
+        req.output_token_ids.append(t % 7)
+        if t % 3 == 0:
+            hist.sync(req)
+    hist.sync(req)
+    assert hist.all_tokens().tolist() == req.all_token_ids
+    assert hist.output_tokens().tolist() == req.output_token_ids
+    req.output_token_ids = [5]
+    assert hist.sync(req).all_tokens().tolist() == req.all_token_ids
+
+
+def test_penalties_across_steps_match_the_list_reference() -> None:
+    """The sampler's cached histories give what the pure functions give on the full lists."""
+    sampler = Sampler()
+    req = _req(prompt=[3, 3, 9], temperature=0.0, repetition_penalty=1.7, frequency_penalty=0.6)
+    for step in range(6):
+        logits = _logits(1, seed=step)
+        ref = apply_repetition_penalty(logits, [req.all_token_ids], [1.7])
+        ref = apply_presence_frequency_penalties(ref, [req.output_token_ids], [0.0], [0.6])
+        token = sampler.sample(logits, [req]).token_ids[0]
+        assert token == ref.argmax().item()
+        req.output_token_ids.append(token)
+
+
 def test_sampling_follows_the_distribution() -> None:
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(3000, 4).contiguous()
@@ -183,12 +219,7 @@ def test_export_import_continues_the_same_sequence() -> None:
     fresh.output_token_ids = list(moving.output_token_ids)
     Sampler.import_generator_state(fresh, state)
     assert fresh.sampling_seed == 11
-    rest = []
-    for step in range(3, 8):
-        token = Sampler().sample(_logits(1, seed=100 + step), [fresh]).token_ids[0]
-        fresh.output_token_ids.append(token)
-        rest.append(token)
-    assert first + rest == reference
+    assert first + _run(Sampler(), fresh, steps=5, first_step=3) == reference
 
 
 def test_export_before_first_sample_carries_the_seed() -> None:
@@ -224,3 +255,31 @@ def test_logprobs_are_raw_log_softmax_with_top_n() -> None:
     assert [t for t, _ in a.top] == top_ids.tolist()
     assert [v for _, v in a.top] == pytest.approx(top_vals.tolist(), abs=1e-6)
     assert c.top == () and c.token_id == raw[2].argmax().item()
+
+
+@pytest.mark.gpu
+def test_cuda_generators_reproducible_batch_independent_and_migratable() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    logits = _logits(4, device="cuda")
+    greedy = [_req(str(i), temperature=0.0) for i in range(4)]
+    assert Sampler().sample(logits, greedy).token_ids == logits.cpu().argmax(-1).tolist()
+
+    def make() -> Request:
+        return _req("a", seed=3, top_k=20, top_p=0.9)
+
+    alone = _run(Sampler(), make(), steps=6, device="cuda")
+    others = [_req("g", temperature=0.0), _req("b", seed=1, min_p=0.1)]
+    assert _run(Sampler(), make(), steps=6, batch_with=others, device="cuda") == alone
+    moving = make()
+    first = _run(Sampler(), moving, steps=2, device="cuda")
+    assert moving.generator.device.type == "cuda"
+    state = export_generator_state(moving)
+    fresh = _req("a", top_k=20, top_p=0.9)
+    fresh.output_token_ids = list(moving.output_token_ids)
+    import_generator_state(fresh, state)
+    assert first + _run(Sampler(), fresh, steps=4, first_step=2, device="cuda") == alone
+    on_cpu = _req("a", top_k=20, top_p=0.9)
+    import_generator_state(on_cpu, state)
+    with pytest.raises(ValueError, match="generator state"):
+        Sampler().sample(_logits(1), [on_cpu])
