@@ -1,0 +1,329 @@
+"""The whole stack on a local Ray: controller + replica + Serve ingress, driven over real HTTP.
+
+One module-scoped stack (the same `start_stack` path `fleetlm serve` runs) serves every test:
+the official `openai` client for the happy paths, raw httpx for bad input and disconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from .conftest import tiny_config_yaml
+
+MODEL = "fleetlm/tiny-llama"
+MAX_BODY = 64 * 1024
+PROMPT = "The quick brown fox jumps over the lazy dog"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(ray_local: None) -> Iterator[object]:
+    from orchestrator.api.launch import ServeOptions, start_stack
+    from policies.config import parse_config
+
+    cfg = parse_config(
+        tiny_config_yaml(replicas=1, http_port=_free_port(), max_body_bytes=MAX_BODY)
+    )
+    st = start_stack(ServeOptions(config=cfg))
+    try:
+        _wait_healthy(st.base_url)
+        yield st
+    finally:
+        st.shutdown()
+
+
+def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/health", timeout=5)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)  # polling a server that is starting up
+    raise AssertionError(f"stack never became healthy: {last}")
+
+
+@pytest.fixture(scope="module")
+def client(stack: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="x", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def offline_engine(stack: object) -> object:
+    """The engine the replica runs, built in-process from the same deployment config."""
+    from actors.engine.engine import LLMEngine
+    from orchestrator.controller.deployment import replica_spec
+
+    return LLMEngine(replica_spec(stack.config).engine)
+
+
+def _post(stack: object, path: str, body: object, **kw: object) -> httpx.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    return httpx.post(f"{stack.base_url}{path}", content=data, headers=headers, timeout=60, **kw)
+
+
+# ---- happy paths through the openai client ---------------------------------------------------
+
+
+def test_models_and_health(stack: object, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    health = httpx.get(f"{stack.base_url}/health", timeout=10).json()
+    assert health["ok"] and health["controller"] and health["replica_answering"]
+
+
+def test_greedy_completion_equals_offline_engine(
+    stack: object, client: openai.OpenAI, offline_engine: object
+) -> None:
+    from actors.engine.sampling_params import SamplingParams
+
+    prompt_ids = offline_engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    offline = offline_engine.generate([prompt_ids], params)[0]
+    resp = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=24,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    choice = resp.choices[0]
+    assert choice.model_extra["token_ids"] == offline.token_ids[0]
+    assert choice.text == offline.texts[0]
+    assert choice.finish_reason == "length"
+    assert resp.usage.prompt_tokens == len(prompt_ids) and resp.usage.completion_tokens == 24
+
+    # Streaming the same request relays the same tokens, then the usage chunk.
+    stream = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == offline.texts[0]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+
+
+def test_chat_stream_and_non_stream_agree(client: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    full = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
+    msg = full.choices[0].message
+    assert msg.role == "assistant" and full.object == "chat.completion"
+    assert full.usage.completion_tokens == len(full.choices[0].model_extra["token_ids"]) >= 1
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=16, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == msg.content
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+
+
+def test_n_choices_seeded(client: openai.OpenAI) -> None:
+    kw = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 7,
+        "extra_body": {"ignore_eos": True},
+    }
+    a = client.completions.create(n=3, **kw)
+    assert sorted(c.index for c in a.choices) == [0, 1, 2]
+    assert a.usage.completion_tokens == 3 * 8  # usage counts every choice
+    b = client.completions.create(n=3, **kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # the seed fixes them
+    assert len({c.text for c in a.choices}) > 1  # choices are sampled independently
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        n=2,
+        max_tokens=4,
+        temperature=1.0,
+        seed=3,
+    )
+    assert sorted(c.index for c in chat.choices) == [0, 1]
+
+
+def test_stop_string_cuts_the_output(client: openai.OpenAI) -> None:
+    base = (
+        client.completions.create(
+            model=MODEL,
+            prompt=PROMPT,
+            max_tokens=32,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .text
+    )
+    stop = next(base[i : i + 2] for i in range(4, len(base) - 2) if base[i : i + 2].strip())
+    cut = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=32,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    ).choices[0]
+    assert cut.text == base[: base.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_logprobs(client: openai.OpenAI) -> None:
+    resp = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
+    lp = resp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert 1 <= len(top) <= 3
+        assert chosen == pytest.approx(max(top.values()), abs=1e-4)  # greedy takes the best
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(e.top_logprobs) == 2 for e in content)
+
+
+# ---- bad input: status, message, and the server keeps serving -------------------------------
+
+_BAD = [
+    ({"prompt": "x", "temperature": -1}, 400, "temperature"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"prompt": "x", "n": "many"}, 400, "n"),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"prompt": "x", "logprobs": 99}, 400, "logprobs"),
+    ({"prompt": [1, 2, 999999]}, 400, "prompt"),
+    ({"prompt": ["a", "b"]}, 400, "prompt"),
+    ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ({"prompt": "x", "model": "nope"}, 404, "model"),
+    ({"prompt": "x", "model": f"{MODEL}:my-adapter"}, 404, "model"),
+]
+
+
+@pytest.mark.parametrize(("patch", "status", "param"), _BAD)
+def test_bad_completion_requests(stack: object, patch: dict, status: int, param: str) -> None:
+    body = {"model": MODEL, "max_tokens": 4, **patch}
+    resp = _post(stack, "/v1/completions", body)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param and param in err["message"]
+
+
+def test_bad_bodies(stack: object) -> None:
+    resp = _post(stack, "/v1/completions", b"{not json")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "body"
+    resp = _post(stack, "/v1/chat/completions", {"model": MODEL, "messages": []})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages"
+    resp = _post(
+        stack,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "top_logprobs"
+    resp = _post(stack, "/v1/completions", {"model": MODEL, "prompt": "x" * (MAX_BODY + 10)})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "body_too_large"
+
+
+def test_server_keeps_serving_and_counts_errors(stack: object, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=-5)
+    ok = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+    metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
+    assert 'fleetlm_errors_total{code="400"}' in metrics
+    assert "fleetlm_time_to_first_token_seconds_count" in metrics
+    assert "fleetlm_generation_tokens_total" in metrics
+
+
+# ---- client disconnect ------------------------------------------------------------------------
+
+
+def _replica_load(stack: object) -> tuple[int, int]:
+    """(running + waiting, engine steps) summed over the replicas, asked over gRPC."""
+    import asyncio
+
+    from actors.replica.client import ReplicaClient
+
+    async def ask() -> tuple[int, int]:
+        busy = steps = 0
+        for r in stack.cluster.status()["replicas"]:
+            c = ReplicaClient(r["address"])
+            try:
+                s = await c.stats()
+            finally:
+                await c.close()
+            busy += s["running"] + s["waiting"]
+            steps += s["num_steps"]
+        return busy, steps
+
+    return asyncio.run(ask())
+
+
+def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": 1900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    _, steps_before = _replica_load(stack)
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{stack.base_url}/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            assert next(ln for ln in lines if ln.startswith("data: "))  # generating
+            assert _replica_load(stack)[0] == 1
+    # The connection is closed: the replica must drop the request within about a second.
+    gone_at = None
+    start = time.monotonic()
+    while time.monotonic() - start < 3.0:
+        busy, steps = _replica_load(stack)
+        if busy == 0:
+            gone_at = time.monotonic() - start
+            break
+        time.sleep(0.05)  # polling the replica's stats
+    assert gone_at is not None and gone_at < 1.0, gone_at
+    # Aborted, not finished: far fewer steps ran than the 1900 tokens asked for.
+    assert steps - steps_before < 1000
