@@ -169,12 +169,14 @@ def test_penalties_across_steps_match_the_list_reference() -> None:
     sampler = Sampler()
     req = _req(prompt=[3, 3, 9], temperature=0.0, repetition_penalty=1.7, frequency_penalty=0.6)
     for step in range(6):
-        logits = _logits(1, seed=step)
+        # Near-ties at the top: every penalty (or a stale history) changes the argmax.
+        logits = torch.linspace(2.0, 1.0, V).unsqueeze(0) + 0.01 * _logits(1, seed=step)
         ref = apply_repetition_penalty(logits, [req.all_token_ids], [1.7])
         ref = apply_presence_frequency_penalties(ref, [req.output_token_ids], [0.0], [0.6])
         token = sampler.sample(logits, [req]).token_ids[0]
         assert token == ref.argmax().item()
         req.output_token_ids.append(token)
+    assert len(set(req.output_token_ids)) == len(req.output_token_ids)
 
 
 def test_sampling_follows_the_distribution() -> None:
