@@ -97,17 +97,18 @@ def _kind(value: object) -> str:
 
 
 def validate_against_cluster(
-    cfg: DeploymentConfig, nodes: Sequence[Mapping[str, float]], source: str = "<config>"
+    cfg: DeploymentConfig, nodes: Sequence[Mapping[str, Any]], source: str = "<config>"
 ) -> None:
-    """Checks that need the cluster's shape. `nodes`: one mapping per node with gpus and cpus
-    (Ray's "GPU"/"CPU" resource names are accepted too)."""
-    shapes = [(_resource(n, "gpus", "GPU"), _resource(n, "cpus", "CPU")) for n in nodes]
+    """Checks that need the cluster's shape. `nodes`: one mapping per node with gpus and cpus;
+    Ray's "GPU"/"CPU" names and `ray.nodes()` entries (dead nodes skipped) are accepted too."""
+    alive = [n.get("Resources", n) for n in nodes if n.get("Alive", True)]
+    shapes = [(_resource(n, "gpus", "GPU"), _resource(n, "cpus", "CPU")) for n in alive]
     issues = _cluster_issues(cfg, shapes)
     if issues:
         raise ConfigError(source, issues)
 
 
-def _resource(node: Mapping[str, float], name: str, ray_name: str) -> float:
+def _resource(node: Mapping[str, Any], name: str, ray_name: str) -> float:
     return float(node.get(name, node.get(ray_name, 0.0)))
 
 

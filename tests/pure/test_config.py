@@ -222,6 +222,17 @@ def test_cpu_and_gpu_resources_are_checked_per_node() -> None:
     validate_against_cluster(load_config(preset_path("default")), [{"cpus": 2}])
 
 
+def test_ray_nodes_entries_are_understood_and_dead_nodes_ignored() -> None:
+    cfg = parse_config("replicas:\n  count: 2\n  resources: {num_gpus: 1}\n")
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+    ]
+    with pytest.raises(ConfigError, match="fit only 1"):
+        validate_against_cluster(cfg, nodes)
+    validate_against_cluster(cfg, [{**nodes[0]}, {**nodes[1], "Alive": True}])
+
+
 # -- run-time updates (`fleetlm config apply`) ----------------------------------------------------
 
 
