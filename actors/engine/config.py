@@ -19,7 +19,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype: must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            raise ValueError(
+                f"dtype: must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            )
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ValueError(
                 f"load_format: must be auto, safetensors or dummy, got {self.load_format!r}"
