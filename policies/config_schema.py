@@ -247,7 +247,7 @@ def _dispatch_issues(d: DispatchSection) -> list[tuple[str, str]]:
     try:
         make_dispatch_policy(d.policy, d.params)
     except PolicyParamError as exc:
-        return [(f"dispatch.params.{exc.key}", exc.reason)]
+        return [(f"dispatch.params.{exc.key}" if exc.key else "dispatch.params", exc.reason)]
     except ValueError as exc:
         return [("dispatch.policy", str(exc).removeprefix("policy: "))]
     return []

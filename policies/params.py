@@ -21,7 +21,7 @@ class PolicyParamError(ValueError):
     """A bad policy parameter; `key` is its path below the policy's `params` mapping."""
 
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"params.{key}: {reason}")
+        super().__init__(f"params.{key}: {reason}" if key else f"params: {reason}")
         self.key = key
         self.reason = reason
 
@@ -97,6 +97,6 @@ class CommonParams:
 
 
 def require(condition: bool, key: str, reason: str) -> None:
-    """Raise the ValueError form parse_params turns into a PolicyParamError for `key`."""
+    """Refuse parameter `key` with `reason` unless `condition` holds (for __post_init__ checks)."""
     if not condition:
         raise PolicyParamError(key, reason)

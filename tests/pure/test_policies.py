@@ -325,6 +325,11 @@ def test_bad_params_name_the_key(name: str, params: dict[str, object], key: str)
     assert str(info.value).startswith(f"params.{key}: ")
 
 
+def test_params_must_be_a_mapping() -> None:
+    with pytest.raises(PolicyParamError, match=r"^params: must be a mapping, got list"):
+        make_dispatch_policy("least_load", [1])  # type: ignore[arg-type]
+
+
 def test_unknown_policy_lists_known_ones() -> None:
     with pytest.raises(ValueError, match=r"policy: unknown dispatch policy 'fastest'.*least_load"):
         make_dispatch_policy("fastest", {})
