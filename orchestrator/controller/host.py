@@ -51,6 +51,7 @@ class ControllerHost:
             parse_policy_update,
             settings.replica_options.report_interval_s,
             on_replicas=self._set_desired,
+            status_extra=self._status_extra,
         )
         self._server = self.call(self._start_server())
         port = self._bound_port
@@ -82,16 +83,20 @@ class ControllerHost:
         """Run a coroutine on the controller's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
+    def _status_extra(self) -> dict[str, Any]:
+        reconciler = getattr(self, "reconciler", None)  # None while the host is starting
+        return {
+            "address": getattr(self, "address", ""),
+            "desired_replicas": self.settings.replicas,
+            "reconciler": {
+                "ticks": reconciler.ticks if reconciler else 0,
+                "failed_ticks": reconciler.failed_ticks if reconciler else 0,
+            },
+        }
+
     def status(self) -> dict[str, Any]:
         async def snapshot() -> dict[str, Any]:
-            status = self.core.status()
-            status["address"] = self.address
-            status["desired_replicas"] = self.settings.replicas
-            status["reconciler"] = {
-                "ticks": self.reconciler.ticks,
-                "failed_ticks": self.reconciler.failed_ticks,
-            }
-            return status
+            return self.core.status()
 
         return self.call(snapshot())
 

@@ -50,11 +50,13 @@ class ControllerCore:
         parse_policy_update: Callable[[str], PolicyChange],
         report_interval_s: float,
         on_replicas: Callable[[int], None] = lambda count: None,
+        status_extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.state = state
         self.policy = policy
         self._parse = parse_policy_update
         self._on_replicas = on_replicas
+        self._status_extra = status_extra
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
         self.num_routes = 0
@@ -114,6 +116,7 @@ class ControllerCore:
                 }
             )
         return {
+            **self._status_extra(),
             "generation": self.state.generation,
             "policy": {"name": self.policy.name, "params": self.policy.params},
             "num_routes": self.num_routes,
