@@ -55,6 +55,8 @@ def load_config(path: str | Path) -> DeploymentConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text: {exc.reason}")]) from None
     return parse_config(text, str(path))
 
 
@@ -89,7 +91,8 @@ def _safe_load(text: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(source, [("", f"must be a mapping of sections, got {_kind(data)}")])
-    return dict(data)
+    # A section whose keys are all commented out reads as null: it means "the defaults".
+    return {key: value for key, value in data.items() if value is not None}
 
 
 def _kind(value: object) -> str:

@@ -166,6 +166,19 @@ def test_load_config_names_a_missing_file(tmp_path: Path) -> None:
         load_config(missing)
 
 
+def test_load_config_names_a_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "blob.yaml"
+    path.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(ConfigError, match=f"^{path}: not UTF-8 text"):
+        load_config(path)
+
+
+def test_a_section_with_every_key_commented_out_is_its_defaults() -> None:
+    cfg = parse_config("engine:\n  # max_num_seqs: 8\ndispatch:\n")
+    assert cfg.engine == DeploymentConfig().engine
+    assert cfg.dispatch == DeploymentConfig().dispatch
+
+
 def test_sizes_accept_units_and_models_are_frozen() -> None:
     cfg = parse_config("engine:\n  cpu_kv_cache_bytes: 64MiB\n  swap_space_bytes: 1.5GB\n")
     assert cfg.engine.cpu_kv_cache_bytes == 64 << 20
