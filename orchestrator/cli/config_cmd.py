@@ -49,7 +49,24 @@ def run_apply(args: argparse.Namespace) -> int:
     cfg = _load_or_report(args.file)
     if cfg is None:
         return EXIT_INVALID
+    port = cfg.server.controller_grpc_port
+    if args.controller is None and port == 0:
+        print(
+            "fleetlm: error: server.controller_grpc_port is 0 (any free port): pass "
+            "--controller HOST:PORT (`fleetlm status` prints it)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    address = args.controller or f"127.0.0.1:{port}"
+    ok, message = _send(cfg, address, Path(args.file).read_text(encoding="utf-8"))
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else EXIT_INVALID
+
+
+def _send(cfg: DeploymentConfig, address: str, yaml_text: str) -> tuple[bool, str]:
     # Imported here so `config check` works on machines without the controller's gRPC stack.
+    import grpc
+
     from actors.replica.tls import TlsFiles
     from orchestrator.controller.client import ControllerClient
 
@@ -59,14 +76,13 @@ def run_apply(args: argparse.Namespace) -> int:
         if sec.tls
         else None
     )
-    address = args.controller or f"127.0.0.1:{cfg.server.controller_grpc_port}"
     client = ControllerClient(address, tls=tls)
     try:
-        ok, message = client.apply_config(Path(args.file).read_text(encoding="utf-8"))
+        return client.apply_config(yaml_text)
+    except grpc.RpcError as exc:
+        return False, f"fleetlm: error: controller at {address}: {exc.code().name} {exc.details()}"
     finally:
         client.close()
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else EXIT_INVALID
 
 
 def _load_or_report(path: str) -> DeploymentConfig | None:

@@ -40,3 +40,12 @@ def test_apply_refuses_an_invalid_file_before_contacting_anyone(
     # An address nothing listens on: a local refusal must not even try to connect.
     assert main(["config", "apply", str(path), "--controller", "127.0.0.1:1"]) == 2
     assert "dispatch.params.nope: unknown parameter" in capsys.readouterr().err
+
+
+def test_apply_without_a_known_controller_port_asks_for_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("server:\n  controller_grpc_port: 0\n")
+    assert main(["config", "apply", str(path)]) == 2
+    assert "--controller HOST:PORT" in capsys.readouterr().err
