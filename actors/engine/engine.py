@@ -173,7 +173,9 @@ class LLMEngine:
             )
         bs = self.config.cache.block_size
         total = self.block_manager.num_total_blocks
-        prompt_blocks = n_prompt // bs  # full prompt blocks are shared between the n choices
+        # Full prompt blocks before the last token are shared between the n choices; the block
+        # holding the last prompt token is recomputed by each choice.
+        prompt_blocks = (n_prompt - 1) // bs
         per_choice = -(-(n_prompt + params.max_tokens) // bs) - prompt_blocks
         needed = prompt_blocks + params.n * per_choice
         if needed > total:
@@ -286,9 +288,11 @@ class LLMEngine:
         )
 
     def _fail_step(self, sched_out: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        """Fail the step's requests, and any swapped out in it (their host copy may be partial)."""
         outputs = []
-        for chunk in sched_out.chunks:
-            req = chunk.request
+        victims = [c.request for c in sched_out.chunks]
+        victims += [r for r in sched_out.preempted if r.status == RequestStatus.SWAPPED]
+        for req in victims:
             req.error = f"{type(exc).__name__}: {exc}"
             self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_ERROR)
             outputs.append(self._make_output(req, [], "", finished=True, reason="error"))
@@ -297,11 +301,7 @@ class LLMEngine:
 
     def _fail_unschedulable(self) -> list[RequestOutput]:
         """Requests the scheduler gave up on (e.g. could never fit) finish with their error."""
-        failed = [
-            r
-            for r in self._requests.values()
-            if r.status == RequestStatus.FINISHED_ERROR and r.request_id in self._detok
-        ]
+        failed = self.scheduler.drain_failed()
         outputs = [self._make_output(r, [], "", finished=True, reason="error") for r in failed]
         for r in failed:
             self._forget(r.request_id)

@@ -77,6 +77,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._first_child: dict[str, Request] = {}  # n > 1: parent id -> the index-0 child
         self.num_preemptions = 0
+        self._failed: list[Request] = []  # given up on; the engine drains and reports them
 
     # ---- queues --------------------------------------------------------------------------------
 
@@ -271,6 +272,12 @@ class Scheduler:
         )
         logger.warning("request %s failed: %s", req.request_id, req.error)
         self._finish(req, RequestStatus.FINISHED_ERROR)
+        self._failed.append(req)
+
+    def drain_failed(self) -> list[Request]:
+        """Requests the scheduler failed on its own since the last call (blocks already freed)."""
+        failed, self._failed = self._failed, []
+        return failed
 
     # ---- update --------------------------------------------------------------------------------
 
