@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from policies.dispatch import make_dispatch_policy
+from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from policies.params import PolicyParamError
 
 EMBEDDED_MODEL = "fleetlm/tiny-llama"  # actors.engine.config.EMBEDDED_MODEL (policies are pure)
@@ -139,7 +139,7 @@ class DeploymentConfig(Section):
         """The policy's params with max_queue from server.max_queue_per_replica (the wire form)."""
         return {**self.dispatch.params, "max_queue": self.server.max_queue_per_replica}
 
-    def make_dispatch_policy(self) -> Any:
+    def make_dispatch_policy(self) -> DispatchPolicy:
         """A fresh policies.dispatch policy object for this config."""
         return make_dispatch_policy(self.dispatch.policy, self.dispatch_params())
 

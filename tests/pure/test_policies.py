@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -343,3 +344,41 @@ def test_policies_import_nothing_impure() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", ALL_POLICIES)
+def test_random_views_never_yield_an_unhealthy_or_full_replica(name: str) -> None:
+    """Seeded fuzz over odd views (zero totals, huge queues, empty caches) for every policy."""
+    rng = random.Random(1234)
+    p = policy(name, max_queue=3)
+    hashes = tuple(block_hashes(list(range(16 * 8)), 16))
+    for trial in range(150):
+        replicas = [
+            replica(
+                f"r{i}",
+                healthy=rng.random() > 0.3,
+                running=rng.randint(0, 10),
+                waiting=rng.randint(0, 6),
+                inflight_dispatches=rng.randint(0, 3),
+                kv_blocks_free=(free := rng.randint(0, 50)),
+                kv_blocks_total=free + rng.randint(0, 50),
+                max_running=rng.randint(1, 8),
+                prefix_hashes=frozenset(hashes[: rng.randint(0, 8)]),
+                adapters_resident=frozenset(rng.sample(["a", "b", "c"], rng.randint(0, 2))),
+            )
+            for i in range(rng.randint(0, 6))
+        ]
+        req = meta(
+            f"q{trial}",
+            prompt=rng.randint(0, 200),
+            priority=rng.randint(-2, 2),
+            adapter_id=rng.choice([None, "a", "b"]),
+            prefix_hashes=hashes[: rng.randint(0, 8)],
+        )
+        open_ids = {r.replica_id for r in replicas if r.healthy and not r.is_full(3)}
+        decision = p.choose(view(*replicas), req)
+        if open_ids:
+            assert decision.replica_id in open_ids, (trial, decision)
+        else:
+            assert decision.replica_id is None
+            assert decision.overloaded == any(r.healthy for r in replicas)
