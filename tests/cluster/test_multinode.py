@@ -1,0 +1,80 @@
+"""Two Ray nodes (ray.cluster_utils.Cluster), one replica pinned to each by a custom resource."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from actors.engine.sampling_params import SamplingParams
+from actors.replica.client import ReplicaClient
+from actors.replica.types import GenerateSpec
+from orchestrator.controller.launcher import ClusterHandle, start_cluster
+from orchestrator.controller.router import Router
+from policies.cluster_view import RequestMeta
+from policies.config import parse_config
+
+from .conftest import tiny_config_yaml
+
+SLOT = "fleetlm_test_slot"  # each node has one: one replica per node
+
+
+@pytest.fixture(scope="module")
+def two_nodes(_ray_session: None) -> Iterator[ClusterHandle]:
+    if ray.is_initialized():
+        ray.shutdown()  # the shared local Ray; the next module that needs it starts it again
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {SLOT: 1}})
+    nodes.add_node(num_cpus=2, resources={SLOT: 1})
+    ray.init(address=nodes.address, namespace="fleetlm", log_to_driver=False)
+    nodes.wait_for_nodes()
+    handle = None
+    try:
+        cfg = parse_config(tiny_config_yaml(2, policy="round_robin"))
+        handle = start_cluster(cfg, custom_resources={SLOT: 1}, min_healthy=2, wait_s=180)
+        yield handle
+    finally:
+        if handle is not None:
+            handle.shutdown()
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> None:
+    replicas = two_nodes.replicas
+    assert len(replicas) == 2
+    assert len({r.node_id for r in replicas}) == 2, replicas
+    assert {r.node_id for r in replicas} <= {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+
+    async def run() -> tuple[Counter, list[int], list[list[int]]]:
+        router = Router(two_nodes.controller_address)
+        await router.start(wait_s=10)
+        clients = {r.address: ReplicaClient(r.address) for r in replicas}
+        try:
+            picks = [
+                await router.route(RequestMeta(f"mn{i}", num_prompt_tokens=3, max_tokens=3))
+                for i in range(6)
+            ]
+            specs = [GenerateSpec(f"mn{i}", (7, 8, 9), params) for i in range(6)]
+            outs = await asyncio.gather(
+                *(_tokens(clients[p.address], s) for p, s in zip(picks, specs, strict=True))
+            )
+            stats = [await c.stats() for c in clients.values()]
+            return Counter(p.replica_id for p in picks), [s["num_steps"] for s in stats], outs
+        finally:
+            await router.close()
+            for client in clients.values():
+                await client.close()
+
+    counts, steps, outs = asyncio.run(run())
+    assert counts == Counter({r.replica_id: 3 for r in replicas})  # round_robin over 2 nodes
+    assert all(n > 0 for n in steps)  # both replicas did the work
+    assert all(o == outs[0] and len(o) == 3 for o in outs)
+
+
+async def _tokens(client: ReplicaClient, spec: GenerateSpec) -> list[int]:
+    return [t async for d in client.generate(spec) for t in d.token_ids]
