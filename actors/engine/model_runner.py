@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from actors.engine.config import EngineConfig
+from actors.engine.cuda_graphs import DecodeGraphs
 from actors.engine.input_batch import build_input_batch, pack_batch
 from actors.engine.outputs import SchedulerOutput
 from actors.models.attention import KVCache
@@ -33,6 +34,9 @@ from actors.models.config import ModelArchConfig, load_arch_config
 from actors.models.loader import load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
+
+MAX_GRAPH_BATCH = 256  # decode batches above this run eagerly (launch overhead is amortized)
+_CPU = torch.device("cpu")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +82,8 @@ def resolve_max_model_len(arch: ModelArchConfig, requested: int | None) -> int:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, use_cuda_graphs: bool | None = None) -> None:
+        """`use_cuda_graphs`: None means on for CUDA devices (decode steps replay graphs)."""
         self.config = config
         self._device = resolve_device(config.device)
         if self._device.type == "cuda":
@@ -106,6 +111,17 @@ class ModelRunner:
         self.host_kv_cache = torch.zeros(
             (*shape[:2], num_host, *shape[3:]), dtype=self._dtype, pin_memory=pin
         )
+        self._graphs: DecodeGraphs | None = None
+        if self._device.type == "cuda" and use_cuda_graphs is not False:
+            self._graphs = DecodeGraphs(
+                self.model,
+                self.kv_caches,
+                max_batch=min(config.scheduler.max_num_seqs, MAX_GRAPH_BATCH),
+                max_model_len=self._max_model_len,
+                block_size=self._block_size,
+                device=self._device,
+            )
+            self._graphs.capture()
         logger.info(
             "model %s on %s (%s): %d KV blocks of %d tokens, %d host blocks, max_model_len %d",
             a.architecture,
@@ -160,11 +176,21 @@ class ModelRunner:
     def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
         """Swaps first, then the forward; logits [S, V] fp32 for the chunks that sample."""
         self.swap(sched_out.swap_out, sched_out.swap_in)
-        if sched_out.is_empty:
+        chunks = sched_out.chunks
+        if not chunks:
             return torch.empty(0, self.vocab_size, device=self._device)
-        batch = build_input_batch(
-            sched_out.chunks, self._block_size, self._device, self._max_model_len
-        )
+        graphs = self._graphs
+        if (
+            graphs is not None
+            and len(chunks) <= graphs.max_batch
+            and all(c.num_new_tokens == 1 for c in chunks)
+        ):
+            host = build_input_batch(chunks, self._block_size, _CPU, self._max_model_len)
+            logits = graphs.run(host)  # [B, V]
+            if host.num_sampled == len(chunks):
+                return logits
+            return logits[host.logits_indices.to(self._device)]
+        batch = build_input_batch(chunks, self._block_size, self._device, self._max_model_len)
         hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
 
