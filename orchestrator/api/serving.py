@@ -33,6 +33,10 @@ from policies.prefix import block_hashes
 logger = logging.getLogger(__name__)
 
 MAX_REDISPATCH = 2  # replicas that may die under one request before it fails
+# After a replica dies, the views may list it as healthy until its reports are missed: wait this
+# long for a route to another replica, re-asking every REROUTE_POLL_S.
+REROUTE_WAIT_S = 10.0
+REROUTE_POLL_S = 0.1
 
 
 class RouteLike(Protocol):
@@ -223,7 +227,19 @@ class OpenAIServing:
         await relay.start()
         return relay
 
-    async def _route(self, prep: Prepared) -> RouteLike:
+    async def _route(self, prep: Prepared, avoid: frozenset[str] = frozenset()) -> RouteLike:
+        """A replica for `prep`, never one in `avoid` (replicas that died under it)."""
+        deadline = time.monotonic() + REROUTE_WAIT_S
+        while True:
+            route = await self._route_once(prep)
+            if route.replica_id not in avoid:
+                return route
+            self.router.release(route.replica_id)
+            if time.monotonic() > deadline:
+                raise errors.no_replica("only replicas that failed this request are listed")
+            await asyncio.sleep(REROUTE_POLL_S)  # back off until the view drops the dead one
+
+    async def _route_once(self, prep: Prepared) -> RouteLike:
         meta = RequestMeta(
             request_id=prep.request_id,
             num_prompt_tokens=len(prep.prompt_token_ids),
@@ -254,7 +270,7 @@ class Relay:
         self._first: GenerateDelta | None = None
         self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
         self._left = prep.params.n
-        self._redispatches = 0
+        self._failed: set[str] = set()  # replicas that died under this request
         self.closed = False
 
     async def start(self) -> None:
@@ -267,7 +283,7 @@ class Relay:
 
     async def _dispatch(self) -> None:
         prep = self._prep
-        self._route = await self._serving._route(prep)
+        self._route = await self._serving._route(prep, frozenset(self._failed))
         resume = tuple(self._sent.get(0, ()))
         spec = GenerateSpec(
             request_id=prep.request_id,
@@ -296,10 +312,11 @@ class Relay:
 
     async def _redispatch(self, exc: ReplicaUnavailable) -> None:
         # Resuming is exact for one choice; n > 1 choices would need one resume list each.
-        if self._redispatches >= MAX_REDISPATCH or self._prep.params.n > 1:
+        if len(self._failed) >= MAX_REDISPATCH or self._prep.params.n > 1:
             raise APIError(503, f"replica lost mid-request: {exc}", retry_after_s=1) from exc
         logger.warning("request %s: %s; re-dispatching", self._prep.request_id, exc)
-        self._redispatches += 1
+        if self._route is not None:
+            self._failed.add(self._route.replica_id)
         self._release()
         await self._dispatch()
 

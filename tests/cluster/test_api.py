@@ -34,7 +34,7 @@ def stack(ray_local: None) -> Iterator[object]:
     from policies.config import parse_config
 
     cfg = parse_config(
-        tiny_config_yaml(replicas=1, http_port=_free_port(), max_body_bytes=MAX_BODY)
+        tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
     )
     st = start_stack(ServeOptions(config=cfg))
     try:
@@ -279,25 +279,31 @@ def test_server_keeps_serving_and_counts_errors(stack: object, client: openai.Op
 # ---- client disconnect ------------------------------------------------------------------------
 
 
-def _replica_load(stack: object) -> tuple[int, int]:
-    """(running + waiting, engine steps) summed over the replicas, asked over gRPC."""
+def _replica_stats(stack: object) -> dict[str, dict]:
+    """Each healthy replica's Stats, asked over gRPC (not the controller's delayed view)."""
     import asyncio
 
     from actors.replica.client import ReplicaClient
 
-    async def ask() -> tuple[int, int]:
-        busy = steps = 0
+    async def ask() -> dict[str, dict]:
+        out = {}
         for r in stack.cluster.status()["replicas"]:
+            if not r["healthy"]:
+                continue
             c = ReplicaClient(r["address"])
             try:
-                s = await c.stats()
+                out[r["replica_id"]] = await c.stats()
             finally:
                 await c.close()
-            busy += s["running"] + s["waiting"]
-            steps += s["num_steps"]
-        return busy, steps
+        return out
 
     return asyncio.run(ask())
+
+
+def _replica_load(stack: object) -> tuple[int, int]:
+    """(running + waiting, engine steps) summed over the replicas."""
+    stats = _replica_stats(stack).values()
+    return sum(s["running"] + s["waiting"] for s in stats), sum(s["num_steps"] for s in stats)
 
 
 def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
@@ -327,3 +333,46 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
     assert gone_at is not None and gone_at < 1.0, gone_at
     # Aborted, not finished: far fewer steps ran than the 1900 tokens asked for.
     assert steps - steps_before < 1000
+
+
+# ---- a replica dies mid-stream (last: it leaves the cluster one replica short) ----------------
+
+
+def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engine: object) -> None:
+    import ray
+
+    from actors.engine.sampling_params import SamplingParams
+    from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX
+
+    n = 400
+    prompt_ids = offline_engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    expected = offline_engine.generate([prompt_ids], params)[0].token_ids[0]
+    body = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": n,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "return_token_ids": True,
+    }
+    got: list[int] = []
+    killed = None
+    with httpx.stream("POST", f"{stack.base_url}/v1/completions", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            msg = json.loads(line[6:])
+            assert "error" not in msg, msg
+            for choice in msg["choices"]:
+                got.extend(choice["token_ids"])
+            if killed is None and len(got) >= 10:
+                busy = [rid for rid, s in _replica_stats(stack).items() if s["running"]]
+                assert len(busy) == 1
+                killed = busy[0]
+                actor = ray.get_actor(REPLICA_NAME_PREFIX + killed, namespace=NAMESPACE)
+                ray.kill(actor, no_restart=True)
+    assert killed is not None and len(got) == n
+    assert got == expected  # nothing lost, nothing repeated, greedy continues exactly
