@@ -210,9 +210,11 @@ def apply_repetition_penalty(
     logits: torch.Tensor, token_ids: Sequence[TokenSeq], penalties: list[float]
 ) -> torch.Tensor:
     """HF: a seen token's logit is divided by p if positive, multiplied by p if negative."""
-    rows, cols = _flat_positions(token_ids, logits.shape[1], logits.device)
-    seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # [R, V]
+    num_rows, vocab = logits.shape
+    rows, cols = _flat_positions(token_ids, vocab, logits.device)
+    seen = torch.zeros(num_rows, vocab + 1, dtype=torch.bool, device=logits.device)
     seen[rows, cols] = True
+    seen = seen[:, :vocab]  # [R, V]
     p = torch.tensor(penalties, device=logits.device, dtype=logits.dtype).unsqueeze(1)  # [R, 1]
     penalized = torch.where(logits < 0, logits * p, logits / p)
     return torch.where(seen, penalized, logits)
@@ -225,9 +227,11 @@ def apply_presence_frequency_penalties(
     frequency: list[float],
 ) -> torch.Tensor:
     """OpenAI: logit -= frequency * count + presence * (count > 0), over generated tokens."""
-    rows, cols = _flat_positions(output_ids, logits.shape[1], logits.device)
-    counts = torch.zeros_like(logits)  # [R, V]; exact while counts < 2**24
+    num_rows, vocab = logits.shape
+    rows, cols = _flat_positions(output_ids, vocab, logits.device)
+    counts = logits.new_zeros(num_rows, vocab + 1)  # exact while counts < 2**24
     counts.index_put_((rows, cols), torch.ones_like(rows, dtype=logits.dtype), accumulate=True)
+    counts = counts[:, :vocab]  # [R, V]
     pres = torch.tensor(presence, device=logits.device, dtype=logits.dtype).unsqueeze(1)
     freq = torch.tensor(frequency, device=logits.device, dtype=logits.dtype).unsqueeze(1)
     return logits - freq * counts - pres * (counts > 0).to(logits.dtype)
@@ -236,14 +240,23 @@ def apply_presence_frequency_penalties(
 def _flat_positions(
     token_ids: Sequence[TokenSeq], vocab: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, token) index pairs of every token of every row, on `device`; ids outside [0, V)
-    are dropped. One host-to-device copy for the whole batch."""
+    """(row, token) index pairs of every token of every row, built on `device` without a sync.
+
+    Ids outside [0, V) map to column V, so callers scatter into [R, V + 1] and drop that column.
+    """
     seqs = [torch.as_tensor(t, dtype=torch.long) for t in token_ids]
-    lengths = torch.tensor([len(t) for t in seqs], dtype=torch.long)
-    cols = torch.cat(seqs) if seqs else torch.empty(0, dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
-    valid = (cols >= 0) & (cols < vocab)
-    return rows[valid].to(device), cols[valid].to(device)
+    lengths = [len(t) for t in seqs]
+    if not seqs or sum(lengths) == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty
+    cols = torch.cat(seqs).to(device)  # [N]: one host-to-device copy for the whole batch
+    cols = torch.where((cols >= 0) & (cols < vocab), cols, vocab)
+    rows = torch.repeat_interleave(
+        torch.arange(len(seqs), device=device),
+        torch.tensor(lengths, device=device),
+        output_size=sum(lengths),
+    )  # [N]
+    return rows, cols
 
 
 class TokenHistory:

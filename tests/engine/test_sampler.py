@@ -128,6 +128,15 @@ def test_repetition_penalty_matches_hf() -> None:
         torch.testing.assert_close(ours[row], ref[0])
 
 
+def test_penalties_ignore_ids_outside_the_vocab() -> None:
+    logits = _logits(2)
+    rep = apply_repetition_penalty(logits, [[3, V, 10_000], []], [1.5, 1.5])
+    ref = RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([[3]]), logits[:1])
+    torch.testing.assert_close(rep, torch.cat([ref, logits[1:]]))
+    freq = apply_presence_frequency_penalties(logits, [[V + 1], [2]], [0.0, 0.0], [1.0, 1.0])
+    assert torch.equal(freq[0], logits[0]) and freq[1, 2] == logits[1, 2] - 1.0
+
+
 def test_presence_frequency_penalties_match_openai_formula() -> None:
     logits = _logits(2)
     outs = [[4, 4, 4, 9], []]
