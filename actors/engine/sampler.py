@@ -35,16 +35,15 @@ from actors.engine.sampling_params import SamplingParams
 
 TokenSeq = Sequence[int] | torch.Tensor  # a row's token ids, as a list or a 1-D int tensor
 _STATE_MAGIC = b"FLGS"
-_STATE_HEADER = struct.Struct("<4sB8sq")  # magic, version, device type, seed
+_STATE_HEADER = struct.Struct("<4sBB8s16s")  # magic, version, has seed, device type, seed
 
 
 @dataclass(frozen=True)
 class PendingGeneratorState:
     """An imported generator state, materialized on the device of the first logits it samples."""
 
-    device_type: str  # "cpu", "cuda", or "" for a generator not created yet (seed only)
-    seed: int
-    state: bytes
+    device_type: str  # "cpu" or "cuda"
+    state: bytes  # torch.Generator.get_state() bytes
 
 
 @dataclass
@@ -80,12 +79,11 @@ class Sampler:
         if greedy:
             rows = torch.tensor(greedy, device=logits.device)
             token_ids[rows] = logits[rows].argmax(dim=-1)
-        if sampled:
-            rows = torch.tensor(sampled, device=logits.device)
-            reqs = [requests[i] for i in sampled]
-            probs = processed_probs(logits[rows], reqs)  # [S, V]
-            gens = [self.generator(r, logits.device) for r in reqs]
-            token_ids[rows] = exponential_race(probs, gens)
+        rows = torch.tensor(sampled, device=logits.device)
+        reqs = [requests[i] for i in sampled]
+        probs = processed_probs(logits[rows], reqs)  # [S, V]
+        gens = [self.generator(r, logits.device) for r in reqs]
+        token_ids[rows] = exponential_race(probs, gens)
         ids = token_ids.tolist()
         return SamplerOutput(ids, _pick_logprobs(logprobs, ids, requests))
 
@@ -114,7 +112,7 @@ class Sampler:
             seed = request.sampling_params.seed
             request.sampling_seed = seed if seed is not None else self._seed_rng.getrandbits(63)
         gen = torch.Generator(device=device)
-        gen.manual_seed(request.sampling_seed)
+        gen.manual_seed(request.sampling_seed % 2**64)  # any int (user seeds are unbounded)
         if isinstance(request.generator, PendingGeneratorState) and request.generator.state:
             pending = request.generator
             if pending.device_type != device.type:
@@ -141,16 +139,16 @@ class Sampler:
 def export_generator_state(request: Request) -> bytes:
     """Serialize the request's sampling position (seed + generator state) for migration."""
     gen = request.generator
-    seed = request.sampling_seed if request.sampling_seed is not None else -1
+    seed = request.sampling_seed
     if isinstance(gen, torch.Generator):
         device_type, state = gen.device.type, gen.get_state().numpy().tobytes()
     elif isinstance(gen, PendingGeneratorState):
         device_type, state = gen.device_type, gen.state
     else:  # never sampled yet: the seed alone restarts the same sequence anywhere
-        if request.sampling_seed is None and request.sampling_params.seed is not None:
-            seed = request.sampling_params.seed
+        seed = seed if seed is not None else request.sampling_params.seed
         device_type, state = "", b""
-    header = _STATE_HEADER.pack(_STATE_MAGIC, 1, device_type.encode(), seed)
+    seed_raw = (seed or 0).to_bytes(16, "little", signed=True)
+    header = _STATE_HEADER.pack(_STATE_MAGIC, 1, seed is not None, device_type.encode(), seed_raw)
     return header + state
 
 
@@ -158,13 +156,14 @@ def import_generator_state(request: Request, data: bytes) -> None:
     """Restore a state from export_generator_state; the next sample continues that sequence."""
     if len(data) < _STATE_HEADER.size:
         raise ValueError("generator state: too short to be an exported generator state")
-    magic, version, device_raw, seed = _STATE_HEADER.unpack_from(data)
+    magic, version, has_seed, device_raw, seed_raw = _STATE_HEADER.unpack_from(data)
     if magic != _STATE_MAGIC or version != 1:
         raise ValueError("generator state: not produced by export_generator_state (bad header)")
-    request.sampling_seed = seed if seed >= 0 else None
+    seed = int.from_bytes(seed_raw, "little", signed=True) if has_seed else None
+    request.sampling_seed = seed
     device_type = device_raw.rstrip(b"\0").decode()
     state = bytes(data[_STATE_HEADER.size :])
-    request.generator = PendingGeneratorState(device_type, seed, state) if state else None
+    request.generator = PendingGeneratorState(device_type, state) if state else None
 
 
 # ---- logits processing (each step a pure function over a batch) ------------------------------

@@ -242,6 +242,18 @@ def test_export_before_first_sample_carries_the_seed() -> None:
     assert _run(Sampler(), dst, steps=4) == _run(Sampler(), _req("a", seed=5), steps=4)
 
 
+@pytest.mark.parametrize("seed", [-5, 2**70])
+def test_any_integer_seed_samples_and_survives_export(seed: int) -> None:
+    req = _req(seed=seed)
+    req.sampling_seed = seed
+    state = export_generator_state(req)  # before the first sample: seed only
+    first = _run(Sampler(), req, steps=2)
+    twin = _req()
+    import_generator_state(twin, state)
+    assert twin.sampling_seed == seed
+    assert _run(Sampler(), twin, steps=2) == first
+
+
 def test_import_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="generator state"):
         import_generator_state(_req(), b"not a state at all, definitely not")
