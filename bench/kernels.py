@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,6 +60,18 @@ def bench(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """The call captured in a CUDA graph, as the model runner replays decode steps."""
+    if device.type != "cuda":
+        return fn
+    fn()  # compile / autotune outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def copy_bandwidth(device: torch.device, nbytes: int) -> float:
@@ -132,7 +145,7 @@ def paged_timings(batch: int, ctx: int, s: Shape, device: torch.device, flex: bo
     def triton_step() -> None:
         paged_attention_decode(q, k, v, tables, seq_lens, scale, max_seq_len=ctx, out=out)
 
-    row["triton_ms"] = bench(triton_step, device)
+    row["triton_ms"] = bench(graphed(triton_step, device), device)
     if flex:
         try:
             row["flex_ms"] = bench(flex_paged(q, k, v, tables, seq_lens, scale), device)
@@ -149,7 +162,7 @@ def sdpa_timings(batch: int, ctx: int, s: Shape, device: torch.device) -> dict:
     scale = s.head_dim**-0.5
     try:
         fn = lambda: F.scaled_dot_product_attention(q4, kc, vc, scale=scale, enable_gqa=True)  # noqa: E731
-        return {"sdpa_ms": bench(fn, device)}
+        return {"sdpa_ms": bench(graphed(fn, device), device)}
     except Exception as exc:
         return {"sdpa_error": f"{type(exc).__name__}: {str(exc)[:160]}"}
 
@@ -254,14 +267,7 @@ def run_lora(args: argparse.Namespace, s: Shape, device: torch.device) -> dict:
                     add_lora(y[n], x[k], lora[n], batch, outs)
 
     def timed(batch) -> float:
-        if device.type != "cuda":
-            return bench(lambda: step(batch), device)
-        step(batch)  # compile the kernels before capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(batch)
-        return bench(graph.replay, device)
+        return bench(graphed(lambda: step(batch), device), device)
 
     base_ms = timed(None)
     weight_bytes = sum(w.numel() * 2 for base, _ in layers for w in base.values())
@@ -287,7 +293,55 @@ def run_lora(args: argparse.Namespace, s: Shape, device: torch.device) -> dict:
             flush=True,
         )
     result["loop"] = lora_vs_loop(layers[0][1], groups, x, y, n_max, device)
+    result["kernels"] = lora_breakdown(layers[0][1], groups, x, y, n_max, device)
+    if args.lora_sweep:
+        result["sweep"] = lora_sweep(layers[0][1]["gate_up"], x[s.hidden], y["gate_up"], n_max,
+                                     [s.inter, s.inter], device)  # fmt: skip
     return result
+
+
+def lora_sweep(w, x, y, n_adapters: int, outs: list[int], device: torch.device) -> list[dict]:
+    """gate_up shrink split_k and expand block_n, to pick the launch heuristics."""
+    from kernels.lora import lora_expand, lora_shrink
+    from kernels.lora_meta import prepare_lora_batch
+
+    rows = []
+    for distinct in sorted({1, n_adapters}):
+        slots = (torch.arange(x.shape[0], device=device) % distinct).to(torch.int32)
+        batch = prepare_lora_batch(slots, n_adapters)
+        s = lora_shrink(x, w, batch)
+        for split in (1, 2, 4, 8, 16):
+            ms = bench(graphed(partial(lora_shrink, x, w, batch, split_k=split), device), device)
+            rows.append({"distinct": distinct, "kernel": "shrink", "split_k": split, "ms": ms})
+        for block_n in (64, 128, 256):
+            call = partial(lora_expand, y, s, w, batch, outs, block_n=block_n)
+            ms = bench(graphed(call, device), device)
+            rows.append({"distinct": distinct, "kernel": "expand", "block_n": block_n, "ms": ms})
+    for r in rows:
+        knob = f"split_k={r['split_k']}" if "split_k" in r else f"block_n={r['block_n']}"
+        print(f"  sweep {r['distinct']:>3} distinct {r['kernel']} {knob}: {r['ms'] * 1e3:.1f} us")
+    return rows
+
+
+def lora_breakdown(lora, groups, x, y, n_adapters: int, device: torch.device) -> list[dict]:
+    """Shrink and expand alone, per group, graphed: where the added time goes."""
+    from kernels.lora_meta import prepare_lora_batch
+
+    t = next(iter(x.values())).shape[0]
+    rows = []
+    for distinct in sorted({1, n_adapters}):
+        slots = (torch.arange(t, device=device) % distinct).to(torch.int32)
+        batch = prepare_lora_batch(slots, n_adapters)
+        for n, k, outs in groups:
+            row = breakdown_row(lora[n], x[k], y[n], outs, batch, device)
+            rows.append({"group": n, "distinct": distinct, **row})
+            print(
+                f"  {n:<8} {distinct:>3} distinct: shrink {row['shrink_ms'] * 1e3:7.1f} us "
+                f"({row['shrink_gbs']:6.0f} GB/s), expand {row['expand_ms'] * 1e3:7.1f} us "
+                f"({row['expand_gbs']:6.0f} GB/s)",
+                flush=True,
+            )
+    return rows
 
 
 def scale_groups(s: Shape) -> list[tuple[str, int, list[int]]]:
@@ -351,6 +405,23 @@ def loop_row(lora, groups, x, y, n_adapters: int, distinct: int, device: torch.d
     }
 
 
+def breakdown_row(w, x, y, outs: list[int], batch, device: torch.device) -> dict:
+    from kernels.lora import lora_expand, lora_shrink
+
+    distinct = int(torch.unique(batch.token_slots).numel())
+    s = lora_shrink(x, w, batch)
+    shrink_ms = bench(graphed(lambda: lora_shrink(x, w, batch), device), device)
+    expand_ms = bench(graphed(lambda: lora_expand(y, s, w, batch, outs), device), device)
+    a_bytes = distinct * len(outs) * RANK * x.shape[1] * 2
+    b_bytes = distinct * RANK * sum(outs) * 2 + 2 * x.shape[0] * sum(outs) * 2  # B, y in + out
+    return {
+        "shrink_ms": shrink_ms,
+        "expand_ms": expand_ms,
+        "shrink_gbs": a_bytes / shrink_ms / 1e6,
+        "expand_gbs": b_bytes / expand_ms / 1e6,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,32,128,256")
@@ -359,6 +430,7 @@ def main() -> None:
     ap.add_argument("--flex-batches", default="1,32,128,256", help="flex compiles per shape")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-lora", action="store_true")
+    ap.add_argument("--lora-sweep", action="store_true", help="gate_up launch-parameter sweep")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (interpreter)")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]

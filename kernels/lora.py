@@ -14,6 +14,7 @@ import triton.language as tl
 
 from kernels import checks
 from kernels.lora_meta import (
+    ALIGN,
     BLOCK_M,
     MAX_PROJECTIONS,
     LoRABatch,
@@ -49,6 +50,7 @@ def _shrink_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     UPCAST: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     item = tl.program_id(0)
     proj = tl.program_id(1)
@@ -69,6 +71,9 @@ def _shrink_kernel(
     a_rows = tl.load(
         a_off_ptr + slot * stride_off_s + proj * stride_off_p + r, mask=r_valid, other=0
     ).to(tl.int64)  # [R] element offsets
+    if ALIGNED:
+        # Rows start on 16-byte boundaries: lets the compiler vectorize the gathered loads.
+        a_rows = tl.multiple_of(a_rows, 8)
     acc = tl.zeros([BLOCK_M, BLOCK_R], tl.float32)
     k_lo = k_split * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, in_dim)
@@ -123,6 +128,7 @@ def _expand_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     item = tl.program_id(0)
     proj = tl.program_id(1)
@@ -133,6 +139,8 @@ def _expand_kernel(
     # Projection p owns y columns [col_p, col_{p+1}); unused cols repeat the end.
     first = tl.where(proj == 0, col0, tl.where(proj == 1, col1, tl.where(proj == 2, col2, col3)))
     last = tl.where(proj == 0, col1, tl.where(proj == 1, col2, tl.where(proj == 2, col3, col4)))
+    if ALIGNED:
+        first = tl.multiple_of(first, 8)
     width = last - first
     if n_tile * BLOCK_N >= width:
         return
@@ -155,6 +163,8 @@ def _expand_kernel(
     b_rows = tl.load(
         b_off_ptr + slot * stride_off_s + proj * stride_off_p + r, mask=r_valid, other=0
     ).to(tl.int64)  # [R]
+    if ALIGNED:
+        b_rows = tl.multiple_of(b_rows, 8)
     n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_valid = n < width
     b = tl.load(
@@ -175,22 +185,24 @@ def lora_shrink(
     batch: LoRABatch,
     *,
     split_k: int | None = None,
-) -> torch.Tensor:  # [T, P, R] fp32; zero for base-only tokens and ranks past the adapter's
+) -> torch.Tensor:  # [T, P, R] fp32; only (adapter token, p, j < rank) entries are defined
     """s[t, p, :r] = x[t] @ A_p^T for every projection of the group in one launch."""
     checks.check_tensor("x", x, ndim=2, dtypes=checks.FLOAT_DTYPES)
     s_slots, p = check_lora_weights(weights, x.dtype, x.device)
     check_lora_batch(batch, x.shape[0], s_slots, x.device)
     t, in_dim = x.shape
     width = weights.a_offsets.shape[2]
-    s = torch.zeros((t, p, width), dtype=torch.float32, device=x.device)
-    if t == 0 or width == 0:
-        return s
     block_k = 64
     if split_k is None:
         # Few adapters leave few programs: split in_dim so the GPU still fills.
         split_k = max(1, min(triton.cdiv(in_dim, 512), triton.cdiv(512, batch.num_work * p)))
-    k_per_split = triton.cdiv(triton.cdiv(in_dim, split_k), block_k) * block_k
-    split_k = triton.cdiv(in_dim, k_per_split)
+    k_per_split = triton.cdiv(triton.cdiv(in_dim, max(1, split_k)), block_k) * block_k
+    split_k = max(1, triton.cdiv(in_dim, k_per_split))
+    # Expand reads only the (token, p, j < rank) entries a shrink program writes; atomics need 0s.
+    alloc = torch.zeros if split_k > 1 else torch.empty
+    s = alloc((t, p, width), dtype=torch.float32, device=x.device)
+    if t == 0 or width == 0:
+        return s
     _shrink_kernel[(batch.num_work, p, split_k)](
         x, weights.a_pool, weights.a_offsets, weights.ranks,
         batch.sorted_tokens, batch.work_slot, batch.work_start, batch.work_rows, s,
@@ -198,7 +210,7 @@ def lora_shrink(
         x.stride(0), weights.a_offsets.stride(0), weights.a_offsets.stride(1),
         weights.ranks.stride(0), s.stride(0), s.stride(1),
         MAX_RANK=width, BLOCK_M=BLOCK_M, BLOCK_R=max(16, next_pow2(width)), BLOCK_K=block_k,
-        SPLIT_K=split_k, UPCAST=checks.upcast_dot(x.dtype),
+        SPLIT_K=split_k, UPCAST=checks.upcast_dot(x.dtype), ALIGNED=in_dim % ALIGN == 0,
         num_warps=4,
     )  # fmt: skip
     return s
@@ -210,6 +222,8 @@ def lora_expand(
     weights: LoRAWeights,
     batch: LoRABatch,
     out_dims: Sequence[int],  # P widths: projection p owns the next out_dims[p] columns of y
+    *,
+    block_n: int = 128,
 ) -> None:
     """y[t, cols_p] += (s[t, p, :r] @ B_p^T) * scale for every projection in one launch."""
     checks.check_tensor("y", y, ndim=2, dtypes=checks.FLOAT_DTYPES)
@@ -229,7 +243,8 @@ def lora_expand(
     for d in out_dims:
         cols.append(cols[-1] + d)
     cols += [cols[-1]] * (MAX_PROJECTIONS + 1 - len(cols))
-    block_n = 128
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n: must be a power of two >= 16, got {block_n}")
     _expand_kernel[(batch.num_work, p, triton.cdiv(max(out_dims), block_n))](
         s, weights.b_pool, weights.b_offsets, weights.ranks, weights.scales,
         batch.sorted_tokens, batch.work_slot, batch.work_start, batch.work_rows, y,
@@ -238,6 +253,7 @@ def lora_expand(
         weights.ranks.stride(0), weights.scales.stride(0), y.stride(0),
         MAX_RANK=width, BLOCK_M=BLOCK_M, BLOCK_R=max(16, next_pow2(width)), BLOCK_N=block_n,
         UPCAST=checks.upcast_dot(weights.b_pool.dtype),
+        ALIGNED=all(d % ALIGN == 0 for d in out_dims),
         num_warps=4,
     )  # fmt: skip
 

@@ -16,6 +16,9 @@ Pool layout (what the adapter pager fills; see LoRAWeights):
   v only). Table width R = a_offsets.shape[2] bounds the rank; only the index table is padded to
   R, never the weights or the memory reads.
 - `scales[s, p]` is alpha / r (fp32).
+- Alignment: when in_dim is a multiple of ALIGN (8), every used A offset must be too; when every
+  out_p is, every used B offset must be. The kernels then use 16-byte vector loads (a large share
+  of their speed); rows packed back to back satisfy this by construction.
 
 Batching: tokens are grouped by slot once per step (`prepare_lora_batch`, tensor ops only, no
 GPU sync) into work items of at most BLOCK_M tokens of one adapter. Decode (every token its own
@@ -35,6 +38,7 @@ import torch
 from kernels import checks
 
 MAX_PROJECTIONS = 4
+ALIGN = 8  # elements: rows (and dims) that are multiples of this get vectorized loads
 BLOCK_M = 16  # tokens per work item; tl.dot needs at least 16 rows
 
 
@@ -120,12 +124,15 @@ def validate_lora_tables(w: LoRAWeights, in_dim: int, out_dims: Sequence[int]) -
     lens = {"a_offsets": torch.full((s, p, width), in_dim), "b_offsets": None}
     lens["b_offsets"] = torch.tensor(list(out_dims)).view(1, p, 1).expand(s, p, width)
     pools = {"a_offsets": w.a_pool, "b_offsets": w.b_pool}
+    aligned = {"a_offsets": in_dim % ALIGN == 0, "b_offsets": all(d % ALIGN == 0 for d in out_dims)}
     for name, row_len in lens.items():
         offs = getattr(w, name).cpu()
         bad = used & ((offs < 0) | (offs + row_len > pools[name].numel()))
         if bad.any():
             idx = tuple(bad.nonzero()[0].tolist())
             raise ValueError(f"{name}: row {idx} lies outside its pool of {pools[name].numel()}")
+        if aligned[name] and (used & (offs % ALIGN != 0)).any():
+            raise ValueError(f"{name}: offsets must be multiples of {ALIGN} for these dims")
 
 
 def check_lora_weights(w: LoRAWeights, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:

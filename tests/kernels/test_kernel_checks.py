@@ -154,3 +154,7 @@ def test_validate_tables_finds_rows_outside_the_pool():
         validate_lora_tables(dataclasses.replace(w, b_offsets=bad), 16, [16])
     with pytest.raises(ValueError, match="ranks"):
         validate_lora_tables(dataclasses.replace(w, ranks=w.ranks + 3), 16, [16])
+    misaligned = w.a_offsets.clone()
+    misaligned[0, 0, 0] = 4  # in_dim 16 is a multiple of 8, so every A row must start on one
+    with pytest.raises(ValueError, match="multiples of 8"):
+        validate_lora_tables(dataclasses.replace(w, a_offsets=misaligned), 16, [16])

@@ -52,7 +52,8 @@ def test_decode_replays_in_a_cuda_graph(paged_batch):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    sl.copy_(torch.tensor([100, 3, 1999, 17], dtype=torch.int32))  # new lengths, same launch
+    # New lengths (within each request's blocks) and queries, replayed with the same launch.
+    sl.copy_(torch.tensor([60, 850, 3, 1999], dtype=torch.int32))
     q.copy_(torch.randn_like(q))
     graph.replay()
     ref = reference.paged_attention_ref(q, k, v, bt, qsl, sl, 0.1)
