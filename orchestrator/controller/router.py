@@ -10,6 +10,7 @@ last view with least_load, and reconnects (finding a restarted controller throug
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from actors.replica.tls import TlsFiles
 from orchestrator.controller.client import ControllerClient, RouteOutcome, RouteResult
+from orchestrator.controller.state import replace_at
 from orchestrator.controller.wire import ViewUpdate
 from policies.cluster_view import ClusterView, RequestMeta
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
@@ -41,6 +43,9 @@ class Router:
         self._resolve = resolve
         self._reconnect_s = reconnect_s
         self._update: ViewUpdate | None = None
+        # The view plus this router's own dispatches, patched one replica at a time per decision.
+        self._adjusted: ClusterView | None = None
+        self._index: dict[str, int] = {}
         self._policy_key: tuple[str, str] | None = None
         self._policy: DispatchPolicy | None = None
         self._fallback: DispatchPolicy = make_dispatch_policy(FALLBACK_POLICY)
@@ -127,23 +132,33 @@ class Router:
             except ValueError:
                 logger.exception("controller sent an unusable policy; keeping the previous one")
         self._update = update
+        pending = {rid: n for rid, n in self._since_report.items() if n}
+        self._adjusted = update.view.with_inflight(pending)
+        self._index = {r.replica_id: i for i, r in enumerate(self._adjusted.replicas)}
         self.num_updates += 1
         self.last_update_at = time.monotonic()
         self._first_view.set()
 
     def decide_now(self, meta: RequestMeta) -> RouteOutcome:
-        update = self._update
-        if update is None:
+        view = self._adjusted
+        if view is None:
             return RouteOutcome(None, "no cluster view yet")
         policy = self._policy if self._connected and self._policy else self._fallback
-        view = update.view.with_inflight(self._since_report)
         decision = policy.choose(view, meta)
         if decision.replica_id is None:
             return RouteOutcome(None, decision.reason, decision.overloaded)
-        replica = view.get(decision.replica_id)
-        assert replica is not None
+        replica = view.replicas[self._index[decision.replica_id]]
         self._since_report[replica.replica_id] = self._since_report.get(replica.replica_id, 0) + 1
+        self._bump(replica.replica_id, 1)
         return RouteOutcome(RouteResult(replica.replica_id, replica.address, decision.reason), "")
+
+    def _bump(self, replica_id: str, delta: int) -> None:
+        view, i = self._adjusted, self._index.get(replica_id)
+        if view is None or i is None:
+            return
+        old = view.replicas[i]
+        new = dataclasses.replace(old, inflight_dispatches=max(0, old.inflight_dispatches + delta))
+        self._adjusted = dataclasses.replace(view, replicas=replace_at(view.replicas, i, new))
 
     async def decide(self, meta: RequestMeta) -> RouteOutcome:
         return self.decide_now(meta)
@@ -156,6 +171,7 @@ class Router:
         count = self._since_report.get(replica_id, 0)
         if count > 0:
             self._since_report[replica_id] = count - 1
+            self._bump(replica_id, -1)
 
     def stats(self) -> dict[str, Any]:
         return {

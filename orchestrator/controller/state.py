@@ -6,6 +6,7 @@ so it needs no lock. The view is rebuilt lazily: many reports between two reads 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class ControllerState:
         self.records: dict[str, ReplicaRecord] = {}
         self.generation = 0
         self._view: ClusterView | None = None
+        self._index: dict[str, int] = {}  # replica id -> position in the cached view
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -50,9 +52,17 @@ class ControllerState:
         """Something outside the records changed (e.g. the policy): watchers need a new view."""
         self._changed()
 
-    def _changed(self) -> None:
+    def _changed(self, only: ReplicaRecord | None = None) -> None:
+        """Bump the generation; `only`: just that replica changed, patch the cached view."""
         self.generation += 1
-        self._view = None
+        if only is not None and self._view is not None and only.replica_id in self._index:
+            self._view = ClusterView(
+                replace_at(self._view.replicas, self._index[only.replica_id], _replica_view(only)),
+                timestamp=time.time(),
+                generation=self.generation,
+            )
+        else:
+            self._view = None
         for listener in self._listeners:
             listener()
 
@@ -97,7 +107,7 @@ class ControllerState:
         record.healthy = True
         record.inflight = 0  # the report now reflects what was dispatched before it
         record.version += 1
-        self._changed()
+        self._changed(only=record)
 
     def forget(self, replica_id: str) -> None:
         if self.records.pop(replica_id, None) is not None:
@@ -117,9 +127,17 @@ class ControllerState:
 
     def note_dispatch(self, replica_id: str) -> None:
         record = self.records.get(replica_id)
-        if record is not None:
-            record.inflight += 1
-            self._view = None  # the count is routing-local: no new generation for watchers
+        if record is None:
+            return
+        record.inflight += 1
+        # Routing-local: patch the cached view, no new generation for watchers.
+        if self._view is not None and replica_id in self._index:
+            i = self._index[replica_id]
+            old = self._view.replicas[i]
+            bumped = dataclasses.replace(old, inflight_dispatches=record.inflight)
+            self._view = dataclasses.replace(
+                self._view, replicas=replace_at(self._view.replicas, i, bumped)
+            )
 
     # ---- snapshots -------------------------------------------------------------------------
 
@@ -129,6 +147,7 @@ class ControllerState:
                 _replica_view(r) for r in sorted(self.records.values(), key=_by_id) if r.load
             )
             self._view = ClusterView(replicas, timestamp=time.time(), generation=self.generation)
+            self._index = {r.replica_id: i for i, r in enumerate(replicas)}
         return self._view
 
     def silent_for(self, replica_id: str) -> float:
@@ -136,6 +155,11 @@ class ControllerState:
         record = self.records[replica_id]
         since = record.last_report if record.registered else record.expected_since
         return self._clock() - since
+
+
+def replace_at(items: tuple, index: int, item: object) -> tuple:
+    """A copy of `items` with position `index` replaced (O(n) copy, no per-item work)."""
+    return items[:index] + (item,) + items[index + 1 :]
 
 
 def _by_id(record: ReplicaRecord) -> str:
