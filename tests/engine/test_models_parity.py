@@ -174,9 +174,11 @@ def test_bfloat16_runs_close_to_fp32(
 
 def hf_generate(hf: torch.nn.Module, req: Request, max_new: int) -> list[int]:
     hf.generation_config.eos_token_id = None  # generate N tokens, as ignore_eos would
+    ids = torch.tensor([req.prompt_token_ids])
     with torch.no_grad():
         out = hf.generate(
-            torch.tensor([req.prompt_token_ids]),
+            ids,
+            attention_mask=torch.ones_like(ids),  # else HF masks prompt tokens equal to the pad id
             max_new_tokens=max_new,
             do_sample=False,
             pad_token_id=0,
