@@ -14,12 +14,17 @@ Sizing: on CPU the KV budget is `cache.cpu_kv_cache_bytes`. On GPU it is
 max_num_batched_tokens (weights included) - memory outside torch (CUDA context, other
 processes)`. `cache.num_gpu_blocks_override` wins on either device.
 
-Sliding-window models (Mistral v0.1): every position sees the whole context, so
-`max_model_len` is clamped to the window (with a warning); within it, full attention is exact.
+On GPU, decode-only steps (one new token per chunk, up to 256 chunks) replay CUDA graphs
+captured at start (actors/engine/cuda_graphs.py); everything else runs eagerly.
+
+Sliding-window models (Mistral v0.1): attention here is always full, which equals windowed
+attention while no sequence outgrows the window, so `max_model_len` is clamped to the window
+(with a warning) instead of masking.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -280,7 +285,7 @@ class ModelRunner:
             long_total -= lens[-1]
         bs = self._block_size
         n_blocks = [-(-n // bs) for n in lens]
-        width, first = max(n_blocks), [sum(n_blocks[:i]) for i in range(len(n_blocks))]
+        width, first = max(n_blocks), [0, *itertools.accumulate(n_blocks)][:-1]
         a = self.arch
         scratch = torch.zeros(
             (2, sum(n_blocks), bs, a.num_kv_heads, a.head_dim),
