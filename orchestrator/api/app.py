@@ -7,6 +7,8 @@ OpenAI shape with their status (400 names the field, 404 model, 413 body, 429/50
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -70,6 +72,22 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> Any:
         raise errors.invalid(field, reason) from exc
 
 
+def key_digest(key: str) -> str:
+    """What the ingress keeps of an API key: its SHA-256, never the key itself."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def check_api_key(request: Request, digests: frozenset[str]) -> None:
+    """401 unless `Authorization: Bearer KEY` carries a configured key (none configured: open)."""
+    if not digests:
+        return
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    presented = key_digest(key.strip()) if scheme.lower() == "bearer" and key.strip() else ""
+    # Compare against every digest in constant time so timing does not tell which one is close.
+    if not any(hmac.compare_digest(presented, d) for d in digests):
+        raise APIError(401, "missing or invalid API key", code="invalid_api_key")
+
+
 class Handlers:
     """The route bodies; one instance per ingress replica."""
 
@@ -79,15 +97,18 @@ class Handlers:
         metrics: IngressMetrics,
         health_check: HealthCheck,
         max_body_bytes: int,
+        api_key_digests: frozenset[str] = frozenset(),
     ) -> None:
         self.serving = serving
         self.metrics = metrics
         self.health_check = health_check
         self.max_body_bytes = max_body_bytes
+        self.api_key_digests = api_key_digests
 
     async def generate(self, request: Request, chat: bool) -> Response:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
         try:
+            check_api_key(request, self.api_key_digests)
             raw = await read_body(request, self.max_body_bytes)
             if chat:
                 prep = self.serving.prepare_chat(parse_request(raw, ChatCompletionRequest))
@@ -161,7 +182,12 @@ class Handlers:
         finally:
             relay.close()  # synchronous: releases the slot, aborts what is left on the replica
 
-    async def models(self) -> JSONResponse:
+    async def models(self, request: Request) -> JSONResponse:
+        try:
+            check_api_key(request, self.api_key_digests)
+        except APIError as exc:
+            self.metrics.observe_request("/v1/models", exc.status)
+            return error_response(exc)
         m = self.serving.model
         card = model_card(m.name, 0, m.max_model_len, m.tokenizer.vocab_size)
         return JSONResponse({"object": "list", "data": [card]})
@@ -186,8 +212,8 @@ def build_app(handlers: Handlers) -> FastAPI:
         return await handlers.generate(request, chat=True)
 
     @app.get("/v1/models")
-    async def models() -> Response:
-        return await handlers.models()
+    async def models(request: Request) -> Response:
+        return await handlers.models(request)
 
     @app.get("/health")
     async def health() -> Response:

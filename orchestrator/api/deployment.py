@@ -41,6 +41,8 @@ class IngressSettings:
     health_timeout_s: float = 2.0
     num_replicas: int = 1
     tls: TlsFiles | None = None  # gRPC to the controller and replicas (config.security)
+    # SHA-256 digests of the accepted API keys (empty: no auth); keys never leave the CLI.
+    api_key_digests: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -114,7 +116,9 @@ class OpenAIIngress:
             self._controller, self._router, self._pool, settings.health_timeout_s
         )
         serving = OpenAIServing(model, self._router, self._pool)
-        self._handlers = Handlers(serving, self._metrics, health, settings.max_body_bytes)
+        self._handlers = Handlers(
+            serving, self._metrics, health, settings.max_body_bytes, settings.api_key_digests
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self._handlers)

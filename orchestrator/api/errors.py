@@ -8,6 +8,7 @@ from typing import Any
 # HTTP status -> OpenAI error type.
 _TYPES = {
     400: "invalid_request_error",
+    401: "authentication_error",
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",

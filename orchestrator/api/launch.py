@@ -6,12 +6,17 @@ Used by `fleetlm serve` and by the cluster tests' fixture, so both run exactly t
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policies.config import DeploymentConfig, load_config, preset_path
+
+if TYPE_CHECKING:
+    from orchestrator.api.deployment import IngressSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,25 @@ def _local_gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def ingress_settings(cfg: DeploymentConfig, controller_address: str):
+def api_key_digests(cfg: DeploymentConfig) -> frozenset[str]:
+    """Digests of security.api_keys plus the keys in the env var security.api_keys_env names."""
+    from orchestrator.api.app import key_digest
+
+    sec = cfg.security
+    keys = list(sec.api_keys or ())
+    if sec.api_keys_env:
+        raw = os.environ.get(sec.api_keys_env)
+        if raw is None:
+            raise ValueError(
+                f"security.api_keys_env: the environment variable {sec.api_keys_env} is not set"
+            )
+        keys.extend(k.strip() for k in raw.split(",") if k.strip())
+        if not keys:
+            raise ValueError(f"security.api_keys_env: {sec.api_keys_env} holds no keys")
+    return frozenset(key_digest(k) for k in keys)
+
+
+def ingress_settings(cfg: DeploymentConfig, controller_address: str) -> IngressSettings:
     from orchestrator.api.deployment import IngressSettings
     from orchestrator.controller.deployment import tls_from_config
 
@@ -78,6 +101,7 @@ def ingress_settings(cfg: DeploymentConfig, controller_address: str):
         block_size=cfg.engine.block_size,
         max_body_bytes=cfg.server.max_body_bytes,
         tls=tls_from_config(cfg),
+        api_key_digests=api_key_digests(cfg),
     )
 
 
@@ -126,6 +150,7 @@ def start_stack(options: ServeOptions) -> Stack:
     from orchestrator.controller.launcher import start_cluster
 
     cfg = resolve_config(options)
+    api_key_digests(cfg)  # a missing key variable fails before anything starts
     cluster = start_cluster(cfg, address=options.address)
     try:
         settings = ingress_settings(cfg, cluster.controller_address)

@@ -19,6 +19,8 @@ from .conftest import tiny_config_yaml
 
 MODEL = "fleetlm/tiny-llama"
 MAX_BODY = 64 * 1024
+API_KEY = "test-key-1"
+AUTH = {"authorization": f"Bearer {API_KEY}"}
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
 
@@ -33,9 +35,8 @@ def stack(ray_local: None) -> Iterator[object]:
     from orchestrator.api.launch import ServeOptions, start_stack
     from policies.config import parse_config
 
-    cfg = parse_config(
-        tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
-    )
+    text = tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
+    cfg = parse_config(text + f"security:\n  api_keys: [{API_KEY}]\n")
     st = start_stack(ServeOptions(config=cfg))
     try:
         _wait_healthy(st.base_url)
@@ -49,7 +50,7 @@ def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
     last = None
     while time.monotonic() < deadline:
         try:
-            last = httpx.get(f"{url}/health", timeout=5)
+            last = httpx.get(f"{url}/health", timeout=5)  # open: probes carry no key
             if last.status_code == 200:
                 return
         except httpx.HTTPError as exc:
@@ -60,7 +61,7 @@ def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def client(stack: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def offline_engine(stack: object) -> object:
 
 def _post(stack: object, path: str, body: object, **kw: object) -> httpx.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **AUTH}
     return httpx.post(f"{stack.base_url}{path}", content=data, headers=headers, timeout=60, **kw)
 
 
@@ -265,6 +266,18 @@ def test_bad_bodies(stack: object) -> None:
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "body_too_large"
 
 
+def test_api_keys(stack: object) -> None:
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": API_KEY}):
+        resp = httpx.post(f"{stack.base_url}/v1/completions", json=body, headers=headers)
+        assert resp.status_code == 401, headers
+        assert resp.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{stack.base_url}/v1/models").status_code == 401
+    assert httpx.get(f"{stack.base_url}/v1/models", headers=AUTH).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="x", max_retries=0).models.list()
+
+
 def test_server_keeps_serving_and_counts_errors(stack: object, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=-5)
@@ -316,7 +329,8 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
     }
     _, steps_before = _replica_load(stack)
     with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{stack.base_url}/v1/completions", json=body) as resp:
+        url = f"{stack.base_url}/v1/completions"
+        with http.stream("POST", url, json=body, headers=AUTH) as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()
             assert next(ln for ln in lines if ln.startswith("data: "))  # generating
@@ -359,7 +373,8 @@ def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engi
     }
     got: list[int] = []
     killed = None
-    with httpx.stream("POST", f"{stack.base_url}/v1/completions", json=body, timeout=60) as resp:
+    url = f"{stack.base_url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=AUTH, timeout=60) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
