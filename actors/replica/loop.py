@@ -110,12 +110,15 @@ class EngineLoop:
             if cmds is None:
                 return
             ready: dict[int, tuple[DeltaSink, list[GenerateDelta]]] = {}
-            for cmd in cmds:
-                self._apply(cmd, ready)
-            if self._engine.has_unfinished_requests():
-                self._step(ready)
+            try:
+                for cmd in cmds:
+                    self._apply(cmd, ready)
+                if self._engine.has_unfinished_requests():
+                    self._step(ready)
+                self._refresh_snapshot(force=not self._engine.has_unfinished_requests())
+            except Exception:  # the loop must outlive any one bad command or step
+                logger.exception("engine loop iteration failed; continuing")
             self._publish(ready)
-            self._refresh_snapshot(force=not self._engine.has_unfinished_requests())
 
     def _wait_for_work(self) -> list[tuple] | None:
         with self._cond:
@@ -160,6 +163,12 @@ class EngineLoop:
             self._engine.add_request(spec.request_id, prompt, params, priority=spec.priority)
         except ValueError as exc:
             self._emit(ready, sink, _error_delta(spec, invalid_error(str(exc))))
+            return
+        except Exception as exc:  # a malformed request must not take the loop down
+            logger.exception("add_request %s failed", spec.request_id)
+            self._engine.abort_request(spec.request_id)
+            error = f"replica:{type(exc).__name__}: {exc}"
+            self._emit(ready, sink, _error_delta(spec, error))
             return
         with self._cond:
             self._live[spec.request_id] = _Live(sink, params.n, len(spec.prompt_token_ids), resumed)

@@ -121,10 +121,10 @@ def test_abort_invalid_input_health_and_stats(replica: tuple) -> None:
         try:
             assert await client.health()
             # Validation errors come back named, and the replica keeps serving.
-            bad = GenerateSpec("bad", (1, 2, 3), dataclasses.replace(long, temperature=-1.0))
-            deltas = await _collect(client, bad)
-            assert len(deltas) == 1 and deltas[0].finish_reason == "error"
-            assert deltas[0].invalid_field == "temperature"
+            for spec, field in _bad_specs(long):
+                deltas = await _collect(client, spec)
+                assert len(deltas) == 1 and deltas[0].finish_reason == "error", spec
+                assert deltas[0].invalid_field == field, deltas[0].error
             # Abort by id: the stream ends with finish_reason "abort".
             seen: list[GenerateDelta] = []
             async for delta in client.generate(GenerateSpec("long", (1, 2, 3), long)):
@@ -145,6 +145,21 @@ def test_abort_invalid_input_health_and_stats(replica: tuple) -> None:
             await client.close()
 
     asyncio.run(run())
+
+
+def _bad_specs(p: SamplingParams) -> list[tuple[GenerateSpec, str]]:
+    return [
+        (GenerateSpec("b1", (1, 2, 3), dataclasses.replace(p, temperature=-1.0)), "temperature"),
+        (GenerateSpec("b2", (), p), "prompt"),
+        (GenerateSpec("b3", (1, 10**9), p), "prompt"),
+        (GenerateSpec("b4", (1, 2), dataclasses.replace(p, max_tokens=10**6)), "max_tokens"),
+        (GenerateSpec("b5", (1, 2), dataclasses.replace(p, top_p=0.0)), "top_p"),
+        (
+            GenerateSpec("b6", (1, 2), dataclasses.replace(p, n=2), resume_token_ids=(5,)),
+            "resume_token_ids",
+        ),
+        (GenerateSpec("", (1, 2), p), "request_id"),
+    ]
 
 
 async def _until_idle(client: ReplicaClient, timeout_s: float = 5.0) -> dict:
