@@ -39,8 +39,9 @@ class IncrementalDetokenizer:
         self._include_stop = include_stop_str_in_output
         self._skip_special = skip_special_tokens
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
-        self._ids: list[int] = list(prompt_token_ids)
-        self._prefix_offset = max(len(self._ids) - _PROMPT_CONTEXT_TOKENS, 0)
+        # Only the prompt's tail matters as decoding context; long prompts are not copied.
+        self._ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
+        self._prefix_offset = 0
         self._read_offset = len(self._ids)
         self.output_text = ""  # all decoded output text (truncated at a stop string)
         self._num_emitted = 0  # characters of output_text handed out so far

@@ -16,6 +16,7 @@ from actors.engine.tokenizer import Tokenizer
 from actors.models.embedded import (
     EOS_ID,
     VOCAB_SIZE,
+    build_weights,
     embedded_model_dir,
     ensure_embedded_model,
     resolve_model_path,
@@ -43,6 +44,19 @@ def test_created_under_cache_deterministically(
     assert _hashes(first) == _hashes(second)
     size = sum(p.stat().st_size for p in first.iterdir())
     assert 1 << 20 < size < 8 << 20  # "a few MB"
+
+
+# The weights must be the same on every machine (replicas on different nodes serve, and migrate
+# requests between, "the same" model), whatever the numpy/torch version: pinned here.
+WEIGHTS_SHA256 = "9e58e571849e9a3a400100abc2413d470c48d1374b2de6ac7d9fdbe66203106a"
+
+
+def test_weights_are_pinned_across_machines() -> None:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(build_weights().items()):
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    assert digest.hexdigest() == WEIGHTS_SHA256
 
 
 def test_cache_dir_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
