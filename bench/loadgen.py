@@ -210,6 +210,9 @@ async def stream_one(
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
+        # vLLM-style extra: a chunk per token even where a token has no text of its own yet
+        # (byte-level pieces, dummy weights), so TTFT and ITL are per token.
+        "return_token_ids": True,
     }
     sent = time.perf_counter()
     last = sent
