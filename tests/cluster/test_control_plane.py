@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from actors.engine.sampling_params import SamplingParams
-from actors.replica.client import ReplicaClient
+from actors.replica.client import ReplicaClient, ReplicaUnavailable
 from actors.replica.types import GenerateSpec
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.launcher import ClusterHandle, start_cluster
@@ -89,13 +89,30 @@ def test_killed_replica_goes_unhealthy_and_is_replaced(cluster: ClusterHandle) -
     client = cluster.client()
     try:
         victim = cluster.replicas[0].replica_id
-        ray.kill(ray.get_actor(REPLICA_NAME_PREFIX + victim, namespace=NAMESPACE))
+        # A request in flight on the victim fails with ReplicaUnavailable (ingress re-dispatches).
+        assert asyncio.run(_generate_while_killed(cluster.replicas[0].address, victim))
         _wait_view(client, lambda v: v.get(victim) is None or not v.get(victim).healthy, 10)
         assert all(client.route(_meta(i)).replica_id != victim for i in range(4))
         # The reconciler replaces it to get back to two healthy replicas.
         _wait_view(client, lambda v: len(v.healthy()) == 2 and v.get(victim) is None, 90)
     finally:
         client.close()
+
+
+async def _generate_while_killed(address: str, replica_id: str) -> bool:
+    client = ReplicaClient(address)
+    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    try:
+        stream = client.generate(GenerateSpec("doomed", (3, 4, 5), params))
+        await stream.__anext__()
+        ray.kill(ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=NAMESPACE))
+        async for _ in stream:
+            pass
+    except ReplicaUnavailable:
+        return True
+    finally:
+        await client.close()
+    return False
 
 
 def test_restarted_controller_rebuilds_from_replicas(cluster: ClusterHandle) -> None:

@@ -188,6 +188,10 @@ def test_apply_config_valid_invalid_and_scale(controller: tuple) -> None:
     assert ok and "3 replicas" in message
     _wait(lambda: len(_healthy(client)) == 3)
     assert client.status()["policy"]["name"] == "round_robin"
+    ok, _ = client.apply_config("replicas:\n  count: 1\n")
+    assert ok
+    _wait(lambda: len(backend.reporters) == 1 and len(_healthy(client)) == 1)
+    assert client.status()["desired_replicas"] == 1
 
 
 def test_restarted_controller_rebuilds_from_registrations() -> None:
