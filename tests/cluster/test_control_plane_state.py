@@ -1,0 +1,127 @@
+"""Pure parts of the control plane: wire conversions and ControllerState (no Ray, no servers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from actors.engine.outputs import TokenLogprob
+from actors.engine.sampling_params import SamplingParams
+from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
+from actors.replica.wire import (
+    delta_from_pb,
+    delta_to_pb,
+    load_from_pb,
+    load_to_pb,
+    spec_from_pb,
+    spec_to_pb,
+)
+from orchestrator.controller.state import ControllerState
+from orchestrator.controller.wire import (
+    ViewUpdate,
+    meta_from_pb,
+    meta_to_pb,
+    update_from_pb,
+    update_to_pb,
+)
+from policies.cluster_view import RequestMeta
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _load(rid: str, seq: int = 1, running: int = 0, incarnation: str = "a") -> LoadSnapshot:
+    return LoadSnapshot(
+        replica_id=rid,
+        address=f"h:{len(rid)}",
+        seq=seq,
+        running=running,
+        waiting=1,
+        kv_blocks_free=10,
+        kv_blocks_total=20,
+        block_size=16,
+        tokens_in_flight=5,
+        step_time_ms=1.5,
+        max_running=8,
+        incarnation=incarnation,
+        adapters_resident=("lora-a",),
+        prefix_hashes=("p1", "p2"),
+    )
+
+
+def test_spec_delta_load_round_trip() -> None:
+    params = SamplingParams(
+        n=2, max_tokens=7, temperature=0.7, top_p=0.9, top_k=5, min_p=0.05,
+        repetition_penalty=1.1, presence_penalty=-0.5, frequency_penalty=0.25, seed=42,
+        stop=("a", "bc"), stop_token_ids=(3, 4), include_stop_str_in_output=True,
+        ignore_eos=True, logprobs=0,
+    )  # fmt: skip
+    spec = GenerateSpec("r", (1, 2), params, priority=-1, adapter_id="x", resume_token_ids=(9,))
+    assert spec_from_pb(spec_to_pb(spec)) == spec
+    bare = GenerateSpec("r", (1,))
+    assert spec_from_pb(spec_to_pb(bare)) == bare  # None seed/logprobs/adapter stay None
+    lp = TokenLogprob(5, -0.25, ((5, -0.25), (6, -2.0)))
+    with_lp = GenerateDelta("r", 1, (5,), "x", True, "stop", (lp,), None, 2, 1, None)
+    assert delta_from_pb(delta_to_pb(with_lp)) == with_lp
+    empty_lp = dataclasses.replace(with_lp, logprobs=(), error="invalid:n:bad")
+    assert delta_from_pb(delta_to_pb(empty_lp)).logprobs == ()
+    assert delta_from_pb(delta_to_pb(empty_lp)).invalid_field == "n"
+    assert load_from_pb(load_to_pb(_load("r1"))) == _load("r1")
+
+
+def test_invalid_error_form() -> None:
+    assert invalid_error("temperature: must be >= 0") == "invalid:temperature:must be >= 0"
+    assert invalid_error("something odd happened").startswith("invalid:request:")
+
+
+def test_view_update_and_meta_round_trip() -> None:
+    state = ControllerState(1.0, Clock())
+    state.register(_load("r1"))
+    update = ViewUpdate(state.view(), "weighted", {"weights": {"queue": 1.0}, "max_queue": 3})
+    assert update_from_pb(update_to_pb(update)) == update
+    meta = RequestMeta("q", 10, 5, priority=-2, adapter_id="a", prefix_hashes=("h1",))
+    assert meta_from_pb(meta_to_pb(meta)) == meta
+    with pytest.raises(ValueError, match="request_id"):
+        meta_from_pb(meta_to_pb(meta).__class__(request_id="", num_prompt_tokens=1))
+
+
+def test_state_register_report_and_restart_protocol() -> None:
+    state = ControllerState(1.0, Clock())
+    assert not state.report(_load("r1"))  # unknown: register first
+    assert state.register(_load("r1")) == (True, "registered")
+    assert state.report(_load("r1", seq=3, running=4))
+    assert not state.report(_load("r1", seq=4, incarnation="b"))  # restarted process
+    assert state.report(_load("r1", seq=2, running=9))  # reordered old report: ignored
+    assert state.view().get("r1").running == 4
+    assert state.register(dataclasses.replace(_load("r2"), address="")) == (
+        False,
+        "address: must be non-empty",
+    )
+
+
+def test_stale_replicas_turn_unhealthy_and_dispatches_count() -> None:
+    clock = Clock()
+    state = ControllerState(1.0, clock)
+    state.register(_load("r1"))
+    state.register(_load("r2"))
+    gen = state.view().generation
+    state.note_dispatch("r1")
+    state.note_dispatch("r1")
+    view = state.view()
+    assert view.get("r1").inflight_dispatches == 2 and view.generation == gen
+    clock.now += 0.5
+    state.report(_load("r1", seq=2))
+    assert state.view().get("r1").inflight_dispatches == 0  # the report reflects them now
+    clock.now += 0.8
+    assert state.mark_stale() == ["r2"]
+    assert [r.replica_id for r in state.view().healthy()] == ["r1"]
+    # The patched cached view equals a full rebuild.
+    patched = state.view()
+    state._view = None
+    assert state.view().replicas == patched.replicas
