@@ -205,6 +205,38 @@ def fmt_decode(r: dict) -> str:
     return " | ".join(cells)
 
 
+def run_prefill(s: Shape, device: torch.device, seqs: int, new: int, cached: int) -> dict:
+    """Triton varlen prefill over paged KV vs SDPA (causal, contiguous) on the same shapes."""
+    from kernels.attention_prefill import paged_attention_prefill
+
+    total = cached + new
+    q, k, v, tables, seq_lens = paged_cache(seqs, total, s, device)
+    query = torch.randn(seqs * new, s.hq, s.head_dim, dtype=torch.bfloat16, device=device)
+    qsl = torch.arange(0, seqs * new + 1, new, dtype=torch.int32, device=device)
+    scale = s.head_dim**-0.5
+    step = partial(paged_attention_prefill, query, k, v, tables, qsl, seq_lens, scale,
+                   max_query_len=new)  # fmt: skip
+    row = {"seqs": seqs, "new": new, "cached": cached}
+    row["triton_ms"] = bench(graphed(step, device), device)
+    # Causal FLOPs: each new row sees cached + its own position keys (QK and PV, 2 per MAC).
+    pairs = seqs * (new * cached + new * (new + 1) / 2)
+    flops = 4 * pairs * s.hq * s.head_dim
+    row["triton_tflops"] = flops / row["triton_ms"] / 1e9
+    if cached == 0:
+        q4 = query.view(seqs, new, s.hq, s.head_dim).transpose(1, 2)
+        kc = torch.randn(seqs, s.hkv, new, s.head_dim, dtype=torch.bfloat16, device=device)
+        fn = partial(F.scaled_dot_product_attention, q4, kc, kc, is_causal=True, enable_gqa=True)
+        row["sdpa_ms"] = bench(graphed(fn, device), device)
+        row["sdpa_tflops"] = flops / row["sdpa_ms"] / 1e9
+    sdpa = f", sdpa {row['sdpa_ms']:.3f} ms" if "sdpa_ms" in row else ""
+    print(
+        f"prefill {seqs} x {new} new after {cached} cached: triton {row['triton_ms']:.3f} ms "
+        f"({row['triton_tflops']:.0f} TFLOP/s){sdpa}",
+        flush=True,
+    )
+    return row
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) multi-LoRA
 
@@ -430,6 +462,7 @@ def main() -> None:
     ap.add_argument("--flex-batches", default="1,32,128,256", help="flex compiles per shape")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-lora", action="store_true")
+    ap.add_argument("--skip-prefill", action="store_true")
     ap.add_argument("--lora-sweep", action="store_true", help="gate_up launch-parameter sweep")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (interpreter)")
     args = ap.parse_args()
@@ -458,6 +491,9 @@ def main() -> None:
     print(f"{report['device']}: device copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     if not args.skip_decode:
         report["decode"] = run_decode(args, shape, device, copy_gbs)
+    if not args.skip_prefill:
+        shapes = [(4, 2048, 0), (4, 512, 1536)] if not args.smoke else [(2, 20, 0), (2, 8, 12)]
+        report["prefill"] = [run_prefill(shape, device, *sh) for sh in shapes]
     if not args.skip_lora:
         report["lora"] = run_lora(args, shape, device)
     out_dir = os.environ.get("OUT")
