@@ -57,6 +57,10 @@ class Tokenizer:
         added = backend.get_added_tokens_decoder()
         self.all_special_ids = frozenset(i for i, t in added.items() if t.special)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray may ship a tokenizer to another process; a compiled jinja template does not pickle.
+        return {**self.__dict__, "_template": None}
+
     # ---- loading ---------------------------------------------------------------------------
 
     @classmethod

@@ -8,6 +8,7 @@ fallback (Llama-2 style: leading-space handling, bytes as <0xNN> tokens).
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -188,10 +189,13 @@ def test_chat_template_matches_hf(
     assert ours.apply_chat_template(CHATS[0], add_generation_prompt=False, tools=tools) == expected
 
 
-def test_embedded_chat_template_renders_turns(dirs: dict[str, Path]) -> None:
+def test_embedded_chat_template_renders_turns_and_pickles(dirs: dict[str, Path]) -> None:
     tok = Tokenizer.from_dir(dirs["embedded"])
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}])
     assert text == "<|user|>\nhi</s>\n<|assistant|>\n"
+    clone = pickle.loads(pickle.dumps(tok))  # Ray ships objects by pickle
+    assert clone.apply_chat_template([{"role": "user", "content": "hi"}]) == text
+    assert clone.encode("hi") == tok.encode("hi")
 
 
 @pytest.mark.parametrize(
