@@ -51,6 +51,8 @@ class Router:
         self._fallback: DispatchPolicy = make_dispatch_policy(FALLBACK_POLICY)
         self._since_report: dict[str, int] = {}  # dispatches since the replica's last report
         self._versions: dict[str, int] = {}
+        # Replicas a request just failed on (version seen then): skipped until a newer report.
+        self._suspects: dict[str, int] = {}
         self._connected = False
         self._first_view = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -135,6 +137,12 @@ class Router:
         pending = {rid: n for rid, n in self._since_report.items() if n}
         self._adjusted = update.view.with_inflight(pending)
         self._index = {r.replica_id: i for i, r in enumerate(self._adjusted.replicas)}
+        for replica_id, version in list(self._suspects.items()):
+            current = self._versions.get(replica_id)
+            if current is None or current > version:
+                del self._suspects[replica_id]  # gone from the view, or it reported since
+            else:
+                self._patch(replica_id, healthy=False)
         self.num_updates += 1
         self.last_update_at = time.monotonic()
         self._first_view.set()
@@ -154,11 +162,26 @@ class Router:
 
     def _bump(self, replica_id: str, delta: int) -> None:
         view, i = self._adjusted, self._index.get(replica_id)
+        if view is not None and i is not None:
+            count = max(0, view.replicas[i].inflight_dispatches + delta)
+            self._patch(replica_id, inflight_dispatches=count)
+
+    def _patch(self, replica_id: str, **changes: object) -> None:
+        """Replace one replica of the adjusted view (O(n) tuple copy, one dataclass copy)."""
+        view, i = self._adjusted, self._index.get(replica_id)
         if view is None or i is None:
             return
-        old = view.replicas[i]
-        new = dataclasses.replace(old, inflight_dispatches=max(0, old.inflight_dispatches + delta))
+        new = dataclasses.replace(view.replicas[i], **changes)
         self._adjusted = dataclasses.replace(view, replicas=replace_at(view.replicas, i, new))
+
+    def report_failure(self, replica_id: str) -> None:
+        """A request just lost this replica: stop routing to it until it reports again.
+
+        Without this, a dead replica keeps looking idle (least load) until the controller marks
+        it unhealthy, and every request routed meanwhile fails over once.
+        """
+        self._suspects[replica_id] = self._versions.get(replica_id, 0)
+        self._patch(replica_id, healthy=False)
 
     async def decide(self, meta: RequestMeta) -> RouteOutcome:
         return self.decide_now(meta)

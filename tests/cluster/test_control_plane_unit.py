@@ -235,6 +235,12 @@ def test_router_routes_locally_and_falls_back(controller: tuple) -> None:
             backend.loads[busy] = _load(busy, running=16)
             await _until(lambda: (router.view.get(busy) or _load(busy)).running == 16)
             assert (await router.route(_meta(9))).replica_id == idle
+            # A request failed on `idle`: avoid it until it reports again.
+            router.report_failure(idle)
+            assert (await router.route(_meta(11))).replica_id == busy
+            await _until(lambda: router.view.get(idle).version > router._suspects.get(idle, -1))
+            await _until(lambda: idle not in router._suspects)
+            assert (await router.route(_meta(12))).replica_id == idle
             # Controller gone: keep routing on the last view (least_load fallback).
             host.stop()
             await _until(lambda: not router.connected)
