@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -186,11 +187,12 @@ def load_weights(model: LlamaForCausalLM, files: dict[str, Path]) -> None:
     logger.info("loaded %d tensors from %d file(s)", len(targets), len(by_file))
 
 
-def _copy_tensor(f: object, path: Path, name: str, target: _Target, param: torch.Tensor) -> None:
+def _copy_tensor(f: Any, path: Path, name: str, target: _Target, param: torch.Tensor) -> None:
+    """`f` is an open safe_open handle (its type is not exported by safetensors)."""
     dest = param.data if target.offset is None else param.data[target.offset :][: target.rows]
-    shape = tuple(f.get_slice(name).get_shape())  # type: ignore[attr-defined]
+    shape = tuple(f.get_slice(name).get_shape())
     if shape != tuple(dest.shape):
         raise ValueError(
             f"{path}: tensor {name!r} has shape {list(shape)}, expected {list(dest.shape)}"
         )
-    dest.copy_(f.get_tensor(name))  # type: ignore[attr-defined]
+    dest.copy_(f.get_tensor(name))

@@ -39,10 +39,18 @@ TINY_BASE: dict[str, Any] = {
 }
 
 # name -> (transformers config class name, overrides). Covers: untied / tied embeddings, llama3
-# rope scaling, Mistral's sliding window (clamps max_model_len), Qwen2 qkv bias, Qwen3 q/k norm
-# with a head_dim that is not hidden / heads.
+# and linear rope scaling, Llama's q/k/v/o and MLP biases, Mistral's sliding window (clamps
+# max_model_len), Qwen2 qkv bias, Qwen3 q/k norm with a head_dim that is not hidden / heads.
 TINY_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", {"tie_word_embeddings": False}),
+    "llama_bias": (
+        "LlamaConfig",
+        {
+            "attention_bias": True,
+            "mlp_bias": True,
+            "rope_scaling": {"type": "linear", "factor": 2.0},
+        },
+    ),
     "llama3": (
         "LlamaConfig",
         {

@@ -20,7 +20,7 @@ from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.request import Request
 from actors.engine.sampling_params import SamplingParams
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "qwen3"]
+ARCHS = ["llama", "llama_bias", "llama3", "mistral", "qwen2", "qwen3"]
 BLOCK = 4
 ATOL = 1e-4
 GPU_ATOL = 2e-2  # the Triton kernels' fp32 dots run in TF32
@@ -155,13 +155,16 @@ def test_greedy_decode_matches_hf_generate(
     assert ours == [hf_generate(hf, r, max_new) for r in reqs]
 
 
-def test_bfloat16_runs_close_to_fp32(
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_close_to_fp32(
+    dtype: str,
     tiny_checkpoint: Callable[[str], Path],
     tiny_hf_model: Callable[[str], torch.nn.Module],
 ) -> None:
-    runner = make_runner(tiny_checkpoint("qwen3"), dtype="bfloat16")
-    assert runner.dtype == torch.bfloat16
-    assert runner.kv_cache.dtype == torch.bfloat16
+    runner = make_runner(tiny_checkpoint("qwen3"), dtype=dtype)
+    assert runner.dtype == getattr(torch, dtype)
+    assert runner.kv_cache.dtype == runner.dtype
+    assert runner.model.lm_head.weight.dtype == runner.dtype
     pool = BlockPool(runner.num_blocks)
     reqs = make_requests([6, 11], seed=7)
     step(runner, pool, [(reqs[0], 6), (reqs[1], 11)])
