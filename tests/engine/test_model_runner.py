@@ -332,3 +332,35 @@ def test_rope_scaling_matches_transformers(scaling: dict) -> None:
     torch.testing.assert_close(inv, hf_inv, atol=0, rtol=1e-6)
     assert scale == pytest.approx(hf_scale)
     assert inv_frequencies(RopeConfig(), 128)[1] == 1.0
+
+
+# ---- GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_sizing_profile_and_swap(tiny_checkpoint: Checkpoint, tiny_hf_model: HFModel) -> None:
+    """KV sized from gpu_memory_utilization after a profile step; swaps through pinned memory."""
+    config = EngineConfig(
+        model=ModelConfig(model=str(tiny_checkpoint("qwen2"))),
+        cache=CacheConfig(gpu_memory_utilization=0.2, swap_space_bytes=1 << 20),
+        device="auto",
+    )
+    runner = ModelRunner(config)
+    total = torch.cuda.mem_get_info()[1]
+    assert runner.device.type == "cuda" and runner.device.index is not None
+    assert runner.dtype == torch.float32  # the checkpoint's torch_dtype
+    assert 0 < runner.num_blocks * runner.kv_block_bytes <= 0.2 * total
+    assert runner.host_kv_cache.is_pinned()
+    pool = BlockPool(runner.num_blocks, block_size=runner.block_size)
+    (req,) = make_requests([40], seed=3)
+    hf = tiny_hf_model("qwen2")
+    step(runner, pool, [(req, 40)], hf, 2e-2)
+    old = list(req.block_ids)
+    new = [b for b in range(runner.num_blocks) if b not in old][: len(old)]
+    host = list(range(len(old)))
+    runner.execute(SchedulerOutput(swap_out=list(zip(old, host, strict=True))))
+    runner.kv_cache[:, :, old] = 0.0
+    runner.execute(SchedulerOutput(swap_in=list(zip(new, host, strict=True))))
+    req.block_ids = new
+    step(runner, pool, [(req, 1)], hf, 2e-2)
