@@ -104,6 +104,7 @@ class Handlers:
         self.health_check = health_check
         self.max_body_bytes = max_body_bytes
         self.api_key_digests = api_key_digests
+        self.started = int(time.time())
 
     async def generate(self, request: Request, chat: bool) -> Response:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
@@ -120,7 +121,9 @@ class Handlers:
             if prep.stream:
                 self.metrics.observe_request(endpoint, 200)
                 return StreamingResponse(
-                    self._sse(relay, builder, prep), media_type="text/event-stream"
+                    self._sse(relay, builder, prep),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
             async for d in relay:
                 builder.add(d)
@@ -189,7 +192,7 @@ class Handlers:
             self.metrics.observe_request("/v1/models", exc.status)
             return error_response(exc)
         m = self.serving.model
-        card = model_card(m.name, 0, m.max_model_len, m.tokenizer.vocab_size)
+        card = model_card(m.name, self.started, m.max_model_len, m.tokenizer.vocab_size)
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(self) -> JSONResponse:

@@ -109,6 +109,10 @@ class ReplicaPool:
             client = self._clients[address] = ReplicaClient(address, self._tls)
         return client
 
+    def drop(self, address: str) -> ReplicaClient | None:
+        """Forget a replica whose stream broke; the next request to it reconnects afresh."""
+        return self._clients.pop(address, None)
+
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for c in clients:
@@ -317,6 +321,9 @@ class Relay:
         logger.warning("request %s: %s; re-dispatching", self._prep.request_id, exc)
         if self._route is not None:
             self._failed.add(self._route.replica_id)
+            dead = self._serving.pool.drop(self._route.address)
+            if dead is not None:
+                self._serving.spawn(dead.close())
         self._release()
         await self._dispatch()
 
