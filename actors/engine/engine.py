@@ -121,6 +121,7 @@ class LLMEngine:
         self._check_fits(prompt_ids, params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
         eos = None if params.ignore_eos else self.tokenizer.eos_token_id
+        extra_eos = () if params.ignore_eos else tuple(self.tokenizer.eos_token_ids[1:])
         child_ids = (
             [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         )
@@ -131,6 +132,7 @@ class LLMEngine:
                 prompt_token_ids=list(prompt_ids),
                 sampling_params=params,
                 eos_token_id=eos,
+                extra_eos_token_ids=extra_eos,
                 arrival_time=arrival,
                 priority=priority,
                 sampling_seed=seed,
@@ -261,6 +263,7 @@ class LLMEngine:
         ids = set(req.sampling_params.stop_token_ids)
         if req.eos_token_id is not None:
             ids.add(req.eos_token_id)
+        ids.update(req.extra_eos_token_ids)
         return ids
 
     def _make_output(

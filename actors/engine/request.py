@@ -47,6 +47,7 @@ class Request:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     eos_token_id: int | None = None
+    extra_eos_token_ids: tuple[int, ...] = ()  # e.g. Llama 3's <|eot_id|> beside <|end_of_text|>
     arrival_time: float = field(default_factory=time.monotonic)
     priority: int = 0  # lower value is served first; FCFS within a priority
     adapter_id: str | None = None  # later: LoRA adapter; part of the prefix-cache key

@@ -307,7 +307,8 @@ class Scheduler:
 
     def _stop_status(self, req: Request, token: int) -> RequestStatus | None:
         params = req.sampling_params
-        if not params.ignore_eos and req.eos_token_id is not None and token == req.eos_token_id:
+        is_eos = token == req.eos_token_id or token in req.extra_eos_token_ids
+        if is_eos and not params.ignore_eos:
             return RequestStatus.FINISHED_STOPPED
         if token in params.stop_token_ids:
             return RequestStatus.FINISHED_STOPPED
