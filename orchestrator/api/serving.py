@@ -14,10 +14,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors.engine.sampling_params import SamplingParams
 from actors.engine.tokenizer import Tokenizer
@@ -256,9 +256,9 @@ class OpenAIServing:
             raise errors.no_replica(outcome.reason, outcome.overloaded)
         return outcome.result
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` detached; used for cleanup that must survive a cancelled handler."""
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
