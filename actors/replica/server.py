@@ -137,7 +137,11 @@ class ReplicaServer:
         self._thread = threading.Thread(target=self._aio_loop.run_forever, name="replica-grpc")
         self._thread.daemon = True
         self._thread.start()
-        engine = engine_factory()
+        try:
+            engine = engine_factory()
+        except BaseException:
+            self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
+            raise
         self._server = self._call(self._make_server())
         bound = add_port(self._server, f"{bind_host}:{port}", tls)
         self.identity = ReplicaIdentity(

@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 class RayBackend:
     def __init__(self, namespace: str = NAMESPACE) -> None:
         self._namespace = namespace
+        # Replicas this backend started -> a call that resolves once the constructor finished
+        # (or fails if it raised), so liveness of a starting replica is checked without waiting.
+        self._started: dict[str, ray.ObjectRef] = {}
 
     def create_replica(
         self, replica_id: str, settings: ControllerSettings, controller_address: str
@@ -34,7 +37,10 @@ class RayBackend:
             resources=dict(res.custom) or None,
             max_restarts=0,
         )
-        actor_cls.remote(replica_id, settings.spec, controller_address, settings.replica_options)
+        handle = actor_cls.remote(
+            replica_id, settings.spec, controller_address, settings.replica_options
+        )
+        self._started[replica_id] = handle.address.remote()
 
     def list_replicas(self) -> list[str]:
         """Ids of the live replica actors in the namespace (named actors of dead ones are gone)."""
@@ -47,6 +53,15 @@ class RayBackend:
 
     def is_alive(self, replica_id: str, timeout_s: float = 2.0) -> bool:
         """False only when the actor is certainly gone; a slow answer counts as alive."""
+        started = self._started.get(replica_id)
+        if started is not None:
+            ready, _ = ray.wait([started], timeout=0)
+            if not ready:
+                return True  # still constructing (loading the model)
+            try:
+                ray.get(started)
+            except ray.exceptions.RayError:
+                return False  # its constructor failed or it died
         try:
             handle = ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=self._namespace)
             return bool(ray.get(handle.health.remote(), timeout=timeout_s))
@@ -58,6 +73,7 @@ class RayBackend:
             return False
 
     def kill_replica(self, replica_id: str) -> None:
+        self._started.pop(replica_id, None)
         try:
             handle = ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=self._namespace)
         except ValueError:

@@ -91,6 +91,7 @@ class ControllerHost:
             "reconciler": {
                 "ticks": reconciler.ticks if reconciler else 0,
                 "failed_ticks": reconciler.failed_ticks if reconciler else 0,
+                "start_failures": reconciler.start_failures if reconciler else 0,
             },
         }
 

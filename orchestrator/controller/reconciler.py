@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -43,6 +44,9 @@ class Reconciler:
         self._settings = settings
         self._address = controller_address
         self._adopted = False
+        self.start_failures = 0
+        self._create_after = 0.0
+        self.max_backoff_s = 60.0
         self.ticks = 0
         self.failed_ticks = 0
 
@@ -88,23 +92,37 @@ class Reconciler:
             if record.healthy:
                 continue
             silent = self._state.silent_for(record.replica_id)
-            limit = settings.dead_after_s if record.registered else settings.start_timeout_s
-            if silent < limit:
+            if silent < settings.dead_after_s:
                 continue
             alive = await self._blocking(self._backend.is_alive, record.replica_id)
-            if alive and record.registered:
-                continue  # alive but not reporting (e.g. a partition): leave it be
+            if alive and (record.registered or silent < settings.start_timeout_s):
+                continue  # starting, or alive but not reporting (a partition): leave it be
+            if not record.registered:
+                self._note_start_failure()
             logger.warning(
                 "replica %s is gone (silent %.1fs): replacing it", record.replica_id, silent
             )
             self._state.forget(record.replica_id)
-            if alive:
-                await self._blocking(self._backend.kill_replica, record.replica_id)
+            await self._blocking(self._backend.kill_replica, record.replica_id)
+
+    def _note_start_failure(self) -> None:
+        # A replica that dies while starting (bad model path, OOM) would die again at once:
+        # back off exponentially instead of creating one every tick.
+        self.start_failures += 1
+        delay = min(self.max_backoff_s, 2.0 ** min(self.start_failures, 16))
+        self._create_after = time.monotonic() + delay
+        logger.warning(
+            "replica failed to start (%d in a row); next try in %.0fs", self.start_failures, delay
+        )
 
     async def _converge(self) -> None:
         desired = self._settings().replicas
         managed = [r for r in self._state.records.values() if r.managed]
+        if any(r.registered for r in managed):
+            self.start_failures = 0  # replicas can start: the backoff is over
         missing = desired - len(managed)
+        if missing > 0 and time.monotonic() < self._create_after:
+            return
         for _ in range(missing):
             replica_id = uuid.uuid4().hex[:8]
             self._state.expect(replica_id)

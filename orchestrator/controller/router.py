@@ -139,7 +139,7 @@ class Router:
         self._index = {r.replica_id: i for i, r in enumerate(self._adjusted.replicas)}
         for replica_id, version in list(self._suspects.items()):
             current = self._versions.get(replica_id)
-            if current is None or current > version:
+            if current is None or current != version:
                 del self._suspects[replica_id]  # gone from the view, or it reported since
             else:
                 self._patch(replica_id, healthy=False)

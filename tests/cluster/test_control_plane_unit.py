@@ -37,11 +37,14 @@ class FakeReplicaBackend:
         self.loads: dict[str, LoadSnapshot] = {}
         self.created: list[str] = []
         self.fail_next = 0  # makes the next calls raise, as a flaky Ray would
+        self.broken = False  # replicas die while starting
         self._lock = threading.Lock()
 
     def create_replica(self, replica_id: str, settings: ControllerSettings, address: str) -> None:
         self._maybe_fail()
         self.created.append(replica_id)
+        if self.broken:
+            return  # its "constructor" fails: it never registers and is not alive
         self.loads[replica_id] = _load(replica_id)
         reporter = LoadReporter(
             lambda: self.loads[replica_id], ControllerLink(address, timeout_s=1.0), REPORT_S
@@ -170,6 +173,26 @@ def test_reconciler_survives_backend_errors(controller: tuple) -> None:
     backend.kill_replica(backend.created[0])
     _wait(lambda: host.reconciler.failed_ticks >= 1)
     _wait(lambda: len(backend.created) == 3 and len(_healthy(client)) == 2)
+
+
+def test_replicas_that_die_starting_back_off() -> None:
+    backend = FakeReplicaBackend()
+    backend.broken = True
+    settings, updater = _settings()
+    host = ControllerHost(settings, backend, updater)
+    client = ControllerClient(host.address)
+    try:
+        _wait(lambda: client.status()["reconciler"]["start_failures"] >= 1)
+        created = len(backend.created)
+        time.sleep(1.0)  # inside the first 2 s backoff: the reconciler must not create more
+        assert len(backend.created) == created
+        backend.broken = False
+        _wait(lambda: len(_healthy(client)) == 2, timeout_s=8)
+    finally:
+        client.close()
+        host.stop()
+        for replica_id in list(backend.reporters):
+            backend.kill_replica(replica_id)
 
 
 def test_apply_config_valid_invalid_and_scale(controller: tuple) -> None:
