@@ -56,22 +56,23 @@ class Attention(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,  # [T, H]
-        cos_sin: tuple[torch.Tensor, torch.Tensor],  # each [T, 1, D/2]
+        cos_sin: tuple[torch.Tensor, torch.Tensor],  # each [T, 1, D]
         meta: AttentionMetadata,
         kv_cache: KVCache,
     ) -> torch.Tensor:  # [T, H]
         t = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) D]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = k.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = v.view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        if self.q_norm is not None and self.k_norm is not None:
-            q = self.q_norm(q.reshape(-1, self.head_dim))[0].view_as(q)
-            k = self.k_norm(k.reshape(-1, self.head_dim))[0].view_as(k)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, self.head_dim)
         cos, sin = cos_sin
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        if self.q_norm is None or self.k_norm is None:
+            # q and k sit side by side in each row: one RoPE call covers both (fewer launches).
+            qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim)  # [T, Hq+Hkv, D]
+            q, k = apply_rope(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
+        else:
+            q = qkv[:, : self.q_size].reshape(-1, self.head_dim)  # [T * Hq, D]
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].reshape(-1, self.head_dim)
+            q = apply_rope(self.q_norm(q)[0].view(t, self.num_heads, self.head_dim), cos, sin)
+            k = apply_rope(self.k_norm(k)[0].view(t, self.num_kv_heads, self.head_dim), cos, sin)
         k_cache, v_cache = kv_cache
         ops.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = ops.paged_attention(

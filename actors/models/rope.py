@@ -91,17 +91,18 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T] -> (cos, sin), each [T, 1, D/2] in `dtype` (broadcast over heads)."""
+        """positions [T] -> (cos, sin), each [T, 1, D] in `dtype` (broadcast over heads)."""
         if self.inv_freq.device != positions.device:
             self.inv_freq = self.inv_freq.to(positions.device)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
-        cos = (freqs.cos() * self.attention_scaling).to(dtype)
-        sin = (freqs.sin() * self.attention_scaling).to(dtype)
+        emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+        cos = (emb.cos() * self.attention_scaling).to(dtype)
+        sin = (emb.sin() * self.attention_scaling).to(dtype)
         return cos[:, None, :], sin[:, None, :]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D]; cos/sin [T, 1, D/2]. Same as HF's x*cos + rotate_half(x)*sin."""
+    """x [T, H, D]; cos/sin [T, 1, D]. HF's exact op order: x*cos + rotate_half(x)*sin."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # [T, H, D]
+    return x * cos + rotated * sin
