@@ -125,3 +125,27 @@ def test_stale_replicas_turn_unhealthy_and_dispatches_count() -> None:
     patched = state.view()
     state._view = None
     assert state.view().replicas == patched.replicas
+
+
+def test_two_routers_on_one_stale_view_do_not_herd() -> None:
+    from orchestrator.controller.router import Router
+
+    state = ControllerState(1.0, Clock())
+    for i in range(10):
+        state.register(_load(f"r{i}"))
+    update = ViewUpdate(state.view(), "least_load", {"max_queue": 64})
+    routers = [Router("unused:1"), Router("unused:1")]
+    for router in routers:
+        router.apply_update(update)
+    counts: dict[str, int] = {}
+    for i in range(40):
+        result = routers[i % 2].decide_now(RequestMeta(f"q{i}", 16, 16)).result
+        counts[result.replica_id] = counts.get(result.replica_id, 0) + 1
+    # Each router spreads its own 20 over the 10 replicas: at most 2 + 2 on any one.
+    assert len(counts) == 10 and max(counts.values()) <= 4
+    # release() takes a dispatch back; a newer report of a replica resets the counts.
+    routers[0].release("r0")
+    assert routers[0].stats()["since_report"]["r0"] == 1
+    state.report(_load("r0", seq=5))
+    routers[0].apply_update(ViewUpdate(state.view(), "least_load", {"max_queue": 64}))
+    assert routers[0].stats()["since_report"]["r0"] == 0
