@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReplicaOptions:
     bind_host: str = "127.0.0.1"
-    advertise_host: str = "127.0.0.1"
+    # The host others dial; None: this node's IP as Ray knows it (for a wildcard bind_host).
+    advertise_host: str | None = "127.0.0.1"
     port: int = 0
     report_interval_s: float = 0.5
     tls: TlsFiles | None = None
@@ -66,7 +67,7 @@ class ReplicaActor:
             lambda: build_engine(spec),
             replica_id,
             bind_host=options.bind_host,
-            advertise_host=options.advertise_host,
+            advertise_host=options.advertise_host or _ray_node_ip(),
             port=options.port,
             tls=options.tls,
             node_id=node_id,
@@ -97,6 +98,12 @@ class ReplicaActor:
         if self._reporter is not None:
             self._reporter.stop()
         self._server.stop()
+
+
+def _ray_node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
 def _ray_node_id() -> str:

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from orchestrator.controller.backend import RayBackend
-from orchestrator.controller.deployment import ConfigUpdater
+from orchestrator.controller.deployment import ConfigUpdater, advertised_host
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.settings import ControllerSettings
 from policies.config import DeploymentConfig
@@ -22,7 +22,8 @@ class ControllerActor:
     def __init__(self, config: DeploymentConfig, settings: ControllerSettings) -> None:
         logging.basicConfig(level=logging.INFO)
         self._backend = RayBackend()
-        self._host = ControllerHost(settings, self._backend, ConfigUpdater(config))
+        advertise = advertised_host(settings.grpc_host) or self._backend.node_ip()
+        self._host = ControllerHost(settings, self._backend, ConfigUpdater(config), advertise)
 
     def grpc_address(self) -> str:
         return self._host.address

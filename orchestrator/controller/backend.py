@@ -82,3 +82,6 @@ class RayBackend:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()

@@ -18,6 +18,17 @@ from orchestrator.controller.settings import (
 )
 from policies.config import DeploymentConfig, parse_policy_update
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def advertised_host(bind_host: str) -> str | None:
+    """What peers dial for a server bound to `bind_host`; None: the node's IP (from Ray).
+
+    A loopback bind is a single-machine deployment; a wildcard bind serves other nodes, which
+    must be given this node's address rather than 0.0.0.0.
+    """
+    return None if bind_host in WILDCARD_HOSTS else bind_host
+
 
 def tls_from_config(cfg: DeploymentConfig) -> TlsFiles | None:
     sec = cfg.security
@@ -50,7 +61,7 @@ def settings_from_config(
     tls = tls_from_config(cfg)
     options = ReplicaOptions(
         bind_host=server.host,
-        advertise_host=server.host,
+        advertise_host=advertised_host(server.host),
         report_interval_s=server.report_interval_s,
         tls=tls,
         controller_name=CONTROLLER_NAME,

@@ -33,7 +33,8 @@ def two_nodes(_ray_session: None) -> Iterator[ClusterHandle]:
     nodes.wait_for_nodes()
     handle = None
     try:
-        cfg = parse_config(tiny_config_yaml(2, policy="round_robin"))
+        # A wildcard bind: replicas and the controller advertise the node IP from Ray.
+        cfg = parse_config(tiny_config_yaml(2, policy="round_robin", host="0.0.0.0"))
         handle = start_cluster(cfg, custom_resources={SLOT: 1}, min_healthy=2, wait_s=180)
         yield handle
     finally:
@@ -48,6 +49,8 @@ def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> N
     assert len(replicas) == 2
     assert len({r.node_id for r in replicas}) == 2, replicas
     assert {r.node_id for r in replicas} <= {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert not any(r.address.startswith("0.0.0.0") for r in replicas)
+    assert not two_nodes.controller_address.startswith("0.0.0.0")
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
 
     async def run() -> tuple[Counter, list[int], list[list[int]]]:
