@@ -77,3 +77,4 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    enforce_eager: bool = False  # True: no CUDA graphs (debugging, and "before" benchmarks)

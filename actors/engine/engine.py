@@ -58,7 +58,7 @@ class LLMEngine:
         config = replace(config, model=replace(config.model, model=str(model_path)))
         self.config = config
         self.tokenizer = Tokenizer.from_dir(model_path)
-        self.runner = ModelRunner(config)
+        self.runner = ModelRunner(config, use_cuda_graphs=False if config.enforce_eager else None)
         self.block_manager = BlockManager(
             self.runner.num_blocks,
             config.cache.block_size,
@@ -85,6 +85,7 @@ class LLMEngine:
         device: str = "auto",
         max_model_len: int | None = None,
         load_format: str = "auto",
+        enforce_eager: bool = False,
         **kwargs: object,
     ) -> LLMEngine:
         """Build from a model name/path; kwargs go to CacheConfig or SchedulerConfig by name."""
@@ -98,7 +99,15 @@ class LLMEngine:
         mcfg = ModelConfig(
             model=model, dtype=dtype, max_model_len=max_model_len, load_format=load_format
         )
-        return cls(EngineConfig(model=mcfg, cache=cache, scheduler=sched, device=device))
+        return cls(
+            EngineConfig(
+                model=mcfg,
+                cache=cache,
+                scheduler=sched,
+                device=device,
+                enforce_eager=enforce_eager,
+            )
+        )
 
     # ---- admission -------------------------------------------------------------------------
 
