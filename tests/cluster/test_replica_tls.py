@@ -99,3 +99,20 @@ def test_controller_over_tls(tls: TlsFiles) -> None:
         link.close()
         client.close()
         host.stop()
+
+
+def test_controller_mutual_tls(tls: TlsFiles) -> None:
+    from .test_control_plane_unit import _load
+
+    mtls = dataclasses.replace(tls, ca=tls.cert)  # the self-signed cert is its own CA
+    host = ControllerHost(ControllerSettings(replicas=0, tls=mtls), FakeNoReplicas(), _refuse)
+    with_cert = ControllerLink(host.address, mtls)
+    without_cert = ControllerLink(host.address, TlsFiles(ca=tls.cert), timeout_s=2.0)
+    try:
+        assert with_cert.register(_load("r-mtls"))
+        with pytest.raises(grpc.RpcError):
+            without_cert.register(_load("r-anon"))
+    finally:
+        with_cert.close()
+        without_cert.close()
+        host.stop()
