@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.engine import LLMEngine  # noqa: E402
-from actors.engine.sampling_params import SamplingParams  # noqa: E402
-from actors.models.embedded import ensure_embedded_model  # noqa: E402
+from actors.engine.engine import LLMEngine
+from actors.engine.sampling_params import SamplingParams
+from actors.models.embedded import ensure_embedded_model
 
 SHAPES = {
     "llama3-8b": {
@@ -174,8 +174,12 @@ def bench_engine_workload(engine: LLMEngine, lengths: list[tuple[int, int]], voc
             tokens += len(out.new_token_ids)
     sync(engine.runner.device)
     wall = time.perf_counter() - t0
-    return {"requests": len(lengths), "output_tokens": tokens, "seconds": wall,
-            "tokens_per_s": tokens / wall}
+    return {
+        "requests": len(lengths),
+        "output_tokens": tokens,
+        "seconds": wall,
+        "tokens_per_s": tokens / wall,
+    }
 
 
 def bench_hf_workload(cfg: dict, lengths: list[tuple[int, int]], batch: int) -> dict:
@@ -214,8 +218,13 @@ def bench_hf_workload(cfg: dict, lengths: list[tuple[int, int]], batch: int) -> 
     wall = time.perf_counter() - t0
     del model
     torch.cuda.empty_cache()
-    return {"requests": len(lengths), "batch": batch, "output_tokens": useful, "seconds": wall,
-            "tokens_per_s": useful / wall}
+    return {
+        "requests": len(lengths),
+        "batch": batch,
+        "output_tokens": useful,
+        "seconds": wall,
+        "tokens_per_s": useful / wall,
+    }
 
 
 def main() -> None:
@@ -229,12 +238,26 @@ def main() -> None:
     ap.add_argument("--hf-batch", type=int, default=64)
     ap.add_argument("--skip", default="", help="comma list of: decode,workload,hf")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    ap.add_argument(
+        "--variant",
+        default="after",
+        choices=["before", "after"],
+        help="before: torch twins, no CUDA graphs (the engine issue's GPU path); after: Triton "
+        "kernels + CUDA graphs",
+    )
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "engine.json"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.variant == "before":
+        os.environ["FLEETLM_KERNELS"] = "torch"
     model_dir = make_model_dir(args.model_shape)
     cfg = json.loads((model_dir / "config.json").read_text())
-    result: dict = {"shape": args.model_shape, "date": time.strftime("%Y-%m-%d")}
+    result: dict = {
+        "shape": args.model_shape,
+        "date": time.strftime("%Y-%m-%d"),
+        "variant": args.variant,
+        "command": " ".join(sys.argv),
+    }
     lengths = sharegpt_like(args.requests, 0, 200, 180)
     on_gpu = torch.cuda.is_available()
     if on_gpu:
@@ -250,6 +273,7 @@ def main() -> None:
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=max(256, max(int(b) for b in args.batches.split(","))),
         max_num_batched_tokens=8192,
+        enforce_eager=args.variant == "before",
     )
     result["kv_blocks"] = engine.block_manager.num_total_blocks
     if "decode" not in skip:
@@ -266,7 +290,9 @@ def main() -> None:
         result["engine"] = bench_engine_workload(engine, lengths, cfg["vocab_size"])
         print("engine", result["engine"], flush=True)
         if "hf" in result:
-            result["speedup_vs_hf"] = result["engine"]["tokens_per_s"] / result["hf"]["tokens_per_s"]
+            result["speedup_vs_hf"] = (
+                result["engine"]["tokens_per_s"] / result["hf"]["tokens_per_s"]
+            )
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
