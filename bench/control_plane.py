@@ -221,23 +221,15 @@ def bench_herding(address: str, policy: str, burst: int) -> dict[str, Any]:
     metas = [meta(i, rng) for i in range(burst)]
     results: dict[str, Any] = {"burst": burst, "replicas": len(snapshot.view.replicas)}
     for mode, count in (("one_router", 1), ("two_routers", 2), ("without_inflight_counts", 2)):
-        routers = [_frozen_router(address, frozen) for _ in range(count)]
+        routers = [Router.from_snapshot(frozen) for _ in range(count)]
         counts: Counter = Counter()
         for i, m in enumerate(metas):
             router = routers[i % count]
             if mode == "without_inflight_counts":
-                router._since_report.clear()
-                router.apply_update(frozen)
+                router.forget_dispatches()
             counts[router.decide_now(m).result.replica_id] += 1
         results[mode] = {"max_per_replica": max(counts.values()), "replicas_used": len(counts)}
     return results
-
-
-def _frozen_router(address: str, update: ViewUpdate) -> Router:
-    router = Router(address)
-    router.apply_update(update)
-    router._connected = True  # run the configured policy on the frozen view, no stream
-    return router
 
 
 def main() -> None:

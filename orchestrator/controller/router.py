@@ -54,10 +54,19 @@ class Router:
         # Replicas a request just failed on (version seen then): skipped until a newer report.
         self._suspects: dict[str, int] = {}
         self._connected = False
+        self._offline = False
         self._first_view = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.num_updates = 0
         self.last_update_at = 0.0
+
+    @classmethod
+    def from_snapshot(cls, update: ViewUpdate) -> Router:
+        """A router that decides on one fixed view with its policy, no controller (bench, sim)."""
+        router = cls("offline:0")
+        router._offline = True
+        router.apply_update(update)
+        return router
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -151,7 +160,8 @@ class Router:
         view = self._adjusted
         if view is None:
             return RouteOutcome(None, "no cluster view yet")
-        policy = self._policy if self._connected and self._policy else self._fallback
+        live = self._connected or self._offline
+        policy = self._policy if live and self._policy else self._fallback
         decision = policy.choose(view, meta)
         if decision.replica_id is None:
             return RouteOutcome(None, decision.reason, decision.overloaded)
@@ -195,6 +205,12 @@ class Router:
         if count > 0:
             self._since_report[replica_id] = count - 1
             self._bump(replica_id, -1)
+
+    def forget_dispatches(self) -> None:
+        """Drop every in-flight count (what a router without them would see; for comparisons)."""
+        self._since_report.clear()
+        if self._update is not None:
+            self.apply_update(self._update)
 
     def stats(self) -> dict[str, Any]:
         return {
