@@ -60,6 +60,7 @@ class ControllerCore:
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
         self.num_routes = 0
+        self._view_msg: tuple[int, controller_pb2.ClusterViewMsg] | None = None
         state.on_change(self._wake_watchers)
 
     def _wake_watchers(self) -> None:
@@ -95,6 +96,13 @@ class ControllerCore:
 
     def view_update(self) -> ViewUpdate:
         return ViewUpdate(self.state.view(), self.policy.name, self.policy.params)
+
+    def view_message(self) -> controller_pb2.ClusterViewMsg:
+        """The streamed form, serialized once per generation however many routers watch."""
+        generation = self.state.generation
+        if self._view_msg is None or self._view_msg[0] != generation:
+            self._view_msg = (generation, update_to_pb(self.view_update()))
+        return self._view_msg[1]
 
     def status(self) -> dict[str, Any]:
         replicas = []
@@ -168,7 +176,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         try:
             while True:
                 changed.clear()
-                yield update_to_pb(self._core.view_update())
+                yield self._core.view_message()
                 await changed.wait()
                 # Coalesce a burst of reports into one message per interval.
                 await asyncio.sleep(self._watch_min_interval_s)
