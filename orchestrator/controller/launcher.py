@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +56,7 @@ class ClusterHandle:
         if self._closed:
             return
         self._closed = True
-        try:
-            handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-            ray.get(handle.shutdown.remote(), timeout=60)
-            ray.kill(handle, no_restart=True)
-        except (ValueError, ray.exceptions.RayError) as exc:
-            logger.warning("controller shutdown: %s", exc)
+        _stop_controller()
         backend = RayBackend()
         for replica_id in backend.list_replicas():  # anything the controller missed
             backend.kill_replica(replica_id)
@@ -113,6 +109,24 @@ def start_cluster(
     handle.replicas = _replica_infos(view)
     logger.info("controller at %s, %d replicas healthy", controller_address, len(view.healthy()))
     return handle
+
+
+def _stop_controller(attempts: int = 20) -> None:
+    """Ask the controller to stop its loop (retrying while Ray restarts it), then kill it."""
+    try:
+        handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return
+    for attempt in range(attempts):
+        try:
+            ray.get(handle.shutdown.remote(), timeout=60)
+            break
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.5)  # restarting: its constructor runs again first
+        except ray.exceptions.RayError as exc:
+            logger.warning("controller shutdown (attempt %d): %s", attempt + 1, exc)
+            break
+    ray.kill(handle, no_restart=True)
 
 
 def _controller_exists() -> bool:

@@ -118,17 +118,22 @@ async def _generate_while_killed(address: str, replica_id: str) -> bool:
 def test_restarted_controller_rebuilds_from_replicas(cluster: ClusterHandle) -> None:
     client = cluster.client()
     before = sorted(r.replica_id for r in client.cluster_view().healthy())
+    old_address = client.address
     client.close()
     assert len(before) == 2
     ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=False)
     deadline = time.monotonic() + 60
     while True:
+        # ray.kill is asynchronous: the old process may still answer for a moment.
         try:
             client = _controller_client()
-            break
+            if client.address != old_address:
+                break
+            client.close()
         except (ray.exceptions.RayError, ValueError):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)  # the actor is restarting
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)  # the actor is restarting
     try:
         _wait_view(client, lambda v: len(v.healthy()) == 2, 30)
         assert sorted(r.replica_id for r in client.cluster_view().healthy()) == before
