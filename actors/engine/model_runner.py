@@ -209,6 +209,26 @@ class ModelRunner:
             src = self.host_kv_cache[:, :, host_idx]  # [L, 2, n, bs, Hkv, D]
             self.kv_cache[:, :, dev_idx.to(self._device)] = src.to(self._device, non_blocking=True)
 
+    def export_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """KV of `block_ids` for every layer: [L, 2, n, block_size, Hkv, D] (a copy, on device).
+
+        The seam for moving a request's KV elsewhere (migration, prefix transfer).
+        """
+        return self.kv_cache[:, :, self._block_index(block_ids, "block_ids")]
+
+    def import_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
+        """Writes `data` ([L, 2, n, block_size, Hkv, D], any device) into `block_ids`."""
+        idx = self._block_index(block_ids, "block_ids")
+        expected = (*self.kv_cache.shape[:2], len(block_ids), *self.kv_cache.shape[3:])
+        if tuple(data.shape) != expected:
+            raise ValueError(f"data: shape {tuple(data.shape)} must be {expected}")
+        self.kv_cache[:, :, idx] = data.to(self._device, self._dtype, non_blocking=True)
+
+    def _block_index(self, block_ids: list[int], name: str) -> torch.Tensor:
+        if any(not 0 <= b < self.num_blocks for b in block_ids):
+            raise ValueError(f"{name}: block ids must be in [0, {self.num_blocks})")
+        return torch.tensor(block_ids, dtype=torch.int64, device=self._device)
+
     def _swap_indices(
         self, pairs: list[tuple[int, int]], name: str
     ) -> tuple[torch.Tensor, torch.Tensor]:

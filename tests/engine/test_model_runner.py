@@ -112,6 +112,25 @@ def test_swap_out_and_in_preserves_kv(tiny_checkpoint: Checkpoint, tiny_hf_model
     step(runner, pool, [(req, 1)], tiny_hf_model("qwen2"))
 
 
+def test_exported_blocks_continue_in_another_runner(
+    tiny_checkpoint: Checkpoint, tiny_hf_model: HFModel
+) -> None:
+    """Prefill on one runner, move the KV blocks to other block ids of a second, decode there."""
+    src, dst = (make_runner(tiny_checkpoint("llama3"), num_blocks=16) for _ in range(2))
+    hf = tiny_hf_model("llama3")
+    (req,) = make_requests([13], seed=4)
+    step(src, BlockPool(16, seed=1), [(req, 13)], hf)
+    data = src.export_blocks(req.block_ids)
+    assert data.shape == (2, 2, len(req.block_ids), BLOCK, 2, 16)
+    req.block_ids = [15, 3, 8, 0][: len(req.block_ids)]
+    dst.import_blocks(req.block_ids, data)
+    step(dst, BlockPool(16, seed=2), [(req, 1)], hf)
+    with pytest.raises(ValueError, match="block_ids: block ids must be in"):
+        dst.export_blocks([16])
+    with pytest.raises(ValueError, match="data: shape"):
+        dst.import_blocks([1], data)
+
+
 def test_swap_ids_out_of_range(tiny_checkpoint: Checkpoint) -> None:
     runner = runner_for(tiny_checkpoint("llama"), num_gpu_blocks_override=4)
     with pytest.raises(ValueError, match="swap_out: host block ids.*swap_space_bytes"):
