@@ -100,7 +100,7 @@ def _load(replica_id: str, running: int = 0) -> LoadSnapshot:
 
 def _settings(replicas: int = 2) -> tuple[ControllerSettings, ConfigUpdater]:
     cfg = parse_config(
-        tiny_config_yaml(replicas, report_interval_s=REPORT_S, unhealthy_after_s=0.5)
+        tiny_config_yaml(replicas, report_interval_s=REPORT_S, unhealthy_after_s=1.0)
     )
     settings = settings_from_config(cfg)
     fast = ControllerSettings(
