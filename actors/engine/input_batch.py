@@ -43,10 +43,13 @@ def _check_chunks(chunks: list[ScheduledChunk], block_size: int) -> None:
 
 def build_input_batch(
     chunks: list[ScheduledChunk],
+    *,
     block_size: int,
-    device: torch.device,
+    num_blocks: int,
     max_model_len: int,
+    device: torch.device,
 ) -> InputBatch:
+    """Raises ValueError (naming the request) for a chunk its blocks cannot hold."""
     _check_chunks(chunks, block_size)
     ends = [c.end for c in chunks]
     if max(ends) > max_model_len:
@@ -64,6 +67,7 @@ def build_input_batch(
         sampled=[i for i, c in enumerate(chunks) if c.needs_sample],
         block_size=block_size,
         device=device,
+        num_blocks=num_blocks,
     )
 
 
@@ -76,12 +80,16 @@ def pack_batch(
     sampled: list[int],  # chunk indices whose last row produces logits
     block_size: int,
     device: torch.device,
+    num_blocks: int | None = None,  # when given, every table entry must be a valid block id
 ) -> InputBatch:
     starts_t = torch.tensor(starts, dtype=torch.int64)  # [B]
     q_lens_t = torch.tensor(q_lens, dtype=torch.int64)  # [B]
     qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int64)  # [B + 1]
     torch.cumsum(q_lens_t, 0, out=qsl[1:])
     tables = torch.tensor(block_tables, dtype=torch.int32)  # [B, width]
+    # The GPU kernels skip out-of-range blocks silently; a bad id must fail the step instead.
+    if num_blocks is not None and (int(tables.min()) < 0 or int(tables.max()) >= num_blocks):
+        raise ValueError(f"block_ids: a request's block ids fall outside [0, {num_blocks})")
     num_tokens = int(qsl[-1])
     # Packed row r of chunk i sits at position start_i + (r - qsl_i).
     row_chunk = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens_t)  # [T]

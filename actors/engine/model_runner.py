@@ -32,8 +32,8 @@ import torch
 
 from actors.engine.config import EngineConfig
 from actors.engine.cuda_graphs import DecodeGraphs
-from actors.engine.input_batch import build_input_batch, pack_batch
-from actors.engine.outputs import SchedulerOutput
+from actors.engine.input_batch import InputBatch, build_input_batch, pack_batch
+from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.models.attention import KVCache
 from actors.models.config import ModelArchConfig, load_arch_config
 from actors.models.loader import load_model, resolve_dtype
@@ -190,14 +190,23 @@ class ModelRunner:
             and len(chunks) <= graphs.max_batch
             and all(c.num_new_tokens == 1 for c in chunks)
         ):
-            host = build_input_batch(chunks, self._block_size, _CPU, self._max_model_len)
+            host = self._build(chunks, _CPU)
             logits = graphs.run(host)  # [B, V]
             if host.num_sampled == len(chunks):
                 return logits
             return logits[host.logits_indices.to(self._device)]
-        batch = build_input_batch(chunks, self._block_size, self._device, self._max_model_len)
+        batch = self._build(chunks, self._device)
         hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
+
+    def _build(self, chunks: list[ScheduledChunk], device: torch.device) -> InputBatch:
+        return build_input_batch(
+            chunks,
+            block_size=self._block_size,
+            num_blocks=self.num_blocks,
+            max_model_len=self._max_model_len,
+            device=device,
+        )
 
     def swap(self, swap_out: list[tuple[int, int]], swap_in: list[tuple[int, int]]) -> None:
         """Copies (device_block, host_block) pairs: out (device -> host) before in."""
@@ -270,7 +279,14 @@ class ModelRunner:
     def _gpu_kv_budget(self) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self._device)
-        self._profile_run()
+        tokens = self.config.scheduler.max_num_batched_tokens
+        try:
+            self._profile_run()
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ValueError(
+                f"scheduler.max_num_batched_tokens: a step of {tokens} tokens does not fit in GPU "
+                "memory next to the weights; lower it"
+            ) from exc
         torch.cuda.synchronize(self._device)
         peak = torch.cuda.max_memory_allocated(self._device)
         free, total = torch.cuda.mem_get_info(self._device)

@@ -147,6 +147,14 @@ def test_chunk_without_enough_blocks_is_rejected(tiny_checkpoint: Checkpoint) ->
         runner.execute(SchedulerOutput(chunks=[ScheduledChunk(req, 9)]))
 
 
+def test_block_id_outside_the_cache_is_rejected(tiny_checkpoint: Checkpoint) -> None:
+    runner = make_runner(tiny_checkpoint("llama"), num_blocks=8)
+    (req,) = make_requests([5], seed=1)
+    req.block_ids = [3, 8]
+    with pytest.raises(ValueError, match=r"block_ids: .* outside \[0, 8\)"):
+        runner.execute(SchedulerOutput(chunks=[ScheduledChunk(req, 5)]))
+
+
 def test_step_without_sampling_returns_no_rows(tiny_checkpoint: Checkpoint) -> None:
     runner = make_runner(tiny_checkpoint("llama"))
     (req,) = make_requests([9], seed=1)
