@@ -88,7 +88,7 @@ def resolve_max_model_len(arch: ModelArchConfig, requested: int | None) -> int:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, *, use_cuda_graphs: bool | None = None) -> None:
-        """`use_cuda_graphs`: None means on for CUDA devices (decode steps replay graphs)."""
+        """`use_cuda_graphs`: None follows `config.enforce_eager` (graphs on CUDA unless set)."""
         self.config = config
         self._device = resolve_device(config.device)
         if self._device.type == "cuda":
@@ -117,7 +117,9 @@ class ModelRunner:
             (*shape[:2], num_host, *shape[3:]), dtype=self._dtype, pin_memory=pin
         )
         self._graphs: DecodeGraphs | None = None
-        if self._device.type == "cuda" and use_cuda_graphs is not False:
+        if use_cuda_graphs is None:
+            use_cuda_graphs = not config.enforce_eager
+        if self._device.type == "cuda" and use_cuda_graphs:
             self._graphs = DecodeGraphs(
                 self.model,
                 self.kv_caches,
