@@ -125,7 +125,7 @@ class LLMEngine:
             raise ValueError("request_id: must be a non-empty string")
         if request_id in self._children:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
-        params.validate(self.tokenizer.vocab_size)
+        params.validate(self.runner.vocab_size)
         prompt_ids = self._prompt_ids(prompt)
         self._check_fits(prompt_ids, params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
@@ -160,7 +160,7 @@ class LLMEngine:
             ids = self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
-            vocab = self.tokenizer.vocab_size
+            vocab = self.runner.vocab_size
             bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
             if bad:
                 raise ValueError(
