@@ -74,12 +74,14 @@ server:
 """
 
 
-def run_stack(cfg: Any, traces: list[list[RequestPlan]]) -> list[dict[str, Any]]:
+def run_stack(
+    cfg: Any, traces: list[list[RequestPlan]], ingress_replicas: int
+) -> list[dict[str, Any]]:
     import httpx
 
     from orchestrator.api.launch import ServeOptions, start_stack
 
-    stack = start_stack(ServeOptions(config=cfg))
+    stack = start_stack(ServeOptions(config=cfg, ingress_replicas=ingress_replicas))
     try:
         deadline = time.monotonic() + 600
         while httpx.get(f"{stack.base_url}/health", timeout=10).status_code != 200:
@@ -164,6 +166,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-shape", default="llama3-8b", choices=sorted(SHAPES))
     ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--ingress-replicas", type=int, default=1)
     ap.add_argument("--scenarios", default="inf:256,4:64")
     ap.add_argument("--input-mean", type=float, default=200.0)
     ap.add_argument("--output-mean", type=float, default=180.0)
@@ -201,7 +204,11 @@ def main() -> None:
         traces.append(build_workload(spec))
 
     report: dict[str, Any] = {"args": vars(args), "gpus": gpus, "scenarios": []}
-    stack = run_stack(cfg, traces) if "stack" not in args.skip else [None] * len(traces)
+    stack = (
+        run_stack(cfg, traces, args.ingress_replicas)
+        if "stack" not in args.skip
+        else [None] * len(traces)
+    )
     offline = run_offline(cfg, traces) if "offline" not in args.skip else [None] * len(traces)
     for (rate, n), s, o in zip(parse_scenarios(args.scenarios), stack, offline, strict=True):
         entry: dict[str, Any] = {"rate": rate, "num_requests": n, "stack": s, "offline": o}

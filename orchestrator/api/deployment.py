@@ -48,7 +48,7 @@ class IngressSettings:
         if self.max_body_bytes < 1:
             raise ValueError(f"server.max_body_bytes: must be >= 1, got {self.max_body_bytes}")
         if self.num_replicas < 1:
-            raise ValueError(f"server.ingress_replicas: must be >= 1, got {self.num_replicas}")
+            raise ValueError(f"ingress_replicas: must be >= 1, got {self.num_replicas}")
 
 
 class HealthChecker:

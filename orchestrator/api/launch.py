@@ -28,6 +28,7 @@ class ServeOptions:
     host: str | None = None
     port: int | None = None
     config: DeploymentConfig | None = None  # an already loaded config wins over config_path
+    ingress_replicas: int = 1  # Serve replicas of the ingress (each routes on its own)
 
 
 def resolve_config(options: ServeOptions) -> DeploymentConfig:
@@ -89,7 +90,9 @@ def api_key_digests(cfg: DeploymentConfig) -> frozenset[str]:
     return frozenset(key_digest(k) for k in keys)
 
 
-def ingress_settings(cfg: DeploymentConfig, controller_address: str) -> IngressSettings:
+def ingress_settings(
+    cfg: DeploymentConfig, controller_address: str, ingress_replicas: int = 1
+) -> IngressSettings:
     from orchestrator.api.deployment import IngressSettings
     from orchestrator.controller.deployment import tls_from_config
 
@@ -102,6 +105,7 @@ def ingress_settings(cfg: DeploymentConfig, controller_address: str) -> IngressS
         max_body_bytes=cfg.server.max_body_bytes,
         tls=tls_from_config(cfg),
         api_key_digests=api_key_digests(cfg),
+        num_replicas=ingress_replicas,
     )
 
 
@@ -153,7 +157,7 @@ def start_stack(options: ServeOptions) -> Stack:
     api_key_digests(cfg)  # a missing key variable fails before anything starts
     cluster = start_cluster(cfg, address=options.address)
     try:
-        settings = ingress_settings(cfg, cluster.controller_address)
+        settings = ingress_settings(cfg, cluster.controller_address, options.ingress_replicas)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.http_port})
         serve.run(build_ingress(settings), name=APP_NAME, route_prefix="/", blocking=False)
     except BaseException:

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="join this Ray cluster instead of a local one")
     p.add_argument("--port", type=int, default=None, help="HTTP port (overrides the config)")
     p.add_argument("--host", default=None, help="HTTP host (overrides the config)")
+    p.add_argument(
+        "--ingress-replicas", type=int, default=1, help="Serve replicas of the HTTP ingress"
+    )
     p.set_defaults(func=run_serve)
 
     s = subparsers.add_parser("status", help="print the replicas and their load")
@@ -53,7 +56,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from orchestrator.api.launch import ServeOptions, start_stack
 
     options = ServeOptions(
-        config_path=args.config, address=args.address, host=args.host, port=args.port
+        config_path=args.config,
+        address=args.address,
+        host=args.host,
+        port=args.port,
+        ingress_replicas=args.ingress_replicas,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
