@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -108,6 +109,7 @@ class Handlers:
 
     async def generate(self, request: Request, chat: bool) -> Response:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+        arrival = time.perf_counter()  # TTFT and E2E count from here, parsing included
         try:
             check_api_key(request, self.api_key_digests)
             raw = await read_body(request, self.max_body_bytes)
@@ -115,6 +117,7 @@ class Handlers:
                 prep = self.serving.prepare_chat(parse_request(raw, ChatCompletionRequest))
             else:
                 prep = self.serving.prepare_completion(parse_request(raw, CompletionRequest))
+            prep = replace(prep, arrival=arrival)
             relay = await self.serving.open(prep)
             self.metrics.ttft.observe(time.perf_counter() - prep.arrival)
             builder = self._builder(prep)
