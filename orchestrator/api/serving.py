@@ -335,6 +335,7 @@ class Relay:
             d, self._first = self._first, None
             return d
         if self._left <= 0 or self.closed:
+            await self._drain_finished()
             self.close()
             raise StopAsyncIteration
         try:
@@ -342,6 +343,21 @@ class Relay:
         except BaseException:
             self.close()
             raise
+
+    async def _drain_finished(self) -> None:
+        """Let the client's stream end by itself (it unsubscribes, and sends no abort)."""
+        gen, self._gen = self._gen, None
+        if gen is None or self._left > 0:
+            self._gen = gen
+            return
+        try:
+            await gen.__anext__()
+        except StopAsyncIteration:
+            return
+        except ReplicaUnavailable:
+            return  # the replica went away after the last token: nothing is lost
+        logger.warning("request %s: a delta after its last choice finished", self._prep.request_id)
+        self._serving.spawn(_aclose_quietly(gen))
 
     def _release(self) -> None:
         if self._route is not None:
