@@ -53,12 +53,15 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None) -> None:
+        """`runner`: a ready runner (tensor-parallel rank 0, actors/shard) instead of a new one."""
         model_path = resolve_model_path(config.model.model)
         config = replace(config, model=replace(config.model, model=str(model_path)))
         self.config = config
         self.tokenizer = Tokenizer.from_dir(model_path)
-        self.runner = ModelRunner(config, use_cuda_graphs=False if config.enforce_eager else None)
+        if runner is None:
+            runner = ModelRunner(config, use_cuda_graphs=False if config.enforce_eager else None)
+        self.runner = runner
         self.block_manager = BlockManager(
             self.runner.num_blocks,
             config.cache.block_size,

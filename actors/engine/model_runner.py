@@ -36,7 +36,11 @@ from actors.engine.input_batch import InputBatch, build_input_batch, pack_batch
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.models.attention import KVCache
 from actors.models.config import ModelArchConfig, load_arch_config
+from actors.models.llama import LlamaForCausalLM
 from actors.models.loader import load_model, resolve_dtype
+from actors.shard.context import ShardContext
+from actors.shard.loader import load_sharded_model
+from actors.shard.sharding import check_tensor_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +91,18 @@ def resolve_max_model_len(arch: ModelArchConfig, requested: int | None) -> int:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, *, use_cuda_graphs: bool | None = None) -> None:
-        """`use_cuda_graphs`: None follows `config.enforce_eager` (graphs on CUDA unless set)."""
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        use_cuda_graphs: bool | None = None,
+        shard: ShardContext | None = None,
+    ) -> None:
+        """`use_cuda_graphs`: None follows `config.enforce_eager` (graphs on CUDA unless set).
+
+        `shard`: this runner is one tensor-parallel rank (actors/shard): it loads only its slice
+        of the weights and holds num_kv_heads / world_size heads in its KV cache.
+        """
         self.config = config
         self._device = resolve_device(config.device)
         if self._device.type == "cuda":
@@ -98,17 +112,16 @@ class ModelRunner:
         self._dtype = resolve_dtype(config.model.dtype, self.arch, self._device)
         self._max_model_len = resolve_max_model_len(self.arch, config.model.max_model_len)
         self._block_size = config.cache.block_size
-        self.model = load_model(
-            model_dir,
-            self.arch,
-            dtype=self._dtype,
-            device=self._device,
-            load_format=config.model.load_format,
-            seed=config.model.seed,
-        )
+        self.shard = shard
+        world = 1 if shard is None else shard.world_size
+        check_tensor_parallel(self.arch, world)
+        self._kv_heads = self.arch.num_kv_heads // world  # this rank's share of the KV heads
+        self.model = self._load(model_dir, config)
         num_blocks = self._plan_num_blocks()
+        if shard is not None:
+            num_blocks = shard.agree_min(num_blocks, self._device)  # ranks share block ids
         a = self.arch
-        shape = (a.num_layers, 2, num_blocks, self._block_size, a.num_kv_heads, a.head_dim)
+        shape = (a.num_layers, 2, num_blocks, self._block_size, self._kv_heads, a.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self._dtype, device=self._device)
         self.kv_caches: list[KVCache] = [(layer[0], layer[1]) for layer in self.kv_cache]
         num_host = config.cache.swap_space_bytes // self.kv_block_bytes
@@ -138,6 +151,23 @@ class ModelRunner:
             self._block_size,
             num_host,
             self._max_model_len,
+        )
+
+    def _load(self, model_dir: Path, config: EngineConfig) -> LlamaForCausalLM:
+        dtype, device = self._dtype, self._device
+        fmt, seed = config.model.load_format, config.model.seed
+        if self.shard is not None and self.shard.world_size > 1:
+            return load_sharded_model(
+                model_dir,
+                self.arch,
+                dtype=dtype,
+                device=device,
+                ctx=self.shard,
+                load_format=fmt,
+                seed=seed,
+            )
+        return load_model(
+            model_dir, self.arch, dtype=dtype, device=device, load_format=fmt, seed=seed
         )
 
     # ---- properties --------------------------------------------------------------------------
@@ -175,7 +205,7 @@ class ModelRunner:
         """Bytes of one block across all layers, K and V."""
         a = self.arch
         elem = torch.empty((), dtype=self._dtype).element_size()
-        return a.num_layers * 2 * self._block_size * a.num_kv_heads * a.head_dim * elem
+        return a.num_layers * 2 * self._block_size * self._kv_heads * a.head_dim * elem
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -326,7 +356,7 @@ class ModelRunner:
         width, first = max(n_blocks), [0, *itertools.accumulate(n_blocks)][:-1]
         a = self.arch
         scratch = torch.zeros(
-            (2, sum(n_blocks), bs, a.num_kv_heads, a.head_dim),
+            (2, sum(n_blocks), bs, self._kv_heads, a.head_dim),
             dtype=self._dtype,
             device=self._device,
         )

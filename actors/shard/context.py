@@ -1,0 +1,61 @@
+"""Who this shard is inside its replica: rank, world size and the process group it reduces over."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """Rank `rank` of `world_size` tensor-parallel shards; `group` None means the default group."""
+
+    rank: int
+    world_size: int
+    group: dist.ProcessGroup | None = None
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"tensor_parallel_size: must be >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank: must be in [0, {self.world_size}), got {self.rank}")
+
+    def all_reduce_(self, x: torch.Tensor) -> torch.Tensor:
+        """Sums `x` over the shards in place (no-op for one shard)."""
+        if self.world_size > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def agree_min(self, value: int, device: torch.device) -> int:
+        """The smallest `value` over all shards: every rank must size its KV cache the same."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return int(t.item())
+
+
+def init_shard_group(
+    backend: str, init_method: str, rank: int, world_size: int, timeout_s: float = 300.0
+) -> ShardContext:
+    """Joins the replica's default process group (one process per shard)."""
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    logger.info("shard %d/%d joined %s over %s", rank, world_size, init_method, backend)
+    return ShardContext(rank=rank, world_size=world_size)
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"

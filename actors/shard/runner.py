@@ -1,0 +1,84 @@
+"""Tensor-parallel model runners: rank 0 drives, the other ranks follow its broadcasts.
+
+    rank 0:  ShardedRunner.execute(sched_out)  ->  broadcast StepMessage, run its own slice
+    rank k:  follow(runner)                    ->  loop: receive StepMessage, run its slice
+
+Every rank runs the same forward on its slice (the row-parallel layers all-reduce inside it);
+only rank 0's logits are used. One broadcast per step carries the whole batch description, so a
+step costs no Ray call per rank. `close()` sends the stop message that ends each worker's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from actors.engine.config import EngineConfig
+from actors.engine.model_runner import ModelRunner
+from actors.engine.outputs import SchedulerOutput
+from actors.shard.context import ShardContext
+from actors.shard.step import StepMessage
+
+logger = logging.getLogger(__name__)
+
+
+def _broadcast(msg: StepMessage | None, ctx: ShardContext) -> StepMessage:
+    box: list[StepMessage | None] = [msg]
+    # Objects go through the CPU on gloo; NCCL needs the rank's current CUDA device.
+    device = torch.device("cuda", torch.cuda.current_device()) if _on_nccl() else None
+    dist.broadcast_object_list(box, src=0, group=ctx.group, device=device)
+    received = box[0]
+    assert received is not None  # rank 0 always sends a message
+    return received
+
+
+def _on_nccl() -> bool:
+    return dist.get_backend() == "nccl"
+
+
+class ShardedRunner(ModelRunner):
+    """Rank 0's runner: each step is broadcast to the other shards before its own forward."""
+
+    def __init__(
+        self, config: EngineConfig, ctx: ShardContext, *, use_cuda_graphs: bool | None = None
+    ) -> None:
+        if ctx.rank != 0:
+            raise ValueError(f"rank: ShardedRunner runs on rank 0, got rank {ctx.rank}")
+        super().__init__(config, use_cuda_graphs=use_cuda_graphs, shard=ctx)
+        self.ctx = ctx
+        self._closed = False
+
+    @torch.inference_mode()
+    def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
+        if self._closed:
+            raise RuntimeError("the tensor-parallel runner is closed")
+        if sched_out.chunks or sched_out.swap_out or sched_out.swap_in:
+            _broadcast(StepMessage.from_schedule(sched_out), self.ctx)
+        return super().execute(sched_out)
+
+    def close(self) -> None:
+        """Stops the workers' loops (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            _broadcast(StepMessage(stop=True), self.ctx)
+
+
+def follow(runner: ModelRunner, ctx: ShardContext) -> int:
+    """A worker's loop: runs each broadcast step until the stop message; returns steps run.
+
+    A step that fails here (a bad block id) fails the same way on rank 0, which reports it to
+    the requests; the worker logs it and waits for the next step.
+    """
+    steps = 0
+    while True:
+        msg = _broadcast(None, ctx)
+        if msg.stop:
+            logger.info("shard %d: stop after %d steps", ctx.rank, steps)
+            return steps
+        try:
+            runner.execute(msg.to_schedule())
+        except ValueError as exc:
+            logger.warning("shard %d: step failed: %s", ctx.rank, exc)
+        steps += 1

@@ -1,0 +1,173 @@
+"""Tensor parallelism 2 on CPU (gloo) against one shard: same logits, same greedy tokens.
+
+Both ranks run in spawned processes (a process group per test, nothing left in pytest's own
+process). Rank 0 drives an LLMEngine over a ShardedRunner; rank 1 follows its broadcasts.
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing as mp
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.engine.engine import LLMEngine
+from actors.engine.input_batch import pack_batch
+from actors.engine.model_runner import ModelRunner
+from actors.engine.sampling_params import SamplingParams
+from actors.models.config import load_arch_config
+from actors.models.loader import load_model
+from actors.shard.context import ShardContext
+from actors.shard.sharding import check_tensor_parallel, shard_model
+
+LOGITS_ATOL = 1e-4
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+TIMEOUT_S = 120
+
+
+def engine_config(path: Path, **sched: int) -> EngineConfig:
+    return EngineConfig(
+        model=ModelConfig(model=str(path), dtype="float32"),
+        cache=CacheConfig(num_gpu_blocks_override=64),
+        scheduler=SchedulerConfig(**sched),
+        device="cpu",
+    )
+
+
+def prompts() -> list[list[int]]:
+    rng = random.Random(4)
+    return [[rng.randrange(4, 260) for _ in range(n)] for n in (3, 19, 40, 9)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _forward_logits(model: torch.nn.Module, kv_heads: int, token_ids: list[int]) -> torch.Tensor:
+    """One prefill of `token_ids` over a fresh cache; logits of every row [T, V]."""
+    arch = model.config
+    bs, n = 16, len(token_ids)
+    nblk = -(-n // bs)
+    batch = pack_batch(
+        token_ids=token_ids,
+        starts=[0],
+        q_lens=[n],
+        block_tables=[list(range(nblk))],
+        sampled=[0],
+        block_size=bs,
+        device=torch.device("cpu"),
+    )
+    kv = torch.zeros(arch.num_layers, 2, nblk, bs, kv_heads, arch.head_dim)
+    caches = [(layer[0], layer[1]) for layer in kv]
+    with torch.inference_mode():
+        hidden = model(batch.input_ids, batch.positions, batch.attn, caches)  # [T, H]
+        return model.compute_logits(hidden)  # [T, V]
+
+
+def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: Any) -> None:
+    """One shard's process: logits checks, then the engine (rank 0) or the follower loop."""
+    from actors.shard.context import init_shard_group
+    from actors.shard.loader import load_sharded_model
+    from actors.shard.runner import ShardedRunner, follow
+
+    try:
+        ctx = init_shard_group("gloo", f"tcp://127.0.0.1:{port}", rank, 2, timeout_s=TIMEOUT_S)
+        arch = load_arch_config(Path(path))
+        cpu = torch.device("cpu")
+        full = load_model(path, arch, dtype=torch.float32, device=cpu)
+        ids = prompts()[2]
+        want = _forward_logits(full, arch.num_kv_heads, ids)
+        # gpt-fast style: shard the loaded model; and the per-rank slice loader.
+        passed = shard_model(copy.deepcopy(full), ctx)
+        sliced = load_sharded_model(path, arch, dtype=torch.float32, device=cpu, ctx=ctx)
+        heads = arch.num_kv_heads // 2
+        diffs = [
+            (_forward_logits(m, heads, ids) - want).abs().max().item() for m in (passed, sliced)
+        ]
+        config = engine_config(Path(path), **sched)
+        if rank == 0:
+            runner = ShardedRunner(config, ctx)
+            engine = LLMEngine(config, runner=runner)
+            tokens = [r.token_ids[0] for r in engine.generate(prompts(), GREEDY)]
+            kv_shape = tuple(runner.kv_cache.shape)
+            runner.close()
+            queue.put(("ok", rank, diffs, tokens, kv_shape))
+        else:
+            steps = follow(ModelRunner(config, shard=ctx), ctx)
+            queue.put(("ok", rank, diffs, steps, None))
+    except BaseException as exc:  # report any failure to the test instead of hanging it
+        queue.put(("error", rank, repr(exc), None, None))
+        raise
+
+
+def run_tp2(path: Path, **sched: int) -> dict[int, tuple]:
+    spawn = mp.get_context("spawn")
+    queue = spawn.Queue()
+    port = _free_port()
+    procs = [
+        spawn.Process(target=_rank_main, args=(r, port, str(path), sched, queue)) for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        results = {}
+        for _ in procs:
+            status, rank, *rest = queue.get(timeout=TIMEOUT_S)
+            assert status == "ok", f"rank {rank} failed: {rest[0]}"
+            results[rank] = tuple(rest)
+        for p in procs:
+            p.join(timeout=30)
+            assert p.exitcode == 0
+        return results
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.mark.parametrize(
+    ("arch", "sched"), [("llama_bias", {}), ("qwen3", {"max_num_batched_tokens": 7})]
+)
+def test_tp2_matches_tp1(
+    arch: str, sched: dict[str, int], tiny_checkpoint: Callable[[str], Path]
+) -> None:
+    path = tiny_checkpoint(arch)
+    want = [
+        r.token_ids[0] for r in LLMEngine(engine_config(path, **sched)).generate(prompts(), GREEDY)
+    ]
+    results = run_tp2(path, **sched)
+    for rank in (0, 1):
+        pass_diff, slice_diff = results[rank][0]
+        assert pass_diff < LOGITS_ATOL, f"rank {rank}: sharding pass logits off by {pass_diff}"
+        assert slice_diff < LOGITS_ATOL, f"rank {rank}: sliced loader logits off by {slice_diff}"
+    _, tokens, kv_shape = results[0]
+    assert tokens == want
+    cfg = load_arch_config(path)
+    assert kv_shape[4] == cfg.num_kv_heads // 2  # [L, 2, blocks, block_size, Hkv / N, D]
+    assert results[1][1] > 0  # the follower ran the steps
+
+
+def test_sharding_rejects_sizes_that_do_not_divide(tiny_checkpoint: Callable[[str], Path]) -> None:
+    arch = load_arch_config(tiny_checkpoint("llama"))  # 4 heads, 2 KV heads, intermediate 128
+    with pytest.raises(ValueError, match=r"tensor_parallel_size: 4 does not divide .*num_kv_heads"):
+        check_tensor_parallel(arch, 4)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size: 3 does not divide .*num_heads"):
+        check_tensor_parallel(arch, 3)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size: must be >= 1"):
+        check_tensor_parallel(arch, 0)
+    model = load_model(
+        tiny_checkpoint("llama"), arch, dtype=torch.float32, device=torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match="tensor_parallel_size: 4"):
+        shard_model(model, ShardContext(rank=0, world_size=4))
+    with pytest.raises(ValueError, match=r"rank: must be in \[0, 2\)"):
+        ShardContext(rank=2, world_size=2)
