@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from actors.engine.config import EngineConfig
 from actors.engine.engine import LLMEngine
+from actors.shard.engine import build_sharded_engine, close_sharded_engine
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,15 @@ class ReplicaSpec:
 
 
 def build_engine(spec: ReplicaSpec) -> LLMEngine:
-    """Build the engine a replica drives. Sharded engines (actors/shard) plug in here."""
+    """Build the engine a replica drives: tensor_parallel_size > 1 adds N-1 shard actors
+    (actors/shard) in a placement group next to this process, which is rank 0."""
     if spec.tensor_parallel_size != 1:
-        raise ValueError(
-            "tensor_parallel_size: this build runs single-shard replicas only "
-            f"(got {spec.tensor_parallel_size}); actors/shard provides the sharded engine"
-        )
+        return build_sharded_engine(spec.engine, spec.tensor_parallel_size)
     return LLMEngine(spec.engine)
+
+
+def close_engine(engine: LLMEngine) -> None:
+    """Releases what the engine holds outside this process (a sharded engine's shard actors).
+
+    Call after the engine loop stopped stepping (no step may run concurrently)."""
+    close_sharded_engine(engine)

@@ -11,6 +11,7 @@ step costs no Ray call per rank. `close()` sends the stop message that ends each
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -49,6 +50,11 @@ class ShardedRunner(ModelRunner):
         super().__init__(config, use_cuda_graphs=use_cuda_graphs, shard=ctx)
         self.ctx = ctx
         self._closed = False
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Runs `callback` after the workers got the stop message (release their actors)."""
+        self._on_close.append(callback)
 
     @torch.inference_mode()
     def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
@@ -60,13 +66,19 @@ class ShardedRunner(ModelRunner):
 
     def close(self) -> None:
         """Stops the workers' loops (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            _broadcast(StepMessage(stop=True), self.ctx)
+        if self._closed:
+            return
+        self._closed = True
+        _broadcast(StepMessage(stop=True), self.ctx)
+        for callback in self._on_close:
+            callback()
+        dist.destroy_process_group()
 
 
 def follow(runner: ModelRunner, ctx: ShardContext) -> int:
     """A worker's loop: runs each broadcast step until the stop message; returns steps run.
+
+    The process group is destroyed on the way out, so the worker's process is clean.
 
     A step that fails here (a bad block id) fails the same way on rank 0, which reports it to
     the requests; the worker logs it and waits for the next step.
@@ -76,6 +88,7 @@ def follow(runner: ModelRunner, ctx: ShardContext) -> int:
         msg = _broadcast(None, ctx)
         if msg.stop:
             logger.info("shard %d: stop after %d steps", ctx.rank, steps)
+            dist.destroy_process_group()
             return steps
         try:
             runner.execute(msg.to_schedule())
