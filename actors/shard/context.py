@@ -19,6 +19,9 @@ class ShardContext:
     rank: int
     world_size: int
     group: dist.ProcessGroup | None = None
+    # Step descriptions travel over gloo even when the tensors reduce over NCCL: a broadcast
+    # through a GPU would add a host<->device copy and a sync to every step. None: `group`.
+    cpu_group: dist.ProcessGroup | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -53,8 +56,9 @@ def init_shard_group(
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
         )
+    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
     logger.info("shard %d/%d joined %s over %s", rank, world_size, init_method, backend)
-    return ShardContext(rank=rank, world_size=world_size)
+    return ShardContext(rank=rank, world_size=world_size, cpu_group=cpu_group)
 
 
 def backend_for(device: torch.device) -> str:

@@ -27,16 +27,11 @@ logger = logging.getLogger(__name__)
 
 def _broadcast(msg: StepMessage | None, ctx: ShardContext) -> StepMessage:
     box: list[StepMessage | None] = [msg]
-    # Objects go through the CPU on gloo; NCCL needs the rank's current CUDA device.
-    device = torch.device("cuda", torch.cuda.current_device()) if _on_nccl() else None
-    dist.broadcast_object_list(box, src=0, group=ctx.group, device=device)
+    group = ctx.cpu_group if ctx.cpu_group is not None else ctx.group  # a gloo group: CPU only
+    dist.broadcast_object_list(box, src=0, group=group)
     received = box[0]
     assert received is not None  # rank 0 always sends a message
     return received
-
-
-def _on_nccl() -> bool:
-    return dist.get_backend() == "nccl"
 
 
 class ShardedRunner(ModelRunner):
