@@ -6,6 +6,8 @@
 Every rank runs the same forward on its slice (the row-parallel layers all-reduce inside it);
 only rank 0's logits are used. One broadcast per step carries the whole batch description, so a
 step costs no Ray call per rank. `close()` sends the stop message that ends each worker's loop.
+KV export/import (the migration seam) gathers/scatters each rank's heads; like `execute`, call
+them from the engine's thread only: every collective must run in the same order on all ranks.
 """
 
 from __future__ import annotations
@@ -53,11 +55,37 @@ class ShardedRunner(ModelRunner):
 
     @torch.inference_mode()
     def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
-        if self._closed:
-            raise RuntimeError("the tensor-parallel runner is closed")
+        self._check_open()
         if sched_out.chunks or sched_out.swap_out or sched_out.swap_in:
             _broadcast(StepMessage.from_schedule(sched_out), self.ctx)
         return super().execute(sched_out)
+
+    def export_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """All heads of `block_ids`: [L, 2, n, block_size, Hkv, D], gathered from the shards."""
+        self._check_open()
+        local = super().export_blocks(block_ids)  # [L, 2, n, bs, Hkv / N, D]; validates ids
+        _broadcast(StepMessage(export_blocks=list(block_ids)), self.ctx)
+        parts = [torch.empty_like(local) for _ in range(self.ctx.world_size)]
+        dist.gather(local.contiguous(), parts, dst=0, group=self.ctx.group)
+        return torch.cat(parts, dim=4)
+
+    def import_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
+        """Writes all heads `data` ([L, 2, n, block_size, Hkv, D]); each shard keeps its own."""
+        self._check_open()
+        self._block_index(block_ids, "block_ids")
+        shape = list(self.kv_cache.shape)
+        shape[2], shape[4] = len(block_ids), self._kv_heads * self.ctx.world_size
+        if list(data.shape) != shape:
+            raise ValueError(f"data: shape {tuple(data.shape)} must be {tuple(shape)}")
+        _broadcast(StepMessage(import_blocks=list(block_ids)), self.ctx)
+        parts = data.to(self.device, self.dtype).chunk(self.ctx.world_size, dim=4)
+        mine = torch.empty_like(parts[0])
+        dist.scatter(mine, [p.contiguous() for p in parts], src=0, group=self.ctx.group)
+        super().import_blocks(block_ids, mine)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the tensor-parallel runner is closed")
 
     def close(self) -> None:
         """Stops the workers' loops (idempotent)."""
@@ -85,8 +113,23 @@ def follow(runner: ModelRunner, ctx: ShardContext) -> int:
             logger.info("shard %d: stop after %d steps", ctx.rank, steps)
             dist.destroy_process_group()
             return steps
+        if msg.export_blocks is not None:
+            local = runner.export_blocks(msg.export_blocks)  # ids were checked on rank 0
+            dist.gather(local.contiguous(), None, dst=0, group=ctx.group)
+            continue
+        if msg.import_blocks is not None:
+            _receive_import(runner, ctx, msg.import_blocks)
+            continue
         try:
             runner.execute(msg.to_schedule())
         except ValueError as exc:
             logger.warning("shard %d: step failed: %s", ctx.rank, exc)
         steps += 1
+
+
+def _receive_import(runner: ModelRunner, ctx: ShardContext, block_ids: list[int]) -> None:
+    shape = list(runner.kv_cache.shape)
+    shape[2] = len(block_ids)  # [L, 2, n, bs, Hkv / N, D]
+    mine = torch.empty(shape, dtype=runner.dtype, device=runner.device)
+    dist.scatter(mine, None, src=0, group=ctx.group)
+    runner.import_blocks(block_ids, mine)

@@ -29,11 +29,14 @@ class StepRequest:
 
 @dataclass(frozen=True)
 class StepMessage:
-    """One step, or the stop message (`stop=True`) that ends a worker's loop."""
+    """One step; a KV export/import (migration: every rank moves its heads of those blocks);
+    or the stop message (`stop=True`) that ends a worker's loop."""
 
     chunks: list[tuple[StepRequest, int]] = field(default_factory=list)  # (request, new tokens)
     swap_out: list[tuple[int, int]] = field(default_factory=list)
     swap_in: list[tuple[int, int]] = field(default_factory=list)
+    export_blocks: list[int] | None = None
+    import_blocks: list[int] | None = None
     stop: bool = False
 
     @classmethod

@@ -30,6 +30,8 @@ from actors.shard.sharding import check_tensor_parallel, shard_model
 LOGITS_ATOL = 1e-4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 TIMEOUT_S = 120
+KV_BLOCKS = [0, 1, 2, 3, 4, 5]  # the prompts fill 8 blocks; both engines allocate alike
+MOVED_BLOCKS = [40, 41, 42, 43, 44, 45]
 
 
 def engine_config(path: Path, **sched: int) -> EngineConfig:
@@ -99,8 +101,13 @@ def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: An
             engine = LLMEngine(config, runner=runner)
             tokens = [r.token_ids[0] for r in engine.generate(prompts(), GREEDY)]
             kv_shape = tuple(runner.kv_cache.shape)
+            with pytest.raises(ValueError, match="block_ids"):
+                runner.export_blocks([10_000])  # refused on rank 0, before any collective
+            kv = runner.export_blocks(KV_BLOCKS)  # all heads, gathered from both ranks
+            runner.import_blocks(MOVED_BLOCKS, kv)
+            round_trip = bool(torch.equal(runner.export_blocks(MOVED_BLOCKS), kv))
             runner.close()
-            queue.put(("ok", rank, diffs, tokens, kv_shape))
+            queue.put(("ok", rank, diffs, (tokens, kv, round_trip), kv_shape))
         else:
             steps = follow(ModelRunner(config, shard=ctx), ctx)
             queue.put(("ok", rank, diffs, steps, None))
@@ -141,16 +148,19 @@ def test_tp2_matches_tp1(
     arch: str, sched: dict[str, int], tiny_checkpoint: Callable[[str], Path]
 ) -> None:
     path = tiny_checkpoint(arch)
-    want = [
-        r.token_ids[0] for r in LLMEngine(engine_config(path, **sched)).generate(prompts(), GREEDY)
-    ]
+    tp1 = LLMEngine(engine_config(path, **sched))
+    want = [r.token_ids[0] for r in tp1.generate(prompts(), GREEDY)]
     results = run_tp2(path, **sched)
     for rank in (0, 1):
         pass_diff, slice_diff = results[rank][0]
         assert pass_diff < LOGITS_ATOL, f"rank {rank}: sharding pass logits off by {pass_diff}"
         assert slice_diff < LOGITS_ATOL, f"rank {rank}: sliced loader logits off by {slice_diff}"
-    _, tokens, kv_shape = results[0]
+    _, (tokens, kv, round_trip), kv_shape = results[0]
     assert tokens == want
+    # Migration seam: the gathered KV (all heads) is the single-shard KV; import scatters back.
+    assert kv.abs().max() > 0  # the blocks hold the requests' KV
+    torch.testing.assert_close(kv, tp1.runner.export_blocks(KV_BLOCKS), atol=1e-4, rtol=0)
+    assert round_trip
     cfg = load_arch_config(path)
     assert kv_shape[4] == cfg.num_kv_heads // 2  # [L, 2, blocks, block_size, Hkv / N, D]
     assert results[1][1] > 0  # the follower ran the steps
