@@ -107,7 +107,8 @@ def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: An
             runner.import_blocks(MOVED_BLOCKS, kv)
             round_trip = bool(torch.equal(runner.export_blocks(MOVED_BLOCKS), kv))
             runner.close()
-            queue.put(("ok", rank, diffs, (tokens, kv, round_trip), kv_shape))
+            # numpy pickles by value; a tensor would travel as a shared fd of an exiting process.
+            queue.put(("ok", rank, diffs, (tokens, kv.numpy(), round_trip), kv_shape))
         else:
             steps = follow(ModelRunner(config, shard=ctx), ctx)
             queue.put(("ok", rank, diffs, steps, None))
@@ -155,7 +156,8 @@ def test_tp2_matches_tp1(
         pass_diff, slice_diff = results[rank][0]
         assert pass_diff < LOGITS_ATOL, f"rank {rank}: sharding pass logits off by {pass_diff}"
         assert slice_diff < LOGITS_ATOL, f"rank {rank}: sliced loader logits off by {slice_diff}"
-    _, (tokens, kv, round_trip), kv_shape = results[0]
+    _, (tokens, kv_array, round_trip), kv_shape = results[0]
+    kv = torch.from_numpy(kv_array)
     assert tokens == want
     # Migration seam: the gathered KV (all heads) is the single-shard KV; import scatters back.
     assert kv.abs().max() > 0  # the blocks hold the requests' KV
