@@ -15,7 +15,7 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group_table
 
-from actors.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from actors.engine.engine import LLMEngine
 from actors.engine.sampling_params import SamplingParams
 from actors.replica.actor import ReplicaActor
@@ -97,3 +97,32 @@ def test_sharded_engine_closes_its_shards(ray_local: None, offline: LLMEngine) -
 def test_bad_tensor_parallel_size_is_refused_before_any_actor(ray_local: None) -> None:
     with pytest.raises(ValueError, match=r"tensor_parallel_size: 3 does not divide"):
         build_engine(ReplicaSpec(ENGINE, tensor_parallel_size=3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "cuda-graphs"])
+def test_tp2_gpu_replica_matches_offline_engine(ray_local: None, eager: bool) -> None:
+    """NCCL all-reduces (inside captured CUDA graphs unless eager), fp32: token-exact."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    engine = EngineConfig(
+        model=ModelConfig(dtype="float32"),
+        cache=CacheConfig(num_gpu_blocks_override=512),
+        device="cuda",
+        enforce_eager=eager,
+    )
+    spec = ReplicaSpec(engine, tensor_parallel_size=2)
+    actor = ray.remote(ReplicaActor).options(num_gpus=1).remote("r-tp2-gpu", spec, None)
+    try:
+        address = ray.get(actor.address.remote(), timeout=300)
+        offline = LLMEngine(engine)
+        prompt_ids = [offline.tokenizer.encode(p) for p in PROMPTS]
+        expected = [r.token_ids[0] for r in offline.generate(prompt_ids, GREEDY)]
+        specs = [GenerateSpec(f"g{i}", tuple(ids), GREEDY) for i, ids in enumerate(prompt_ids)]
+        results = asyncio.run(_collect(address, specs))
+        assert [[t for d in ds for t in d.token_ids] for ds in results] == expected
+    finally:
+        ray.get(actor.shutdown.remote(), timeout=30)
+        ray.kill(actor)
