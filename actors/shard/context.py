@@ -11,6 +11,8 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
+CONTROL_TIMEOUT = timedelta(days=365)  # an idle replica sends no steps for as long as it likes
+
 
 @dataclass(frozen=True)
 class ShardContext:
@@ -19,8 +21,8 @@ class ShardContext:
     rank: int
     world_size: int
     group: dist.ProcessGroup | None = None
-    # Step descriptions travel over gloo even when the tensors reduce over NCCL: a broadcast
-    # through a GPU would add a host<->device copy and a sync to every step. None: `group`.
+    # Step descriptions travel over their own gloo group even when the tensors reduce over NCCL
+    # (a broadcast through a GPU would add a copy and a sync to every step). None: `group`.
     cpu_group: dist.ProcessGroup | None = None
 
     def __post_init__(self) -> None:
@@ -56,7 +58,9 @@ def init_shard_group(
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
         )
-    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+    # Workers wait on this group between steps for as long as the replica stays idle: it must
+    # not time out like the group of the all-reduces (whose timeout catches a hung peer).
+    cpu_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     logger.info("shard %d/%d joined %s over %s", rank, world_size, init_method, backend)
     return ShardContext(rank=rank, world_size=world_size, cpu_group=cpu_group)
 

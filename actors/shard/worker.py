@@ -26,9 +26,6 @@ class ShardWorker:
         graphs = False if config.enforce_eager else None
         self.runner = ModelRunner(config, use_cuda_graphs=graphs, shard=self.ctx)
 
-    def ready(self) -> int:
-        return self.ctx.rank
-
     def run(self) -> int:
         """Blocks until rank 0 sends the stop message; returns the number of steps run."""
         return follow(self.runner, self.ctx)
