@@ -30,14 +30,17 @@ from actors.shard.sharding import check_tensor_parallel, shard_model
 LOGITS_ATOL = 1e-4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 TIMEOUT_S = 120
-KV_BLOCKS = [0, 1, 2, 3, 4, 5]  # the prompts fill 8 blocks; both engines allocate alike
-MOVED_BLOCKS = [40, 41, 42, 43, 44, 45]
+KV_BLOCKS = [0, 1, 2]  # hold the requests' KV; TP1 and TP2 schedule (and allocate) alike
+MOVED_BLOCKS = [3, 4, 5]  # overwritten by the import once every request finished
 
 
-def engine_config(path: Path, **sched: int) -> EngineConfig:
+def engine_config(path: Path, **knobs: Any) -> EngineConfig:
+    """`knobs`: CacheConfig and SchedulerConfig fields (64 KV blocks unless given)."""
+    cache = {k: v for k, v in knobs.items() if k in CacheConfig.__dataclass_fields__}
+    sched = {k: v for k, v in knobs.items() if k in SchedulerConfig.__dataclass_fields__}
     return EngineConfig(
         model=ModelConfig(model=str(path), dtype="float32"),
-        cache=CacheConfig(num_gpu_blocks_override=64),
+        cache=CacheConfig(**{"num_gpu_blocks_override": 64, **cache}),
         scheduler=SchedulerConfig(**sched),
         device="cpu",
     )
@@ -75,7 +78,7 @@ def _forward_logits(model: torch.nn.Module, kv_heads: int, token_ids: list[int])
         return model.compute_logits(hidden)  # [T, V]
 
 
-def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: Any) -> None:
+def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: Any) -> None:
     """One shard's process: logits checks, then the engine (rank 0) or the follower loop."""
     from actors.shard.context import init_shard_group
     from actors.shard.loader import load_sharded_model
@@ -95,7 +98,7 @@ def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: An
         diffs = [
             (_forward_logits(m, heads, ids) - want).abs().max().item() for m in (passed, sliced)
         ]
-        config = engine_config(Path(path), **sched)
+        config = engine_config(Path(path), **knobs)
         if rank == 0:
             runner = ShardedRunner(config, ctx)
             engine = LLMEngine(config, runner=runner)
@@ -108,7 +111,8 @@ def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: An
             round_trip = bool(torch.equal(runner.export_blocks(MOVED_BLOCKS), kv))
             runner.close()
             # numpy pickles by value; a tensor would travel as a shared fd of an exiting process.
-            queue.put(("ok", rank, diffs, (tokens, kv.numpy(), round_trip), kv_shape))
+            preempted = engine.scheduler.num_preemptions
+            queue.put(("ok", rank, diffs, (tokens, kv.numpy(), round_trip, preempted), kv_shape))
         else:
             steps = follow(ModelRunner(config, shard=ctx), ctx)
             queue.put(("ok", rank, diffs, steps, None))
@@ -117,12 +121,12 @@ def _rank_main(rank: int, port: int, path: str, sched: dict[str, int], queue: An
         raise
 
 
-def run_tp2(path: Path, **sched: int) -> dict[int, tuple]:
+def run_tp2(path: Path, **knobs: Any) -> dict[int, tuple]:
     spawn = mp.get_context("spawn")
     queue = spawn.Queue()
     port = _free_port()
     procs = [
-        spawn.Process(target=_rank_main, args=(r, port, str(path), sched, queue)) for r in (0, 1)
+        spawn.Process(target=_rank_main, args=(r, port, str(path), knobs, queue)) for r in (0, 1)
     ]
     for p in procs:
         p.start()
@@ -143,26 +147,45 @@ def run_tp2(path: Path, **sched: int) -> dict[int, tuple]:
 
 
 @pytest.mark.parametrize(
-    ("arch", "sched"), [("llama_bias", {}), ("qwen3", {"max_num_batched_tokens": 7})]
+    ("arch", "knobs"),
+    [
+        ("llama_bias", {}),
+        ("qwen3", {"max_num_batched_tokens": 7}),  # chunked prefill mixed with decodes
+        # 14 blocks of 4 tokens cannot hold the 4 requests as they grow: swap preemption
+        # moves KV on every rank.
+        (
+            "llama",
+            {
+                "block_size": 4,
+                "num_gpu_blocks_override": 14,
+                "preemption_mode": "swap",
+                "swap_space_bytes": 1 << 20,
+            },
+        ),
+    ],
+    ids=["bias", "chunked", "swap"],
 )
 def test_tp2_matches_tp1(
-    arch: str, sched: dict[str, int], tiny_checkpoint: Callable[[str], Path]
+    arch: str, knobs: dict[str, Any], tiny_checkpoint: Callable[[str], Path]
 ) -> None:
     path = tiny_checkpoint(arch)
-    tp1 = LLMEngine(engine_config(path, **sched))
+    tp1 = LLMEngine(engine_config(path, **knobs))
     want = [r.token_ids[0] for r in tp1.generate(prompts(), GREEDY)]
-    results = run_tp2(path, **sched)
+    results = run_tp2(path, **knobs)
     for rank in (0, 1):
         pass_diff, slice_diff = results[rank][0]
         assert pass_diff < LOGITS_ATOL, f"rank {rank}: sharding pass logits off by {pass_diff}"
         assert slice_diff < LOGITS_ATOL, f"rank {rank}: sliced loader logits off by {slice_diff}"
-    _, (tokens, kv_array, round_trip), kv_shape = results[0]
+    _, (tokens, kv_array, round_trip, preempted), kv_shape = results[0]
     kv = torch.from_numpy(kv_array)
     assert tokens == want
     # Migration seam: the gathered KV (all heads) is the single-shard KV; import scatters back.
     assert kv.abs().max() > 0  # the blocks hold the requests' KV
     torch.testing.assert_close(kv, tp1.runner.export_blocks(KV_BLOCKS), atol=1e-4, rtol=0)
     assert round_trip
+    assert preempted == tp1.scheduler.num_preemptions
+    if knobs.get("preemption_mode") == "swap":
+        assert preempted > 0
     cfg = load_arch_config(path)
     assert kv_shape[4] == cfg.num_kv_heads // 2  # [L, 2, blocks, block_size, Hkv / N, D]
     assert results[1][1] > 0  # the follower ran the steps
