@@ -2,8 +2,10 @@
 
 Callers pass host-side ints (`max_query_len`, `max_seq_len`) so the dispatch never syncs the GPU.
 FLEETLM_KERNELS=torch forces the twins everywhere; FLEETLM_KERNELS=triton forces the kernels
-(on CPU that needs TRITON_INTERPRET=1, which is how the tests run them). Both paths check their
-inputs the same way and raise ValueError naming the bad argument.
+(on CPU that needs TRITON_INTERPRET=1, which is how the tests run them). For paged attention
+"the twin" is the vectorized `torch_paged.paged_attention_torch` (the per-request loop in
+`reference` is the definition both are tested against, too slow to serve with). Both paths
+check their inputs the same way and raise ValueError naming the bad argument.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels import checks, reference
+from kernels import checks, reference, torch_paged
 from kernels.lora_meta import (
     LoRABatch,
     LoRAWeights,
@@ -91,7 +93,9 @@ def paged_attention(
             query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale, kernel=False
         )
         checks.check_attention_values(k_cache, block_tables, query_start_loc, seq_lens)
-        return reference.paged_attention_ref(
+        # The vectorized twin (kernels/torch_paged.py); reference.paged_attention_ref stays the
+        # definition the tests hold both it and the Triton kernels to.
+        return torch_paged.paged_attention_torch(
             query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale
         )
     # max_query_len <= 1 and T == B: every request has exactly one row, in order.
