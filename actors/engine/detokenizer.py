@@ -9,6 +9,10 @@ U+FFFD is an incomplete UTF-8 sequence, so nothing is emitted until a later toke
 Stop strings are searched in the output text only (never the prompt). Until the request ends,
 the last len(longest stop) - 1 characters are held back so a stop string that is still being
 generated is never half-emitted.
+
+Per step the common case is one new token whose previous window is a single token: that window's
+text comes from a TokenTexts cache shared by the engine's detokenizers, so a step costs one
+decode call, and a request without stop strings skips the stop scan and holdback entirely.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 
 
+class TokenTexts:
+    """decode([token]) per token id: one tokenizer's single-token windows, computed once each.
+
+    Decoding is a pure function of the ids, so sharing these between requests is exact; the
+    cache is bounded by the vocabulary.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self._texts: dict[int, str] = {}
+
+    def get(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=self.skip_special_tokens)
+            self._texts[token_id] = text
+        return text
+
+
 class IncrementalDetokenizer:
     def __init__(
         self,
@@ -31,9 +55,19 @@ class IncrementalDetokenizer:
         stop: Sequence[str] = (),
         include_stop_str_in_output: bool = False,
         skip_special_tokens: bool = True,
+        token_texts: TokenTexts | None = None,
     ) -> None:
+        """`token_texts`: a cache shared with other detokenizers of the same tokenizer."""
         if any(not s for s in stop):
             raise ValueError("stop: stop strings must be non-empty")
+        if token_texts is not None and (
+            token_texts.tokenizer is not tokenizer
+            or token_texts.skip_special_tokens != skip_special_tokens
+        ):
+            raise ValueError("token_texts: must cache the same tokenizer and skip_special_tokens")
+        if token_texts is None:
+            token_texts = TokenTexts(tokenizer, skip_special_tokens)
+        self._texts = token_texts
         self._tokenizer = tokenizer
         self._stop = tuple(stop)
         self._include_stop = include_stop_str_in_output
@@ -59,23 +93,36 @@ class IncrementalDetokenizer:
         """
         if self.stopped:
             return "", None
+        if not self._stop:  # nothing to scan or hold back: the new text is the delta
+            new_text = "".join(self._decode_new(new_token_ids, final))
+            self.output_text += new_text
+            self._num_emitted = len(self.output_text)
+            return new_text, None
         before = len(self.output_text)
-        for token_id in new_token_ids:
-            self._ids.append(token_id)
-            self.output_text += self._decode_step(final=False)
-        if final:
-            self.output_text += self._decode_step(final=True)
+        self.output_text += "".join(self._decode_new(new_token_ids, final))
         matched = self._find_stop(before)
         if matched is not None:
             return self._emit(len(self.output_text)), matched
         limit = len(self.output_text) if final else len(self.output_text) - self._holdback
         return self._emit(limit), None
 
+    def _decode_new(self, new_token_ids: Sequence[int], final: bool) -> list[str]:
+        pieces = []
+        for token_id in new_token_ids:
+            self._ids.append(token_id)
+            pieces.append(self._decode_step(final=False))
+        if final:
+            pieces.append(self._decode_step(final=True))
+        return pieces
+
     def _decode_step(self, final: bool) -> str:
         """Text newly completed by the tokens after the read offset ('' while UTF-8 is partial)."""
         if self._read_offset == len(self._ids):
             return ""
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        if self._read_offset - self._prefix_offset == 1:
+            prefix_text = self._texts.get(self._ids[self._prefix_offset])
+        else:
+            prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
         full_text = self._decode(self._ids[self._prefix_offset :])
         if len(full_text) <= len(prefix_text):
             return ""  # e.g. only skipped special tokens so far

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from actors.engine.block_manager import BlockManager
 from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from actors.engine.detokenizer import IncrementalDetokenizer
+from actors.engine.detokenizer import IncrementalDetokenizer, TokenTexts
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import CompletionResult, RequestOutput, SchedulerOutput
 from actors.engine.request import FINISH_REASONS, Request, RequestStatus
@@ -75,6 +75,7 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}  # live child requests by their own id
         self._children: dict[str, list[str]] = {}  # user request id -> child ids
         self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._token_texts = TokenTexts(self.tokenizer)  # shared by every request's detokenizer
         self._pending: list[RequestOutput] = []  # finished outside step() (aborts)
         self._last_step_ms = 0.0
         self._num_steps = 0
@@ -153,7 +154,11 @@ class LLMEngine:
             )
             self._requests[child_id] = req
             self._detok[child_id] = IncrementalDetokenizer(
-                self.tokenizer, prompt_ids, params.stop, params.include_stop_str_in_output
+                self.tokenizer,
+                prompt_ids,
+                params.stop,
+                params.include_stop_str_in_output,
+                token_texts=self._token_texts,
             )
             self.scheduler.add_request(req)
         self._children[request_id] = child_ids

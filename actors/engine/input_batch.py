@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from actors.engine.outputs import ScheduledChunk
@@ -26,19 +27,18 @@ class InputBatch:
     num_sampled: int
 
 
-def _check_chunks(chunks: list[ScheduledChunk], block_size: int) -> None:
-    for c in chunks:
-        req = c.request
-        if c.num_new_tokens < 1 or c.end > req.num_tokens:
-            raise ValueError(
-                f"chunk of {req.request_id!r}: tokens [{c.start}, {c.end}) are outside the "
-                f"{req.num_tokens} tokens it knows"
-            )
-        if len(req.block_ids) * block_size < c.end:
-            raise ValueError(
-                f"chunk of {req.request_id!r}: {len(req.block_ids)} blocks of {block_size} "
-                f"cannot hold {c.end} tokens"
-            )
+def _bad_chunk(chunk: ScheduledChunk, block_size: int) -> ValueError:
+    """The error for a chunk outside its request's tokens or blocks."""
+    req = chunk.request
+    if chunk.num_new_tokens < 1 or chunk.end > req.num_tokens:
+        return ValueError(
+            f"chunk of {req.request_id!r}: tokens [{chunk.start}, {chunk.end}) are outside the "
+            f"{req.num_tokens} tokens it knows"
+        )
+    return ValueError(
+        f"chunk of {req.request_id!r}: {len(req.block_ids)} blocks of {block_size} "
+        f"cannot hold {chunk.end} tokens"
+    )
 
 
 def build_input_batch(
@@ -50,25 +50,46 @@ def build_input_batch(
     device: torch.device,
 ) -> InputBatch:
     """Raises ValueError (naming the request) for a chunk its blocks cannot hold."""
-    _check_chunks(chunks, block_size)
-    ends = [c.end for c in chunks]
-    if max(ends) > max_model_len:
-        raise ValueError(f"max_model_len: a chunk reaches {max(ends)} > {max_model_len}")
-    n_blocks = [-(-e // block_size) for e in ends]
-    width = max(n_blocks)
+    # One pass over the chunks gathers every per-request field; this runs every step for every
+    # request, so it reads the counters once and leaves the per-token arithmetic to pack_batch.
+    token_ids: list[int] = []
+    starts: list[int] = []
+    q_lens: list[int] = []
+    tables: list[list[int]] = []
+    sampled: list[int] = []
+    for i, c in enumerate(chunks):
+        req = c.request
+        start, q = req.num_computed_tokens, c.num_new_tokens
+        end, known, blocks = start + q, req.num_tokens, req.block_ids
+        if q < 1 or end > known or len(blocks) * block_size < end:
+            raise _bad_chunk(c, block_size)
+        if q == 1:
+            token_ids.append(req.token_at(start))
+        else:
+            token_ids.extend(req.tokens_slice(start, end))
+        starts.append(start)
+        q_lens.append(q)
+        tables.append(blocks[: -(-end // block_size)])
+        if end == known:
+            sampled.append(i)
+    max_end = max(s + q for s, q in zip(starts, q_lens, strict=True))
+    if max_end > max_model_len:
+        raise ValueError(f"max_model_len: a chunk reaches {max_end} > {max_model_len}")
     return pack_batch(
-        token_ids=[t for c in chunks for t in c.request.tokens_slice(c.start, c.end)],
-        starts=[c.start for c in chunks],
-        q_lens=[c.num_new_tokens for c in chunks],
-        block_tables=[
-            c.request.block_ids[:n] + [0] * (width - n)
-            for c, n in zip(chunks, n_blocks, strict=True)
-        ],
-        sampled=[i for i, c in enumerate(chunks) if c.needs_sample],
+        token_ids=token_ids,
+        starts=starts,
+        q_lens=q_lens,
+        block_tables=tables,
+        sampled=sampled,
         block_size=block_size,
         device=device,
         num_blocks=num_blocks,
     )
+
+
+def _int_tensor(values: list[int], dtype: np.dtype) -> torch.Tensor:
+    # numpy converts a flat list of Python ints several times faster than torch.tensor does.
+    return torch.from_numpy(np.array(values, dtype=dtype))
 
 
 def pack_batch(
@@ -76,27 +97,44 @@ def pack_batch(
     token_ids: list[int],  # [T] the chunks' tokens, concatenated
     starts: list[int],  # [B] first position of each chunk
     q_lens: list[int],  # [B] tokens per chunk
-    block_tables: list[list[int]],  # [B, width] padded with any valid block id
+    block_tables: list[list[int]],  # [B, <= width] rows shorter than the widest get block 0
     sampled: list[int],  # chunk indices whose last row produces logits
     block_size: int,
     device: torch.device,
     num_blocks: int | None = None,  # when given, every table entry must be a valid block id
 ) -> InputBatch:
-    starts_t = torch.tensor(starts, dtype=torch.int64)  # [B]
-    q_lens_t = torch.tensor(q_lens, dtype=torch.int64)  # [B]
-    qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int64)  # [B + 1]
-    torch.cumsum(q_lens_t, 0, out=qsl[1:])
-    tables = torch.tensor(block_tables, dtype=torch.int32)  # [B, width]
+    num_chunks = len(q_lens)
+    width = max(len(row) for row in block_tables)
+    flat: list[int] = []
+    for row in block_tables:
+        flat += row
+        if len(row) < width:
+            flat += [0] * (width - len(row))
+    tables = _int_tensor(flat, np.int32).view(num_chunks, width)  # [B, width]
     # The GPU kernels skip out-of-range blocks silently; a bad id must fail the step instead.
-    if num_blocks is not None and (int(tables.min()) < 0 or int(tables.max()) >= num_blocks):
-        raise ValueError(f"block_ids: a request's block ids fall outside [0, {num_blocks})")
-    num_tokens = int(qsl[-1])
-    # Packed row r of chunk i sits at position start_i + (r - qsl_i).
-    row_chunk = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens_t)  # [T]
-    positions = torch.arange(num_tokens) + (starts_t - qsl[:-1])[row_chunk]  # [T]
+    if num_blocks is not None:
+        lo, hi = torch.aminmax(tables)
+        if int(lo) < 0 or int(hi) >= num_blocks:
+            raise ValueError(f"block_ids: a request's block ids fall outside [0, {num_blocks})")
+    starts_t = _int_tensor(starts, np.int64)  # [B]
+    num_tokens = len(token_ids)
+    if num_tokens == num_chunks:  # decode: one row per chunk, so rows are chunks
+        q_lens_t = torch.ones(num_chunks, dtype=torch.int64)  # [B]
+        qsl = torch.arange(num_chunks + 1, dtype=torch.int64)  # [B + 1]
+        positions = starts_t  # [T]
+        row_chunk = torch.arange(num_chunks)  # [T]
+    else:
+        q_lens_t = _int_tensor(q_lens, np.int64)  # [B]
+        qsl = torch.zeros(num_chunks + 1, dtype=torch.int64)  # [B + 1]
+        torch.cumsum(q_lens_t, 0, out=qsl[1:])
+        # Packed row r of chunk i sits at position start_i + (r - qsl_i).
+        row_chunk = torch.repeat_interleave(torch.arange(num_chunks), q_lens_t)  # [T]
+        positions = torch.arange(num_tokens) + (starts_t - qsl[:-1])[row_chunk]  # [T]
+    if int(qsl[-1]) != num_tokens:
+        raise ValueError(f"token_ids: {num_tokens} tokens but q_lens add up to {int(qsl[-1])}")
     blocks = tables[row_chunk, positions // block_size].long()  # [T]
     slots = blocks * block_size + positions % block_size  # [T]
-    logits_indices = qsl[1:][torch.tensor(sampled, dtype=torch.int64)] - 1  # [S]
+    logits_indices = qsl[1:][_int_tensor(sampled, np.int64)] - 1  # [S]
     seq_lens = starts_t + q_lens_t  # [B]
 
     def dev(t: torch.Tensor) -> torch.Tensor:
@@ -113,7 +151,7 @@ def pack_batch(
         max_seq_len=max(s + q for s, q in zip(starts, q_lens, strict=True)),
     )
     return InputBatch(
-        input_ids=dev(torch.tensor(token_ids, dtype=torch.int64)),
+        input_ids=dev(_int_tensor(token_ids, np.int64)),
         positions=dev(positions),
         attn=attn,
         logits_indices=dev(logits_indices),
