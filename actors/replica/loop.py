@@ -17,6 +17,7 @@ from typing import Protocol
 
 from actors.engine.engine import LLMEngine
 from actors.engine.outputs import RequestOutput
+from actors.replica.engine_factory import close_engine
 from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class EngineLoop:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            # Only once no step can run: a sharded engine's collectives must not interleave.
+            close_engine(self._engine)
 
     def _post(self, cmd: tuple) -> None:
         with self._cond:
