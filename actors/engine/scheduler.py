@@ -71,10 +71,12 @@ class Scheduler:
         self.max_model_len = max_model_len
         self._requests: dict[str, Request] = {}  # every unfinished request by id
         self._seq: dict[str, int] = {}  # admission order, the tie-break after arrival time
+        self._ranks: dict[str, tuple[int, float, int]] = {}  # _rank() per request, made once
         self._counter = itertools.count()
         self._waiting: list[tuple[_WaitKey, Request]] = []  # sorted by key
         self._swapped: list[Request] = []
-        self._running: list[Request] = []
+        # A dict keeps insertion order like a list but removes in O(1) (finishes, preemptions).
+        self._running: dict[str, Request] = {}
         self._first_child: dict[str, Request] = {}  # n > 1: parent id -> the index-0 child
         self.num_preemptions = 0
         self._failed: list[Request] = []  # given up on; the engine drains and reports them
@@ -96,6 +98,7 @@ class Scheduler:
             )
         self._requests[rid] = request
         self._seq[rid] = next(self._counter)
+        self._ranks[rid] = (request.priority, request.arrival_time, self._seq[rid])
         if request.parent_id is not None and request.index == 0:
             self._first_child[request.parent_id] = request
         self._enqueue(request, front=False)
@@ -130,7 +133,7 @@ class Scheduler:
         return len(self._swapped)
 
     def running_requests(self) -> list[Request]:
-        return list(self._running)
+        return list(self._running.values())
 
     def waiting_requests(self) -> list[Request]:
         """Waiting and preempted requests in admission order."""
@@ -145,7 +148,7 @@ class Scheduler:
             num_running=len(self._running),
             num_waiting=self.num_waiting,
             num_swapped=len(self._swapped),
-            tokens_in_flight=sum(r.num_tokens for r in self._running),
+            tokens_in_flight=sum(r.num_tokens for r in self._running.values()),
             kv_blocks_free=bm.num_free_blocks,
             kv_blocks_total=bm.num_total_blocks,
             num_preemptions=self.num_preemptions,
@@ -165,7 +168,11 @@ class Scheduler:
 
     def _schedule_running(self, step: _Step) -> None:
         # Decodes (one token left) first, then chunked prefills; better priority first in each.
-        order = sorted(self._running, key=lambda r: (self._remaining(r) > 1, self._rank(r)))
+        ranks = self._ranks
+        order = sorted(
+            self._running.values(),
+            key=lambda r: (r.num_tokens - r.num_computed_tokens > 1, ranks[r.request_id]),
+        )
         for req in order:
             if step.budget <= 0:
                 break
@@ -177,7 +184,7 @@ class Scheduler:
 
     def _allocate_or_preempt(self, req: Request, num_new: int, step: _Step) -> bool:
         while not self.block_manager.allocate_slots(req, num_new):
-            victim = max(self._running, key=self._rank)
+            victim = max(self._running.values(), key=self._rank)
             if victim is req and len(self._running) == 1:
                 # Alone with the whole cache and still no room: it can never run.
                 self._fail_too_large(req)
@@ -206,7 +213,7 @@ class Scheduler:
             if not bm.allocate_slots(req, num_new):
                 raise RuntimeError("allocation after a checked swap-in failed")
             req.status = RequestStatus.RUNNING
-            self._running.append(req)
+            self._running[req.request_id] = req
             step.add(req, num_new)
 
     def _schedule_waiting(self, step: _Step) -> None:
@@ -236,7 +243,7 @@ class Scheduler:
             if req.num_preemptions == 0:
                 req.num_cached_tokens = num_hit
             req.status = RequestStatus.RUNNING
-            self._running.append(req)
+            self._running[req.request_id] = req
             step.add(req, num_new)
 
     def _gated(self, req: Request) -> bool:
@@ -249,7 +256,7 @@ class Scheduler:
     # ---- preemption ----------------------------------------------------------------------------
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
-        self._running.remove(req)
+        del self._running[req.request_id]
         req.num_preemptions += 1
         self.num_preemptions += 1
         out.preempted.append(req)
@@ -284,13 +291,16 @@ class Scheduler:
     def update(self, sched_out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance the counters after the model ran; returns requests that got a token or ended."""
         changed: list[Request] = []
+        running = RequestStatus.RUNNING
+        cache_full_blocks = self.block_manager.cache_full_blocks
         for chunk in sched_out.chunks:
             req = chunk.request
-            if req.is_finished or req.status != RequestStatus.RUNNING:
-                continue  # finished from outside between schedule() and update()
-            needs_sample = chunk.needs_sample  # before the counter moves
-            req.num_computed_tokens += chunk.num_new_tokens
-            self.block_manager.cache_full_blocks(req, req.num_computed_tokens)
+            if req.status != running:
+                continue  # finished (or preempted) from outside between schedule() and update()
+            computed = req.num_computed_tokens + chunk.num_new_tokens
+            needs_sample = computed == req.num_tokens  # the chunk reached the last known token
+            req.num_computed_tokens = computed
+            cache_full_blocks(req, computed)
             if not needs_sample:
                 continue
             token = sampled.get(req.request_id)
@@ -321,7 +331,7 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus) -> None:
         rid = req.request_id
         if req.status == RequestStatus.RUNNING:
-            self._running.remove(req)
+            del self._running[rid]
         elif req.status == RequestStatus.SWAPPED:
             self._swapped.remove(req)
         else:
@@ -330,6 +340,7 @@ class Scheduler:
         req.status = status
         del self._requests[rid]
         self._seq.pop(rid, None)
+        self._ranks.pop(rid, None)
         if req.parent_id is not None and self._first_child.get(req.parent_id) is req:
             del self._first_child[req.parent_id]
 
@@ -344,7 +355,7 @@ class Scheduler:
 
     def _rank(self, req: Request) -> tuple[int, float, int]:
         """Lower is better; max() over running requests is the preemption victim."""
-        return (req.priority, req.arrival_time, self._seq[req.request_id])
+        return self._ranks[req.request_id]
 
     @staticmethod
     def _remaining(req: Request) -> int:
