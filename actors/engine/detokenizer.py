@@ -11,8 +11,9 @@ the last len(longest stop) - 1 characters are held back so a stop string that is
 generated is never half-emitted.
 
 Per step the common case is one new token whose previous window is a single token: that window's
-text comes from a TokenTexts cache shared by the engine's detokenizers, so a step costs one
-decode call, and a request without stop strings skips the stop scan and holdback entirely.
+text comes from a TokenTexts cache shared by the engine's detokenizers, and a longer window's text
+is kept until the offsets move, so a step costs one decode call; a request without stop strings
+skips the stop scan and holdback entirely.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class IncrementalDetokenizer:
         self._ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
+        # Text of ids[prefix_offset:read_offset]; it only changes when the offsets move, so a
+        # window waiting on an incomplete UTF-8 sequence is not decoded again every step.
+        self._prefix_text: str | None = None
         self.output_text = ""  # all decoded output text (truncated at a stop string)
         self._num_emitted = 0  # characters of output_text handed out so far
         self.stop_reason: str | None = None  # the stop string that matched, once one has
@@ -119,10 +123,9 @@ class IncrementalDetokenizer:
         """Text newly completed by the tokens after the read offset ('' while UTF-8 is partial)."""
         if self._read_offset == len(self._ids):
             return ""
-        if self._read_offset - self._prefix_offset == 1:
-            prefix_text = self._texts.get(self._ids[self._prefix_offset])
-        else:
-            prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        prefix_text = self._prefix_text
+        if prefix_text is None:
+            prefix_text = self._prefix_text = self._window_text()
         full_text = self._decode(self._ids[self._prefix_offset :])
         if len(full_text) <= len(prefix_text):
             return ""  # e.g. only skipped special tokens so far
@@ -130,7 +133,13 @@ class IncrementalDetokenizer:
             return ""
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
+        self._prefix_text = None
         return full_text[len(prefix_text) :]
+
+    def _window_text(self) -> str:
+        if self._read_offset - self._prefix_offset == 1:
+            return self._texts.get(self._ids[self._prefix_offset])
+        return self._decode(self._ids[self._prefix_offset : self._read_offset])
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
