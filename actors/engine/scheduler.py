@@ -173,13 +173,17 @@ class Scheduler:
             self._running.values(),
             key=lambda r: (r.num_tokens - r.num_computed_tokens > 1, ranks[r.request_id]),
         )
+        running, block_size = RequestStatus.RUNNING, self.block_manager.block_size
         for req in order:
             if step.budget <= 0:
                 break
-            if req.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+            if req.status != running:  # preempted earlier in this loop
                 continue
-            num_new = min(self._remaining(req), step.budget)
-            if self._allocate_or_preempt(req, num_new, step):
+            computed = req.num_computed_tokens
+            num_new = min(req.num_tokens - computed, step.budget)
+            # Most decode steps stay inside the last block: no allocation to ask for.
+            fits = len(req.block_ids) * block_size >= computed + num_new
+            if fits or self._allocate_or_preempt(req, num_new, step):
                 step.add(req, num_new)
 
     def _allocate_or_preempt(self, req: Request, num_new: int, step: _Step) -> bool:
