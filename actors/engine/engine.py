@@ -230,42 +230,44 @@ class LLMEngine:
         if sched_out.is_empty:
             return outputs
         try:
-            sampled = self._run(sched_out)
+            tokens, logprobs = self._run(sched_out)
         except Exception as exc:  # one bad step must not take the engine down
             logger.exception(
                 "engine step failed; failing the %d requests in it", len(sched_out.chunks)
             )
             outputs.extend(self._fail_step(sched_out, exc))
             return outputs
-        changed = self.scheduler.update(sched_out, {r: t for r, (t, _) in sampled.items()})
+        changed = self.scheduler.update(sched_out, tokens)
         for req in changed:
-            outputs.append(self._publish(req, sampled.get(req.request_id)))
+            rid = req.request_id
+            outputs.append(self._publish(req, tokens.get(rid), logprobs.get(rid)))
         self._last_step_ms = (time.perf_counter() - t0) * 1e3
         self._num_steps += 1
         return outputs
 
-    def _run(self, sched_out: SchedulerOutput) -> dict[str, tuple[int, object]]:
+    def _run(self, sched_out: SchedulerOutput) -> tuple[dict[str, int], dict[str, object]]:
+        """Sampled token ids by request id, and logprobs by request id for those that asked."""
         logits = self.runner.execute(sched_out)  # [num_sampled, V]
         reqs = [c.request for c in sched_out.chunks if c.needs_sample]
         if not reqs:
-            return {}
+            return {}, {}
         result = self.sampler.sample(logits, reqs)
-        logprobs = result.logprobs if result.logprobs is not None else [None] * len(reqs)
-        return {
-            r.request_id: (int(t), lp)
-            for r, t, lp in zip(reqs, result.token_ids, logprobs, strict=True)
-        }
+        ids = [r.request_id for r in reqs]
+        tokens = dict(zip(ids, map(int, result.token_ids), strict=True))
+        if result.logprobs is None:
+            return tokens, {}
+        lps = zip(ids, result.logprobs, strict=True)
+        return tokens, {rid: lp for rid, lp in lps if lp is not None}
 
-    def _publish(self, req: Request, sampled: tuple[int, object] | None) -> RequestOutput:
-        new_ids = [sampled[0]] if sampled is not None else []
-        text, stop_hit = self._detok[req.request_id].update(new_ids, final=req.is_finished)
-        if stop_hit is not None and not req.is_finished:
-            self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
+    def _publish(self, req: Request, token: int | None, logprob: object | None) -> RequestOutput:
+        new_ids = [token] if token is not None else []
         finished = req.is_finished
-        reason = FINISH_REASONS.get(req.status) if finished else None
-        if finished and reason is None:
-            reason = "stop"
-        lps = [sampled[1]] if sampled is not None and sampled[1] is not None else None
+        text, stop_hit = self._detok[req.request_id].update(new_ids, final=finished)
+        if stop_hit is not None and not finished:
+            self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
+            finished = req.is_finished
+        reason = (FINISH_REASONS.get(req.status) or "stop") if finished else None
+        lps = [logprob] if token is not None and logprob is not None else None
         out = self._make_output(req, new_ids, text, finished=finished, reason=reason, logprobs=lps)
         if stop_hit is not None:
             out.stop_reason = stop_hit
