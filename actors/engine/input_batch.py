@@ -1,9 +1,10 @@
 """Turn a step's scheduled chunks into the packed model inputs.
 
 A chunk covers tokens [request.num_computed_tokens, + num_new_tokens) of its request; their KV
-goes to the request's `block_ids`. Host-side work is one list comprehension per field; the
-index arithmetic (positions, slots) is vectorized in torch on the host, then everything moves to
-the device in one non-blocking copy each (from pinned memory on GPU).
+goes to the request's `block_ids`. Host-side work is one Python pass over the chunks (it runs
+every step for every request); lists become tensors through numpy, the index arithmetic
+(positions, slots) is vectorized in torch on the host, with a shortcut for pure-decode steps,
+then everything moves to the device in one non-blocking copy each (from pinned memory on GPU).
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def pack_batch(
         if int(lo) < 0 or int(hi) >= num_blocks:
             raise ValueError(f"block_ids: a request's block ids fall outside [0, {num_blocks})")
     starts_t = _int_tensor(starts, np.int64)  # [B]
-    num_tokens = len(token_ids)
-    if num_tokens == num_chunks:  # decode: one row per chunk, so rows are chunks
+    num_tokens, max_query_len = sum(q_lens), max(q_lens)
+    if len(token_ids) != num_tokens:
+        raise ValueError(f"token_ids: {len(token_ids)} tokens but q_lens add up to {num_tokens}")
+    if max_query_len == 1 and num_tokens == num_chunks:  # decode: each chunk is one row
         q_lens_t = torch.ones(num_chunks, dtype=torch.int64)  # [B]
         qsl = torch.arange(num_chunks + 1, dtype=torch.int64)  # [B + 1]
         positions = starts_t  # [T]
@@ -130,8 +133,6 @@ def pack_batch(
         # Packed row r of chunk i sits at position start_i + (r - qsl_i).
         row_chunk = torch.repeat_interleave(torch.arange(num_chunks), q_lens_t)  # [T]
         positions = torch.arange(num_tokens) + (starts_t - qsl[:-1])[row_chunk]  # [T]
-    if int(qsl[-1]) != num_tokens:
-        raise ValueError(f"token_ids: {num_tokens} tokens but q_lens add up to {int(qsl[-1])}")
     blocks = tables[row_chunk, positions // block_size].long()  # [T]
     slots = blocks * block_size + positions % block_size  # [T]
     logits_indices = qsl[1:][_int_tensor(sampled, np.int64)] - 1  # [S]
@@ -147,7 +148,7 @@ def pack_batch(
         block_tables=dev(tables),
         query_start_loc=dev(qsl.to(torch.int32)),
         seq_lens=dev(seq_lens.to(torch.int32)),
-        max_query_len=max(q_lens),
+        max_query_len=max_query_len,
         max_seq_len=max(s + q for s, q in zip(starts, q_lens, strict=True)),
     )
     return InputBatch(
