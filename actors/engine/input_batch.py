@@ -64,10 +64,7 @@ def build_input_batch(
         end, known, blocks = start + q, req.num_tokens, req.block_ids
         if q < 1 or end > known or len(blocks) * block_size < end:
             raise _bad_chunk(c, block_size)
-        if q == 1:
-            token_ids.append(req.token_at(start))
-        else:
-            token_ids.extend(req.tokens_slice(start, end))
+        token_ids += req.tokens_slice(start, end)  # the runner's request view (actors/shard too)
         starts.append(start)
         q_lens.append(q)
         tables.append(blocks[: -(-end // block_size)])
