@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-# 4M fp32 elements (16 MiB) per group. Measured on 2 Xeon cores (docs/kernels-notes.md): larger
-# groups stop fitting in cache and their buffers come back from the OS (page faults) each call;
-# smaller ones pay more per-group op overhead.
-DEFAULT_MAX_GROUP_ELEMS = 1 << 22
+# 8M fp32 elements (32 MiB) per group, measured on 2 Xeon cores (docs/kernels-notes.md): smaller
+# groups pay more per-group op overhead; at 16M each of the K and V buffers reaches glibc's 32 MiB
+# mmap ceiling, so it is handed back to the OS and page-faulted in again on every call (2.5x
+# slower at batch 128, 1k context).
+DEFAULT_MAX_GROUP_ELEMS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,9 @@ class Workspace:
     out: torch.Tensor
 
     @classmethod
-    def allocate(cls, kv_elems: int, score_elems: int, out_elems: int, cache: torch.Tensor):
+    def allocate(
+        cls, kv_elems: int, score_elems: int, out_elems: int, cache: torch.Tensor
+    ) -> Workspace:
         dev = cache.device
         k = torch.empty(kv_elems, dtype=cache.dtype, device=dev)
         v = torch.empty(kv_elems, dtype=cache.dtype, device=dev)
@@ -143,6 +146,44 @@ def gather_kv(
     return kv32
 
 
+def pad_queries(
+    query: torch.Tensor,  # [T, Hq, D]
+    starts: torch.Tensor,  # [n] int64
+    q_lens: torch.Tensor,  # [n] int64
+    q_max: int,
+    hkv: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [Hkv, n, Qg * group, D] fp32 pre-scaled, rows [n, Qg], valid [n, Qg])."""
+    n = starts.shape[0]
+    hq, d = query.shape[1:]
+    j = torch.arange(q_max, device=query.device)  # [Qg]
+    valid = j[None, :] < q_lens[:, None]  # [n, Qg]
+    rows = torch.where(valid, starts[:, None] + j[None, :], 0)  # [n, Qg]; pads read row 0
+    q = query[rows].float() * scale  # [n, Qg, Hq, D]
+    # Query head h reads KV head h // group: view heads as [Hkv, group] and fold the group into
+    # the rows, so one matmul per KV head covers every query head that shares it (no K/V copy).
+    q = q.view(n, q_max, hkv, hq // hkv, d).permute(2, 0, 1, 3, 4)
+    return q.reshape(hkv, n, q_max * (hq // hkv), d), rows, valid
+
+
+def hidden_keys(
+    q_lens: torch.Tensor,  # [n] int64
+    seq_lens: torch.Tensor,  # [n] int64
+    q_max: int,
+    outside: torch.Tensor,  # [n, S] bool, key past the request's length
+) -> torch.Tensor:  # [n, Qg, S] bool
+    """Keys a row may not see: later than its own position (causal), or past the length."""
+    j = torch.arange(q_max, device=q_lens.device)
+    k_pos = torch.arange(outside.shape[1], device=q_lens.device)  # [S]
+    q_pos = (seq_lens - q_lens)[:, None] + j[None, :]  # [n, Qg] absolute position of each row
+    hidden = (k_pos[None, None, :] > q_pos[:, :, None]) | outside[:, None, :]
+    # Key 0 is visible to every real row anyway; keeping it for all rows means no row is fully
+    # masked, so a pad row (or a seq_len 0 row) gets a zero V row instead of a NaN softmax.
+    hidden[:, :, 0] = False
+    return hidden
+
+
 def attend_group(
     query: torch.Tensor,  # [T, Hq, D]
     k_cache: torch.Tensor,  # [N, bs, Hkv, D]
@@ -159,20 +200,12 @@ def attend_group(
     n = tables.shape[0]
     hq, d = query.shape[1:]
     hkv = k_cache.shape[2]
-    group = hq // hkv
-    rows_per_head = q_max * group
-    j = torch.arange(q_max, device=query.device)  # [Qg]
-    valid = j[None, :] < q_lens[:, None]  # [n, Qg]
-    rows = torch.where(valid, starts[:, None] + j[None, :], 0)  # [n, Qg]; pads read row 0
-    q = query[rows].float() * scale  # [n, Qg, Hq, D]
-    # Query head h reads KV head h // group: view heads as [Hkv, group] and fold the group into
-    # the rows, so one matmul per KV head covers every query head that shares it (no K/V copy).
-    q = q.view(n, q_max, hkv, group, d).permute(2, 0, 1, 3, 4).reshape(hkv, n, rows_per_head, d)
+    q, rows, valid = pad_queries(query, starts, q_lens, q_max, hkv, scale)
+    rows_per_head = q.shape[2]  # Qg * group
     k = gather_kv(k_cache, tables, ws.k, ws.k32)  # [n, S, Hkv, D]
     v = gather_kv(v_cache, tables, ws.v, ws.v32)
     s_len = k.shape[1]
-    k_pos = torch.arange(s_len, device=query.device)  # [S]
-    outside = k_pos[None, :] >= seq_lens[:, None]  # [n, S]
+    outside = torch.arange(s_len, device=query.device)[None, :] >= seq_lens[:, None]  # [n, S]
     # Slots past a request's length hold whatever their block's last owner left, maybe NaN from
     # a request that diverged; 0 * NaN would leak it into this request. (K needs no cleaning:
     # masked_fill below overwrites those scores.) Few slots, so index them rather than a pass.
@@ -181,19 +214,16 @@ def attend_group(
     for h in range(hkv):
         # k[:, :, h] is a row-strided view BLAS reads in place (no per-head copy).
         torch.bmm(q[h], k[:, :, h].transpose(1, 2), out=scores[h])  # [n, Qg * group, S]
-    q_pos = (seq_lens - q_lens)[:, None] + j[None, :]  # [n, Qg] absolute position of each row
-    hidden = (k_pos[None, None, :] > q_pos[:, :, None]) | outside[:, None, :]  # [n, Qg, S]
-    # Key 0 is visible to every real row anyway; keeping it for all rows means no row is fully
-    # masked, so a pad row (or a seq_len 0 row) gets a zero V row instead of a NaN softmax.
-    hidden[:, :, 0] = False
-    scores5 = scores.view(hkv, n, q_max, group, s_len)
-    scores5.masked_fill_(hidden[None, :, :, None, :], float("-inf"))
+    hidden = hidden_keys(q_lens, seq_lens, q_max, outside)  # [n, Qg, S]
+    scores.view(hkv, n, q_max, hq // hkv, s_len).masked_fill_(
+        hidden[None, :, :, None, :], float("-inf")
+    )
     probs = ws.probs[: scores.numel()].view(scores.shape)
     torch.softmax(scores, dim=-1, out=probs)  # [Hkv, n, Qg * group, S]
     o = ws.out[: hkv * n * rows_per_head * d].view(hkv, n, rows_per_head, d)
     for h in range(hkv):
         torch.bmm(probs[h], v[:, :, h], out=o[h])  # [n, Qg * group, D]
-    o = o.view(hkv, n, q_max, group, d).permute(1, 2, 0, 3, 4).reshape(n, q_max, hq, d)
+    o = o.view(hkv, n, q_max, hq // hkv, d).permute(1, 2, 0, 3, 4).reshape(n, q_max, hq, d)
     out[rows[valid]] = o[valid].to(out.dtype)
 
 
