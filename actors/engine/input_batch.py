@@ -85,7 +85,7 @@ def build_input_batch(
     )
 
 
-def _int_tensor(values: list[int], dtype: np.dtype) -> torch.Tensor:
+def _int_tensor(values: list[int], dtype: type[np.signedinteger]) -> torch.Tensor:
     # numpy converts a flat list of Python ints several times faster than torch.tensor does.
     return torch.from_numpy(np.array(values, dtype=dtype))
 
