@@ -56,7 +56,10 @@ class TpBenchHost:
             lengths = sharegpt_like(args.requests, 0, 200, 180)
             result["workload"] = bench_engine_workload(engine, lengths, cfg["vocab_size"])
         finally:
-            close_engine(engine)
+            try:
+                close_engine(engine)
+            except Exception as exc:  # the figures are taken; report a failed shutdown beside them
+                result["close_error"] = repr(exc)
         return result
 
 
@@ -89,6 +92,7 @@ def main() -> None:
         ray.kill(host)
         print(json.dumps(run), flush=True)
         result["runs"].append(run)
+        Path(args.out).write_text(json.dumps(result, indent=2))  # partial results survive a crash
     by_tp = {r["tp"]: r for r in result["runs"]}
     if 1 in by_tp:
         base = by_tp[1]
