@@ -93,9 +93,12 @@ class ShardedRunner(ModelRunner):
             return
         self._closed = True
         _broadcast(StepMessage(stop=True), self.ctx)
+        # Every rank tears its group down at the same time, as torchrun programs do: tearing down
+        # an NCCL communicator can wait for the peers to tear theirs down too, so rank 0 must not
+        # wait for the workers to exit before destroying its own (seen hanging on 2xH200).
+        dist.destroy_process_group()
         for callback in self._on_close:
             callback()
-        dist.destroy_process_group()
 
 
 def follow(runner: ModelRunner, ctx: ShardContext) -> int:
@@ -111,7 +114,10 @@ def follow(runner: ModelRunner, ctx: ShardContext) -> int:
         msg = _broadcast(None, ctx)
         if msg.stop:
             logger.info("shard %d: stop after %d steps", ctx.rank, steps)
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception as exc:  # rank 0 (the store's host) may already be gone: harmless
+                logger.warning("shard %d: process group teardown: %s", ctx.rank, exc)
             return steps
         if msg.export_blocks is not None:
             local = runner.export_blocks(msg.export_blocks)  # ids were checked on rank 0
