@@ -14,7 +14,7 @@ The tokenizer is the embedded model's byte-level one (ids 0..263), so engine tes
 
 from __future__ import annotations
 
-import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from actors.models.embedded import BOS_ID, CHAT_TEMPLATE, EOS_ID, PAD_ID, build_tokenizer
+from actors.models.embedded import BOS_ID, EOS_ID, PAD_ID, ensure_embedded_model
 
 TINY_BASE: dict[str, Any] = {
     "hidden_size": 64,
@@ -89,17 +89,10 @@ def build_hf_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def write_tokenizer(path: Path) -> None:
-    build_tokenizer().save(str(path / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "pad_token": "<pad>",
-        "unk_token": "<unk>",
-        "add_bos_token": True,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    """The embedded model's byte-level tokenizer files, copied as they are."""
+    src = ensure_embedded_model()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, path / name)
 
 
 @pytest.fixture(scope="session")

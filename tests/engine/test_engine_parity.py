@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from actors.engine.engine import LLMEngine
 from actors.engine.sampling_params import SamplingParams
 
@@ -24,15 +23,7 @@ LOGPROB_ATOL = 1e-4
 
 
 def make_engine(path: Path, **kw: object) -> LLMEngine:
-    cache = {k: v for k, v in kw.items() if k in CacheConfig.__dataclass_fields__}
-    sched = {k: v for k, v in kw.items() if k in SchedulerConfig.__dataclass_fields__}
-    cfg = EngineConfig(
-        model=ModelConfig(model=str(path), dtype="float32"),
-        cache=CacheConfig(**cache),
-        scheduler=SchedulerConfig(**sched),
-        device="cpu",
-    )
-    return LLMEngine(cfg)
+    return LLMEngine.from_model(str(path), dtype="float32", device="cpu", **kw)
 
 
 def mixed_prompts(seed: int, lengths: tuple[int, ...] = (3, 17, 40, 9, 33)) -> list[list[int]]:
