@@ -87,6 +87,21 @@ def check_paged_kv(
         raise ValueError(f"k_cache: block_size (dim 1) must be a power of two, got {bs}")
 
 
+def _check_query_and_kv(
+    query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kernel: bool
+) -> None:
+    """Query [*, Hq, D] against the paged K/V caches: dtype, device, head_dim and GQA grouping."""
+    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
+    check_paged_kv(k_cache, v_cache, query.dtype, query.device)
+    hq, d = query.shape[1], query.shape[2]
+    hkv = k_cache.shape[2]
+    if kernel:  # the torch twin takes any head_dim
+        check_head_dim("query", d)
+    check_dim("k_cache", k_cache, 3, d, "query head_dim")
+    if hq % hkv:
+        raise ValueError(f"query: {hq} heads is not a multiple of k_cache's {hkv} KV heads")
+
+
 def check_decode(
     query: torch.Tensor,
     k_cache: torch.Tensor,
@@ -97,15 +112,8 @@ def check_decode(
     *,
     kernel: bool = True,
 ) -> None:
-    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
-    check_paged_kv(k_cache, v_cache, query.dtype, query.device)
-    b, hq, d = query.shape
-    hkv = k_cache.shape[2]
-    if kernel:  # the torch twin takes any head_dim
-        check_head_dim("query", d)
-    check_dim("k_cache", k_cache, 3, d, "query head_dim")
-    if hq % hkv:
-        raise ValueError(f"query: {hq} heads is not a multiple of k_cache's {hkv} KV heads")
+    _check_query_and_kv(query, k_cache, v_cache, kernel)
+    b = query.shape[0]
     check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES, device=query.device)
     check_dim("block_tables", block_tables, 0, b, "the batch size")
     check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES, device=query.device)
@@ -125,15 +133,7 @@ def check_prefill(
     *,
     kernel: bool = True,
 ) -> None:
-    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
-    check_paged_kv(k_cache, v_cache, query.dtype, query.device)
-    _, hq, d = query.shape
-    hkv = k_cache.shape[2]
-    if kernel:  # the torch twin takes any head_dim
-        check_head_dim("query", d)
-    check_dim("k_cache", k_cache, 3, d, "query head_dim")
-    if hq % hkv:
-        raise ValueError(f"query: {hq} heads is not a multiple of k_cache's {hkv} KV heads")
+    _check_query_and_kv(query, k_cache, v_cache, kernel)
     dev = query.device
     check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES, device=dev)
     b = block_tables.shape[0]
