@@ -216,18 +216,24 @@ class ModelRunner:
         chunks = sched_out.chunks
         if not chunks:
             return torch.empty(0, self.vocab_size, device=self._device)
+        # A graph step copies host inputs into its static buffers; an eager step wants them on
+        # the device, where pack_batch puts them with one pinned copy each.
+        on_host = self.uses_graph(len(chunks), max(c.num_new_tokens for c in chunks))
+        return self.run_batch(self._build(chunks, _CPU if on_host else self._device))
+
+    def uses_graph(self, num_tokens: int, max_query_len: int) -> bool:
+        """Whether a step of this shape replays a captured decode graph."""
         graphs = self._graphs
-        if (
-            graphs is not None
-            and len(chunks) <= graphs.max_batch
-            and all(c.num_new_tokens == 1 for c in chunks)
-        ):
-            host = self._build(chunks, _CPU)
-            logits = graphs.run(host)  # [B, V]
-            if host.num_sampled == len(chunks):
+        return graphs is not None and max_query_len == 1 and num_tokens <= graphs.max_batch
+
+    @torch.inference_mode()
+    def run_batch(self, batch: InputBatch) -> torch.Tensor:
+        """The forward of a built batch (host or device tensors); logits [S, V] fp32."""
+        if self._graphs is not None and self.uses_graph(batch.num_tokens, batch.attn.max_query_len):
+            logits = self._graphs.run(batch)  # [B, V]
+            if batch.num_sampled == batch.num_tokens:
                 return logits
-            return logits[host.logits_indices.to(self._device)]
-        batch = self._build(chunks, self._device)
+            return logits[batch.logits_indices.to(self._device)]
         hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
 
