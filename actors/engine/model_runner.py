@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from actors.models.attention import KVCache
 from actors.models.config import ModelArchConfig, load_arch_config
 from actors.models.llama import LlamaForCausalLM
 from actors.models.loader import load_model, resolve_dtype
+from actors.shard.allreduce import build_reducer
 from actors.shard.context import ShardContext
 from actors.shard.loader import load_sharded_model
 from actors.shard.sharding import check_tensor_parallel
@@ -112,6 +114,8 @@ class ModelRunner:
         self._dtype = resolve_dtype(config.model.dtype, self.arch, self._device)
         self._max_model_len = resolve_max_model_len(self.arch, config.model.max_model_len)
         self._block_size = config.cache.block_size
+        if shard is not None and shard.world_size > 1 and shard.reducer is None:
+            shard = replace(shard, reducer=build_reducer(shard.group, self._device, self._dtype))
         self.shard = shard
         world = 1 if shard is None else shard.world_size
         check_tensor_parallel(self.arch, world)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,6 +25,9 @@ class ShardContext:
     # Step descriptions travel over their own gloo group even when the tensors reduce over NCCL
     # (a broadcast through a GPU would add a copy and a sync to every step). None: `group`.
     cpu_group: dist.ProcessGroup | None = None
+    # A faster all-reduce for the inputs it accepts (returns None for the others), e.g.
+    # actors/shard/allreduce.py's symmetric-memory one-shot on GPU; None: the group's collective.
+    reducer: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -31,10 +35,15 @@ class ShardContext:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank: must be in [0, {self.world_size}), got {self.rank}")
 
-    def all_reduce_(self, x: torch.Tensor) -> torch.Tensor:
-        """Sums `x` over the shards in place (no-op for one shard)."""
-        if self.world_size > 1:
-            dist.all_reduce(x, group=self.group)
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over the shards: `x` itself reduced in place, or a new tensor."""
+        if self.world_size == 1:
+            return x
+        if self.reducer is not None:
+            out = self.reducer(x)
+            if out is not None:
+                return out
+        dist.all_reduce(x, group=self.group)
         return x
 
     def agree_min(self, value: int, device: torch.device) -> int:

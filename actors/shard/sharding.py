@@ -36,7 +36,7 @@ class RowParallelLinear(nn.Module):
         self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in / N] -> [T, out]
-        out = self.ctx.all_reduce_(F.linear(x, self.weight))
+        out = self.ctx.all_reduce(F.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from actors.engine.input_batch import InputBatch, pack_batch
@@ -58,3 +59,16 @@ def test_header_and_aux_carry_swaps_and_blocks() -> None:
     assert unpack_aux(back, aux) == (swap_out, swap_in, [])
     export = StepHeader(Kind.EXPORT, num_blocks=3)
     assert unpack_aux(export, pack_aux([], [], [8, 1, 5])) == ([], [], [8, 1, 5])
+
+
+def test_allreduce_setting_is_checked_and_cpu_keeps_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from actors.shard.allreduce import ENV, build_reducer
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(ENV, "fastest")
+    with pytest.raises(ValueError, match="FLEETLM_ALLREDUCE: must be nccl or symm_mem"):
+        build_reducer(None, cpu, torch.float32)
+    monkeypatch.setenv(ENV, "symm_mem")
+    assert build_reducer(None, cpu, torch.float32) is None  # gloo on CPU: no fast path
