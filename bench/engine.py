@@ -61,6 +61,14 @@ SHAPES = {
     },
     "tiny": None,  # the embedded model's own config, for a smoke run on CPU
 }
+# What one rank of tensor parallelism 2 holds (half the heads and MLP columns; embeddings and
+# lm_head stay whole): its step time on one GPU bounds a TP 2 step from below (no all-reduces).
+SHAPES["llama3-8b-tp2-rank"] = {
+    **SHAPES["llama3-8b"],
+    "intermediate_size": 7168,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+}
 
 
 def make_model_dir(shape: str) -> Path:

@@ -50,8 +50,10 @@ class TpBenchHost:
         result: dict = {"tp": tp, "init_s": time.perf_counter() - t0}
         result["kv_blocks"] = engine.block_manager.num_total_blocks
         try:
+            # Each rank reads its share of the KV heads (the weights are counted from rank 0's).
+            rank_cfg = {**cfg, "num_key_value_heads": cfg["num_key_value_heads"] // tp}
             result["decode"] = [
-                bench_decode(engine, cfg, b, args.context, args.steps) for b in batches
+                bench_decode(engine, rank_cfg, b, args.context, args.steps) for b in batches
             ]
             lengths = sharegpt_like(args.requests, 0, 200, 180)
             result["workload"] = bench_engine_workload(engine, lengths, cfg["vocab_size"])

@@ -205,6 +205,10 @@ class ModelRunner:
         return self._device
 
     @property
+    def decode_graphs(self) -> DecodeGraphs | None:
+        return self._graphs
+
+    @property
     def kv_block_bytes(self) -> int:
         """Bytes of one block across all layers, K and V."""
         a = self.arch
