@@ -5,8 +5,11 @@
 One replica of the embedded model, then sequential max_tokens=1 requests, p50 of each path:
   grpc:        ReplicaClient straight to the replica (the floor: engine + token plane)
   asgi:        the ingress app in this process (FastAPI + OpenAIServing + Router), no HTTP/Serve
-  serve:       over HTTP through Ray Serve's proxy to the ingress replica (non-stream, stream)
-  serve_noop:  GET /v1/models over the same path: Serve's own cost per request
+  direct:      over HTTP to the ingress replica's own listener (the default `fleetlm serve`
+               path; non-stream, and the first SSE chunk of a stream)
+  direct_noop: GET /v1/models over the same path: the HTTP hop's own cost per request
+  serve*:      the same three through Ray Serve's HTTP proxy (in front of the same ingress
+               replica, on --port + 1), the path `FLEETLM_INGRESS_HTTP=serve-proxy` serves
 """
 
 from __future__ import annotations
@@ -83,9 +86,19 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as c:
         out["asgi"] = await p50_ms(lambda i: c.post("/v1/completions", json=body), n)
 
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as c:
-        out["serve_noop"] = await p50_ms(lambda i: c.get("/v1/models"), n)
-        out["serve"] = await p50_ms(lambda i: c.post("/v1/completions", json=body), n)
+    for name, url in (("direct", stack.base_url), ("serve", stack.serve_proxy_url)):
+        out.update(await over_http(name, url, body, n))
+    await router.close()
+    await pool.close()
+    await replica.close()
+    return out
+
+
+async def over_http(name: str, url: str, body: dict[str, object], n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        out[f"{name}_noop"] = await p50_ms(lambda i: c.get("/v1/models"), n)
+        out[name] = await p50_ms(lambda i: c.post("/v1/completions", json=body), n)
 
         async def first_chunk(i: int) -> None:
             async with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
@@ -93,10 +106,7 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
                     if line.startswith("data: {"):
                         return
 
-        out["serve_stream_first_chunk"] = await p50_ms(first_chunk, n)
-    await router.close()
-    await pool.close()
-    await replica.close()
+        out[f"{name}_stream_first_chunk"] = await p50_ms(first_chunk, n)
     return out
 
 
@@ -111,7 +121,9 @@ def main() -> None:
     args = ap.parse_args()
     gpus = 1 if _local_gpu_count() else 0
     cfg = parse_config(CONFIG.format(gpus=gpus, port=args.port), "<bench>")
-    stack = start_stack(ServeOptions(config=cfg))
+    stack = start_stack(
+        ServeOptions(config=cfg, http_path="direct", serve_proxy_port=args.port + 1)
+    )
     try:
         while httpx.get(f"{stack.base_url}/health", timeout=10).status_code != 200:
             time.sleep(0.5)  # waiting for the replica to load

@@ -2,6 +2,10 @@
 
 Ingress replicas hold no state the controller needs: each builds its own Router (fed by the
 controller's streamed ClusterView) and its own replica connections, so Serve may scale them.
+
+By default each ingress replica also serves HTTP itself on the configured host:port
+(http_server.py), so requests skip Ray Serve's proxy; the same app stays reachable through Serve's
+proxy when launch.py starts one (`ServeOptions.direct_http=False` or `serve_proxy_port`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from actors.models.embedded import resolve_model_path
 from actors.replica.actor import ControllerLocator
 from actors.replica.tls import TlsFiles
 from orchestrator.api.app import Handlers, build_app
+from orchestrator.api.http_server import DirectHTTPServer
 from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
 from orchestrator.controller.client import ControllerClient
@@ -43,6 +48,11 @@ class IngressSettings:
     tls: TlsFiles | None = None  # gRPC to the controller and replicas (config.security)
     # SHA-256 digests of the accepted API keys (empty: no auth); keys never leave the CLI.
     api_key_digests: frozenset[str] = frozenset()
+    # Where each ingress replica serves HTTP itself (None: only through Serve's proxy).
+    http_host: str | None = None
+    http_port: int | None = None
+    # The node those replicas run on ("node:IP" resource), so host:port is where clients look.
+    node_ip: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -116,21 +126,38 @@ class OpenAIIngress:
             self._controller, self._router, self._pool, settings.health_timeout_s
         )
         serving = OpenAIServing(model, self._router, self._pool)
-        self._handlers = Handlers(
+        handlers = Handlers(
             serving, self._metrics, health, settings.max_body_bytes, settings.api_key_digests
         )
+        self._app = build_app(handlers)
+        self._http: DirectHTTPServer | None = None
+        if settings.http_port is not None:
+            host = settings.http_host or "127.0.0.1"
+            self._http = DirectHTTPServer(self._app, host, settings.http_port)
+            await self._http.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self._handlers)
+        return self._app
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose own listener died is replaced."""
+        if self._http is not None:
+            self._http.check()
 
     async def __del__(self) -> None:
+        if self._http is not None:
+            await self._http.stop()  # in-flight requests still need the router and pool
         await self._router.close()
         await self._pool.close()
 
 
 def build_ingress(settings: IngressSettings) -> serve.Application:
+    actor_options: dict[str, Any] = {"num_cpus": 0}
+    if settings.node_ip is not None:
+        actor_options["resources"] = {f"node:{settings.node_ip}": 0.001}
     return OpenAIIngress.options(
         num_replicas=settings.num_replicas,
+        ray_actor_options=actor_options,
         # Requests wait on the replicas, not in the ingress: do not let Serve queue them here.
         max_ongoing_requests=4096,
     ).bind(settings)

@@ -2,6 +2,8 @@
 
 One module-scoped stack (the same `start_stack` path `fleetlm serve` runs) serves every test:
 the official `openai` client for the happy paths, raw httpx for bad input and disconnects.
+Requests go to the ingress replicas' own listener (the default); Ray Serve's proxy runs in front
+of the same replicas on a second port, and test_serve_proxy_path_* drives that path.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def stack(ray_local: None) -> Iterator[object]:
 
     text = tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
     cfg = parse_config(text + f"security:\n  api_keys: [{API_KEY}]\n")
-    st = start_stack(ServeOptions(config=cfg))
+    st = start_stack(ServeOptions(config=cfg, http_path="direct", serve_proxy_port=_free_port()))
     try:
         _wait_healthy(st.base_url)
         yield st
@@ -287,6 +289,33 @@ def test_server_keeps_serving_and_counts_errors(stack: object, client: openai.Op
     assert 'fleetlm_errors_total{code="400"}' in metrics
     assert "fleetlm_time_to_first_token_seconds_count" in metrics
     assert "fleetlm_generation_tokens_total" in metrics
+
+
+def test_serve_proxy_path_serves_the_same_app(stack: object) -> None:
+    proxy = stack.serve_proxy_url
+    assert proxy is not None and proxy != stack.base_url
+    assert httpx.get(f"{proxy}/v1/models", timeout=10).status_code == 401
+    models = httpx.get(f"{proxy}/v1/models", headers=AUTH, timeout=10).json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    body |= {"ignore_eos": True, "return_token_ids": True}
+    via_proxy = httpx.post(f"{proxy}/v1/completions", json=body, headers=AUTH, timeout=60)
+    direct = _post(stack, "/v1/completions", body)
+    assert via_proxy.status_code == direct.status_code == 200
+    ids = [r.json()["choices"][0]["token_ids"] for r in (via_proxy, direct)]
+    assert ids[0] == ids[1] and len(ids[0]) == 8
+
+
+def test_serve_proxy_path_streams(stack: object) -> None:
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    body["ignore_eos"] = True
+    full = _post(stack, "/v1/completions", body).json()["choices"][0]["text"]
+    url = f"{stack.serve_proxy_url}/v1/completions"
+    with httpx.stream("POST", url, json={**body, "stream": True}, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [ln.removeprefix("data: ") for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    assert "".join(json.loads(ln)["choices"][0]["text"] for ln in lines[:-1]) == full
 
 
 # ---- client disconnect ------------------------------------------------------------------------
