@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from policies.cluster_view import ClusterView, ReplicaView, RequestMeta
+from policies.cluster_view import ClusterView, RequestMeta
+from policies.live_view import LiveView
 from policies.params import CommonParams, PolicyParamError, parse_params, require
 from policies.prefix import leading_matches
 from policies.scorers import SCORERS, WeightedParams, weighted_totals
@@ -42,41 +43,55 @@ class DispatchPolicy(Protocol):
 
     def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision: ...
 
-
-def open_replicas(
-    view: ClusterView, max_queue: int
-) -> tuple[list[ReplicaView], DispatchDecision | None]:
-    """Healthy replicas with room in their queue, or the refusal when there are none."""
-    candidates: list[ReplicaView] = []
-    any_healthy = False
-    for r in view.replicas:
-        if not r.healthy:
-            continue
-        any_healthy = True
-        # ReplicaView.is_full inlined: this loop runs over every replica on every request.
-        spare_slots = r.max_running - r.running
-        if r.waiting + r.inflight_dispatches - (spare_slots if spare_slots > 0 else 0) < max_queue:
-            candidates.append(r)
-    if not any_healthy:
-        return [], DispatchDecision(None, REASON_NO_HEALTHY)
-    if not candidates:
-        return [], DispatchDecision(None, REASON_ALL_FULL)
-    return candidates, None
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision: ...
 
 
-def least_loaded(candidates: Sequence[ReplicaView]) -> ReplicaView:
-    # Ties go to more free KV, then to the replica id, so the choice is deterministic.
-    return min(candidates, key=_load_key)
+class _Policy:
+    """What every policy shares: `choose` on a frozen view runs `decide` on its LiveView.
+
+    The LiveView of the last view seen is kept (the view is frozen, so its columns stay valid
+    for as long as the same object comes back); a new view object, such as one derived with
+    `add_inflight`, gets new columns.
+    """
+
+    name = ""
+    params: CommonParams
+
+    def __init__(self) -> None:
+        self._last: tuple[ClusterView, LiveView] | None = None
+
+    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
+        last = self._last
+        if last is not None and last[0] is view:
+            live = last[1]
+        else:
+            live = LiveView(view)
+            self._last = (view, live)
+        return self.decide(live, req)
+
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        raise NotImplementedError
+
+    def _open(self, live: LiveView) -> tuple[list[int], DispatchDecision | None]:
+        """Healthy replicas with room in their queue, or the refusal when there are none."""
+        candidates = live.open_indices(self.params.max_queue)
+        if candidates:
+            return candidates, None
+        if live.any_healthy():
+            return candidates, DispatchDecision(None, REASON_ALL_FULL)
+        return candidates, DispatchDecision(None, REASON_NO_HEALTHY)
 
 
-def _load_key(r: ReplicaView) -> tuple[float, float, str]:
-    # ReplicaView.load and kv_free_fraction inlined (hot path): lower load, then more free KV.
-    load = (r.running + r.waiting + r.inflight_dispatches) / (r.max_running or 1)
-    free = r.kv_blocks_free / r.kv_blocks_total if r.kv_blocks_total > 0 else 0.0
-    return (load, -free, r.replica_id)
+def _best_of(values: list[float], ties: Callable[[int], Any]) -> int:
+    """Position of the highest value; equal highest values are ranked by `ties` (then order)."""
+    top = max(values)
+    first = values.index(top)
+    if values.count(top) == 1:
+        return first
+    return min((pos for pos, v in enumerate(values) if v == top), key=ties)
 
 
-class RoundRobin:
+class RoundRobin(_Policy):
     name = "round_robin"
 
     @dataclass(frozen=True)
@@ -84,33 +99,35 @@ class RoundRobin:
         start: int = 0
 
     def __init__(self, params: Params) -> None:
+        super().__init__()
         self.params = params
         self._next = itertools.count(params.start)  # next() on a count is atomic under the GIL
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
-        replica = candidates[next(self._next) % len(candidates)]
-        return DispatchDecision(replica.replica_id, "round_robin")
+        i = candidates[next(self._next) % len(candidates)]
+        return DispatchDecision(live.ids[i], "round_robin")
 
 
-class LeastLoad:
+class LeastLoad(_Policy):
     name = "least_load"
     Params = CommonParams
 
     def __init__(self, params: CommonParams) -> None:
+        super().__init__()
         self.params = params
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
-        replica = least_loaded(candidates)
-        return DispatchDecision(replica.replica_id, f"least_load: load {replica.load:.3f}")
+        i = live.least_loaded(candidates)
+        return DispatchDecision(live.ids[i], f"least_load: load {live.load(i):.3f}")
 
 
-class PowerOfTwo:
+class PowerOfTwo(_Policy):
     name = "power_of_two"
 
     @dataclass(frozen=True)
@@ -118,20 +135,22 @@ class PowerOfTwo:
         seed: int | None = None  # None: seeded from the OS; the simulator passes one
 
     def __init__(self, params: Params) -> None:
+        super().__init__()
         self.params = params
         self._rng = random.Random(params.seed)
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
         if len(candidates) == 1:
-            return DispatchDecision(candidates[0].replica_id, "power_of_two: only candidate")
-        replica = least_loaded(self._rng.sample(candidates, 2))
-        return DispatchDecision(replica.replica_id, f"power_of_two: load {replica.load:.3f}")
+            return DispatchDecision(live.ids[candidates[0]], "power_of_two: only candidate")
+        # sample() draws by position only, so indices give the same pairs as the replicas would.
+        i = min(self._rng.sample(candidates, 2), key=live.load_key.__getitem__)
+        return DispatchDecision(live.ids[i], f"power_of_two: load {live.load(i):.3f}")
 
 
-class Llumnix:
+class Llumnix(_Policy):
     """Llumnix's virtual usage: rank by KV freeness after reserving what queued work will need.
 
     freeness = (free blocks - reserved) / (requests on the replica + 1), where reserved covers one
@@ -163,33 +182,70 @@ class Llumnix:
             )
 
     def __init__(self, params: Params) -> None:
+        super().__init__()
         self.params = params
+        self._memo_key = ("llumnix", params.growth_blocks_per_running, params.headroom_fraction)
 
-    def freeness(self, replica: ReplicaView, req: RequestMeta) -> float:
+    def _reserved_columns(self, live: LiveView) -> tuple[list[int], list[float]]:
+        """Per replica: growth blocks of its running requests, and the high-priority headroom."""
         p = self.params
-        own_blocks = req.blocks_needed(replica.block_size)
-        per_pending = p.pending_blocks if p.pending_blocks is not None else max(1, own_blocks)
-        pending = replica.waiting + replica.inflight_dispatches
-        reserved = replica.running * p.growth_blocks_per_running + pending * per_pending
-        if req.priority > p.high_priority_max:
-            reserved += p.headroom_fraction * replica.kv_blocks_total
-        virtual_free = replica.kv_blocks_free - reserved - own_blocks
-        if virtual_free < 0:
-            # Dividing a deficit by the batch size would make busier replicas look better.
-            return float(virtual_free)
-        return virtual_free / (replica.running + pending + 1)
+        growth = [r * p.growth_blocks_per_running for r in live.running]
+        headroom = [p.headroom_fraction * t for t in live.kv_total]
+        return growth, headroom
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def freeness_column(self, live: LiveView, req: RequestMeta) -> list[float]:
+        """Every replica's freeness for `req` (see the class docstring), in view order."""
+        p = self.params
+        growth, headroom = live.cached(self._memo_key, self._reserved_columns)
+        normal = req.priority > p.high_priority_max
+        cols = (live.kv_free, growth, live.pending, live.busy)
+        if live.uniform_block_size is None:
+            return self._freeness_mixed_block_sizes(live, req, normal, growth, headroom)
+        own = req.blocks_needed(live.uniform_block_size)
+        pp = p.pending_blocks if p.pending_blocks is not None else max(1, own)
+        if normal:
+            # A deficit (v < 0) is not divided by the batch: busier replicas must not look better.
+            return [
+                v / (b + 1) if (v := f - (g + q * pp + h) - own) >= 0 else v
+                for f, g, q, b, h in zip(*cols, headroom, strict=True)
+            ]
+        return [
+            v / (b + 1) if (v := f - (g + q * pp) - own) >= 0 else float(v)
+            for f, g, q, b in zip(*cols, strict=True)
+        ]
+
+    def _freeness_mixed_block_sizes(
+        self,
+        live: LiveView,
+        req: RequestMeta,
+        normal: bool,
+        growth: list[int],
+        headroom: list[float],
+    ) -> list[float]:
+        # Replicas with different block sizes: the prompt's own blocks differ per replica.
+        p = self.params
+        out: list[float] = []
+        cols = (live.kv_free, growth, live.pending, live.busy, headroom, live.block_size)
+        for f, g, q, b, h, size in zip(*cols, strict=True):
+            own = req.blocks_needed(size)
+            reserved = g + q * (p.pending_blocks if p.pending_blocks is not None else max(1, own))
+            if normal:
+                reserved += h
+            v = f - reserved - own
+            out.append(float(v) if v < 0 else v / (b + 1))
+        return out
+
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
-        best = min(candidates, key=lambda r: (-self.freeness(r, req), *_load_key(r)))
-        return DispatchDecision(
-            best.replica_id, f"llumnix: freeness {self.freeness(best, req):.2f}"
-        )
+        free = live.column(self.freeness_column(live, req), candidates)
+        keys = live.load_key
+        pos = _best_of(free, lambda k: keys[candidates[k]])
+        return DispatchDecision(live.ids[candidates[pos]], f"llumnix: freeness {free[pos]:.2f}")
 
 
-class PrefixAffinity:
+class PrefixAffinity(_Policy):
     """Most leading prompt blocks cached wins (ties: lower load), unless that replica is far busier.
 
     Below `min_match_blocks`, or when the best match carries more than `balance_abs_threshold`
@@ -210,45 +266,61 @@ class PrefixAffinity:
             require(self.balance_abs_threshold >= 0, "balance_abs_threshold", "must be >= 0")
 
     def __init__(self, params: Params) -> None:
+        super().__init__()
         self.params = params
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def _best_match(
+        self, live: LiveView, candidates: list[int], req: RequestMeta
+    ) -> tuple[int, int]:
+        """(replica index, leading blocks cached) of the best open match; (-1, 0) for none."""
+        hashes = req.prefix_hashes
+        if not hashes:
+            return -1, 0
+        holders = live.prefix_holders(hashes[0])  # without the first block a replica matches 0
+        if len(candidates) != live.n:
+            open_set = set(candidates)
+            holders = tuple(i for i in holders if i in open_set)
+        if not holders:
+            return -1, 0
+        matches = [leading_matches(hashes, live.prefix_hashes[i]) for i in holders]
+        keys = live.load_key
+        pos = _best_of(matches, lambda k: keys[holders[k]])
+        return holders[pos], matches[pos]
+
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
-        idlest = least_loaded(candidates)
-        matches = [leading_matches(req.prefix_hashes, r.prefix_hashes) for r in candidates]
-        best = min(range(len(candidates)), key=lambda i: (-matches[i], *_load_key(candidates[i])))
-        matched, replica = matches[best], candidates[best]
+        idlest = live.least_loaded(candidates)
+        best, matched = self._best_match(live, candidates, req)
         if matched < self.params.min_match_blocks:
-            return DispatchDecision(idlest.replica_id, f"prefix_affinity: {matched} blocks, idlest")
-        excess = (replica.running + replica.pending) - (idlest.running + idlest.pending)
+            return DispatchDecision(live.ids[idlest], f"prefix_affinity: {matched} blocks, idlest")
+        excess = live.busy[best] - live.busy[idlest]
         if excess > self.params.balance_abs_threshold:
             return DispatchDecision(
-                idlest.replica_id, f"prefix_affinity: best match {excess} requests busier, idlest"
+                live.ids[idlest], f"prefix_affinity: best match {excess} requests busier, idlest"
             )
-        return DispatchDecision(replica.replica_id, f"prefix_affinity: {matched} blocks cached")
+        return DispatchDecision(live.ids[best], f"prefix_affinity: {matched} blocks cached")
 
 
-class Weighted:
+class Weighted(_Policy):
     """llm-d style: a weighted sum of named scorers in [0, 1]; the highest total wins."""
 
     name = "weighted"
     Params = WeightedParams
 
     def __init__(self, params: WeightedParams) -> None:
+        super().__init__()
         self.params = params
 
-    def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = open_replicas(view, self.params.max_queue)
+    def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
+        candidates, refusal = self._open(live)
         if refusal:
             return refusal
-        totals = weighted_totals(candidates, req, self.params.weights)
-        best = min(
-            range(len(candidates)),
-            key=lambda i: (-totals[i], candidates[i].load, candidates[i].replica_id),
-        )
-        return DispatchDecision(candidates[best].replica_id, f"weighted: score {totals[best]:.3f}")
+        totals = weighted_totals(live, candidates, req, self.params.weights)
+        ids = live.ids
+        pos = _best_of(totals, lambda k: (live.load(candidates[k]), ids[candidates[k]]))
+        return DispatchDecision(ids[candidates[pos]], f"weighted: score {totals[pos]:.3f}")
 
 
 _POLICIES: Mapping[str, Any] = MappingProxyType(

@@ -10,7 +10,6 @@ last view with least_load, and reconnects (finding a restarted controller throug
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -19,10 +18,10 @@ from typing import Any
 
 from actors.replica.tls import TlsFiles
 from orchestrator.controller.client import ControllerClient, RouteOutcome, RouteResult
-from orchestrator.controller.state import replace_at
 from orchestrator.controller.wire import ViewUpdate
 from policies.cluster_view import ClusterView, RequestMeta
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
+from policies.live_view import LiveView
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +42,8 @@ class Router:
         self._resolve = resolve
         self._reconnect_s = reconnect_s
         self._update: ViewUpdate | None = None
-        # The view plus this router's own dispatches, patched one replica at a time per decision.
-        self._adjusted: ClusterView | None = None
-        self._index: dict[str, int] = {}
+        # The view plus this router's own dispatches and suspects, updated in place per decision.
+        self._live: LiveView | None = None
         self._policy_key: tuple[str, str] | None = None
         self._policy: DispatchPolicy | None = None
         self._fallback: DispatchPolicy = make_dispatch_policy(FALLBACK_POLICY)
@@ -143,46 +141,35 @@ class Router:
             except ValueError:
                 logger.exception("controller sent an unusable policy; keeping the previous one")
         self._update = update
-        pending = {rid: n for rid, n in self._since_report.items() if n}
-        self._adjusted = update.view.with_inflight(pending)
-        self._index = {r.replica_id: i for i, r in enumerate(self._adjusted.replicas)}
+        live = LiveView(update.view)
+        for replica_id, count in self._since_report.items():
+            i = live.index.get(replica_id)
+            if count and i is not None:
+                live.add_inflight(i, count)
         for replica_id, version in list(self._suspects.items()):
             current = self._versions.get(replica_id)
             if current is None or current != version:
                 del self._suspects[replica_id]  # gone from the view, or it reported since
-            else:
-                self._patch(replica_id, healthy=False)
+            elif replica_id in live.index:
+                live.set_healthy(live.index[replica_id], False)
+        self._live = live
         self.num_updates += 1
         self.last_update_at = time.monotonic()
         self._first_view.set()
 
     def decide_now(self, meta: RequestMeta) -> RouteOutcome:
-        view = self._adjusted
-        if view is None:
+        live = self._live
+        if live is None:
             return RouteOutcome(None, "no cluster view yet")
-        live = self._connected or self._offline
-        policy = self._policy if live and self._policy else self._fallback
-        decision = policy.choose(view, meta)
-        if decision.replica_id is None:
+        policy = self._policy if (self._connected or self._offline) and self._policy else None
+        decision = (policy or self._fallback).decide(live, meta)
+        replica_id = decision.replica_id
+        if replica_id is None:
             return RouteOutcome(None, decision.reason, decision.overloaded)
-        replica = view.replicas[self._index[decision.replica_id]]
-        self._since_report[replica.replica_id] = self._since_report.get(replica.replica_id, 0) + 1
-        self._bump(replica.replica_id, 1)
-        return RouteOutcome(RouteResult(replica.replica_id, replica.address, decision.reason), "")
-
-    def _bump(self, replica_id: str, delta: int) -> None:
-        view, i = self._adjusted, self._index.get(replica_id)
-        if view is not None and i is not None:
-            count = max(0, view.replicas[i].inflight_dispatches + delta)
-            self._patch(replica_id, inflight_dispatches=count)
-
-    def _patch(self, replica_id: str, **changes: object) -> None:
-        """Replace one replica of the adjusted view (O(n) tuple copy, one dataclass copy)."""
-        view, i = self._adjusted, self._index.get(replica_id)
-        if view is None or i is None:
-            return
-        new = dataclasses.replace(view.replicas[i], **changes)
-        self._adjusted = dataclasses.replace(view, replicas=replace_at(view.replicas, i, new))
+        i = live.index[replica_id]
+        self._since_report[replica_id] = self._since_report.get(replica_id, 0) + 1
+        live.add_inflight(i, 1)
+        return RouteOutcome(RouteResult(replica_id, live.replicas[i].address, decision.reason), "")
 
     def report_failure(self, replica_id: str) -> None:
         """A request just lost this replica: stop routing to it until it reports again.
@@ -191,7 +178,9 @@ class Router:
         it unhealthy, and every request routed meanwhile fails over once.
         """
         self._suspects[replica_id] = self._versions.get(replica_id, 0)
-        self._patch(replica_id, healthy=False)
+        live = self._live
+        if live is not None and replica_id in live.index:
+            live.set_healthy(live.index[replica_id], False)
 
     async def decide(self, meta: RequestMeta) -> RouteOutcome:
         return self.decide_now(meta)
@@ -204,7 +193,9 @@ class Router:
         count = self._since_report.get(replica_id, 0)
         if count > 0:
             self._since_report[replica_id] = count - 1
-            self._bump(replica_id, -1)
+            live = self._live
+            if live is not None and replica_id in live.index:
+                live.add_inflight(live.index[replica_id], -1)
 
     def forget_dispatches(self) -> None:
         """Drop every in-flight count (what a router without them would see; for comparisons)."""
