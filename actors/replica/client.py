@@ -16,7 +16,7 @@ import grpc
 
 from actors.replica.tls import TlsFiles, aio_channel
 from actors.replica.types import GenerateDelta, GenerateSpec
-from actors.replica.wire import delta_from_pb, load_from_pb, spec_to_pb
+from actors.replica.wire import batch_from_pb, load_from_pb, spec_to_pb
 from protos import replica_pb2, replica_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ class ReplicaClient:
         error: BaseException
         try:
             async for batch in stream.call:
-                for msg in batch.deltas:
-                    queue = stream.subscribers.get(msg.request_id)
+                for delta in batch_from_pb(batch):
+                    queue = stream.subscribers.get(delta.request_id)
                     if queue is not None:
-                        queue.put_nowait(delta_from_pb(msg))
+                        queue.put_nowait(delta)
             error = ReplicaUnavailable(f"replica {self.address} closed the stream")
         except grpc.aio.AioRpcError as exc:
             error = ReplicaUnavailable(

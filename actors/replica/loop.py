@@ -1,9 +1,12 @@
-"""The replica's engine loop: drain inbox -> engine.step() -> publish deltas batched per connection.
+"""The replica's engine loop: drain inbox -> engine.step() -> publish one message per connection.
 
 It runs in one thread that owns the engine (the engine is single-threaded). Other threads only
 append commands to the inbox and notify the condition; an idle loop blocks on that condition, it
-never spins or sleeps. Each step's outputs are grouped by connection and handed to each
-connection's sink once, so a connection gets one message per step however many requests it has.
+never spins or sleeps. Each step's outputs are grouped by connection into that connection's
+outbox and each outbox with something new becomes one DeltaBatch (wire.batch_to_pb), handed to
+the connection's sink once: a connection gets one message per step however many requests it
+has, and the common delta (tokens, no logprobs, not finished) never becomes a per-request
+Python or protobuf object on the way.
 """
 
 from __future__ import annotations
@@ -19,21 +22,47 @@ from actors.engine.engine import LLMEngine
 from actors.engine.outputs import RequestOutput
 from actors.replica.engine_factory import close_engine
 from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
+from actors.replica.wire import batch_to_pb
+from protos import replica_pb2
 
 logger = logging.getLogger(__name__)
 
 
 class DeltaSink(Protocol):
-    """Where one connection's deltas go. Called on the engine thread: must not block."""
+    """Where one connection's messages go. Called on the engine thread: must not block.
 
-    def put_batch(self, deltas: list[GenerateDelta]) -> None: ...
+    `whole` are the batch's deltas that travel whole (finished, errors, logprobs), the ones a
+    connection needs to see to know which requests ended, as plain objects."""
+
+    def put_batch(self, batch: replica_pb2.DeltaBatch, whole: list[GenerateDelta]) -> None: ...
+
+
+class _Outbox:
+    """One connection's share of the current step (engine thread only)."""
+
+    __slots__ = ("sink", "outs", "usage", "whole")
+
+    def __init__(self, sink: DeltaSink) -> None:
+        self.sink = sink
+        self.outs: list[RequestOutput] = []  # column entries, see wire.batch_to_pb
+        self.usage: list[_Live] = []
+        self.whole: list[tuple[int, GenerateDelta]] = []
+
+    def add_whole(self, delta: GenerateDelta) -> None:
+        self.whole.append((len(self.outs), delta))
+
+    def take(self) -> tuple[replica_pb2.DeltaBatch, list[GenerateDelta]]:
+        """The step's message; the outbox is empty afterwards, even when building it fails."""
+        outs, usage, whole = self.outs, self.usage, self.whole
+        self.outs, self.usage, self.whole = [], [], []
+        return batch_to_pb(outs, usage, whole), [d for _, d in whole]
 
 
 @dataclass
 class _Live:
     """Per in-flight request bookkeeping (engine thread only)."""
 
-    sink: DeltaSink
+    outbox: _Outbox
     choices_left: int
     num_prompt_tokens: int  # the client's prompt, without resumed tokens
     num_resumed: int
@@ -57,6 +86,7 @@ class EngineLoop:
         self._cond = threading.Condition()
         self._inbox: deque[tuple] = deque()
         self._live: dict[str, _Live] = {}
+        self._outboxes: dict[DeltaSink, _Outbox] = {}  # engine thread only
         self._stopped = False
         self._seq = 0
         self._snapshot = self._make_snapshot()
@@ -113,16 +143,15 @@ class EngineLoop:
             cmds = self._wait_for_work()
             if cmds is None:
                 return
-            ready: dict[int, tuple[DeltaSink, list[GenerateDelta]]] = {}
             try:
                 for cmd in cmds:
-                    self._apply(cmd, ready)
+                    self._apply(cmd)
                 if self._engine.has_unfinished_requests():
-                    self._step(ready)
+                    self._step()
                 self._refresh_snapshot(force=not self._engine.has_unfinished_requests())
             except Exception:  # the loop must outlive any one bad command or step
                 logger.exception("engine loop iteration failed; continuing")
-            self._publish(ready)
+            self._publish()
 
     def _wait_for_work(self) -> list[tuple] | None:
         with self._cond:
@@ -136,22 +165,30 @@ class EngineLoop:
             self._inbox.clear()
             return cmds
 
-    def _apply(self, cmd: tuple, ready: dict) -> None:
+    def _apply(self, cmd: tuple) -> None:
         kind = cmd[0]
         if kind == "add":
-            self._add(cmd[1], cmd[2], ready)
+            self._add(cmd[1], self._outbox(cmd[2]))
         elif kind == "abort":
             self._engine.abort_request(cmd[1])
         elif kind == "detach":
+            # The requests' last deltas (aborts) land in the dropped outbox: nobody listens.
+            outbox = self._outboxes.pop(cmd[1], None)
             for rid, live in list(self._live.items()):
-                if live.sink is cmd[1]:
+                if live.outbox is outbox:
                     self._engine.abort_request(rid)
 
-    def _add(self, spec: GenerateSpec, sink: DeltaSink, ready: dict) -> None:
+    def _outbox(self, sink: DeltaSink) -> _Outbox:
+        outbox = self._outboxes.get(sink)
+        if outbox is None:
+            outbox = self._outboxes[sink] = _Outbox(sink)
+        return outbox
+
+    def _add(self, spec: GenerateSpec, outbox: _Outbox) -> None:
         live = self._live.get(spec.request_id)
         if live is not None:
             # A retried command: the request already runs; its deltas follow the newest stream.
-            live.sink = sink
+            live.outbox = outbox
             return
         params = spec.sampling
         resumed = len(spec.resume_token_ids)
@@ -159,23 +196,24 @@ class EngineLoop:
             if resumed and params.n != 1:
                 raise ValueError("resume_token_ids: resuming needs n == 1")
             if resumed >= params.max_tokens:
-                self._emit(ready, sink, self._resumed_done(spec))
+                outbox.add_whole(self._resumed_done(spec))
                 return
             if resumed:
                 params = replace(params, max_tokens=params.max_tokens - resumed)
             prompt = list(spec.prompt_token_ids) + list(spec.resume_token_ids)
             self._engine.add_request(spec.request_id, prompt, params, priority=spec.priority)
         except ValueError as exc:
-            self._emit(ready, sink, _error_delta(spec, invalid_error(str(exc))))
+            outbox.add_whole(_error_delta(spec, invalid_error(str(exc))))
             return
         except Exception as exc:  # a malformed request must not take the loop down
             logger.exception("add_request %s failed", spec.request_id)
             self._engine.abort_request(spec.request_id)
             error = f"replica:{type(exc).__name__}: {exc}"
-            self._emit(ready, sink, _error_delta(spec, error))
+            outbox.add_whole(_error_delta(spec, error))
             return
         with self._cond:
-            self._live[spec.request_id] = _Live(sink, params.n, len(spec.prompt_token_ids), resumed)
+            live = _Live(outbox, params.n, len(spec.prompt_token_ids), resumed)
+            self._live[spec.request_id] = live
 
     @staticmethod
     def _resumed_done(spec: GenerateSpec) -> GenerateDelta:
@@ -190,48 +228,49 @@ class EngineLoop:
             num_output_tokens=len(spec.resume_token_ids),
         )
 
-    def _step(self, ready: dict) -> None:
+    def _step(self) -> None:
         try:
             outputs = self._engine.step()
         except Exception as exc:  # the engine handles model faults; this is the last guard
             logger.exception("engine step raised; failing %d in-flight requests", len(self._live))
-            self._fail_all(ready, f"replica:{type(exc).__name__}: {exc}")
+            self._fail_all(f"replica:{type(exc).__name__}: {exc}")
             return
+        get_live = self._live.get
+        # Runs once per request per step: the common case is two appends, nothing else.
         for out in outputs:
-            live = self._live.get(out.request_id)
+            live = get_live(out.request_id)
             if live is None:
                 continue
-            self._emit(ready, live.sink, _to_delta(out, live))
+            outbox = live.outbox
+            if not out.finished and out.logprobs is None and out.error is None:
+                outbox.outs.append(out)  # == wire.is_column_entry(out), inlined
+                outbox.usage.append(live)
+                continue
+            outbox.add_whole(_to_delta(out, live))
             if out.finished:
                 live.choices_left -= 1
                 if live.choices_left <= 0:
                     with self._cond:
                         del self._live[out.request_id]
 
-    def _fail_all(self, ready: dict, error: str) -> None:
+    def _fail_all(self, error: str) -> None:
         """Fail every request with one final delta each; "replica:" errors end all choices."""
         with self._cond:
             failed, self._live = self._live, {}
         for rid, live in failed.items():
             self._engine.abort_request(rid)
-            delta = GenerateDelta(rid, 0, (), "", True, "error", error=error)
-            self._emit(ready, live.sink, delta)
+            live.outbox.add_whole(GenerateDelta(rid, 0, (), "", True, "error", error=error))
 
-    @staticmethod
-    def _emit(ready: dict, sink: DeltaSink, delta: GenerateDelta) -> None:
-        entry = ready.get(id(sink))
-        if entry is None:
-            ready[id(sink)] = (sink, [delta])
-        else:
-            entry[1].append(delta)
-
-    @staticmethod
-    def _publish(ready: dict) -> None:
-        for sink, deltas in ready.values():
+    def _publish(self) -> None:
+        """One message per connection that got anything this step; none for the others."""
+        for outbox in self._outboxes.values():
+            if not outbox.outs and not outbox.whole:
+                continue
             try:
-                sink.put_batch(deltas)
+                batch, whole = outbox.take()
+                outbox.sink.put_batch(batch, whole)
             except Exception:  # one broken connection must not stop the loop
-                logger.exception("publishing %d deltas failed", len(deltas))
+                logger.exception("publishing to a connection failed")
 
     def _refresh_snapshot(self, force: bool) -> None:
         now = time.monotonic()

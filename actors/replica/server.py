@@ -1,8 +1,10 @@
 """The replica's gRPC server: Generate (one multiplexed stream per connection), Abort, Health,
 Stats.
 
-grpc.aio runs on its own event-loop thread; the engine loop runs on another. Deltas cross over with
-one `call_soon_threadsafe` per step per connection, never per token per request.
+grpc.aio runs on its own event-loop thread; the engine loop runs on another. Each step's DeltaBatch
+for a connection is built on the engine thread (column-wise, see wire.batch_to_pb) and crosses
+over with one `call_soon_threadsafe` per step per connection; this thread only yields it, and
+looks at the few deltas that travel whole (finished, errors) to know when a request ended.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from actors.engine.engine import LLMEngine
 from actors.replica.loop import EngineLoop, ReplicaIdentity
 from actors.replica.tls import TlsFiles, add_port
 from actors.replica.types import GenerateDelta
-from actors.replica.wire import delta_to_pb, load_to_pb, spec_from_pb
+from actors.replica.wire import load_to_pb, spec_from_pb
 from protos import common_pb2, replica_pb2, replica_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 _END = None  # queue sentinel: the connection has nothing more to send
+_Item = tuple[replica_pb2.DeltaBatch, list[GenerateDelta]]
 
 
 class _ConnectionSink:
@@ -32,12 +35,12 @@ class _ConnectionSink:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.queue: asyncio.Queue[list[GenerateDelta] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self.closed = False
 
-    def put_batch(self, deltas: list[GenerateDelta]) -> None:
+    def put_batch(self, batch: replica_pb2.DeltaBatch, whole: list[GenerateDelta]) -> None:
         if not self.closed:
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, deltas)
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, (batch, whole))
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
@@ -53,13 +56,14 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         reader = asyncio.create_task(self._read_calls(request_iterator, sink, open_requests))
         try:
             while True:
-                batch = await sink.queue.get()
-                if batch is _END:
+                item = await sink.queue.get()
+                if item is _END:
                     if not open_requests:
                         return
                     continue
-                _close_finished(batch, open_requests)
-                yield replica_pb2.DeltaBatch(deltas=[delta_to_pb(d) for d in batch])
+                batch, whole = item
+                _close_finished(whole, open_requests)
+                yield batch
                 if reader.done() and not open_requests:
                     return
         finally:
@@ -107,8 +111,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         return load_to_pb(self._engine_loop.snapshot())
 
 
-def _close_finished(batch: list[GenerateDelta], open_requests: dict[str, int]) -> None:
-    for d in batch:
+def _close_finished(whole: list[GenerateDelta], open_requests: dict[str, int]) -> None:
+    for d in whole:
         if not d.finished or d.request_id not in open_requests:
             continue
         left = open_requests[d.request_id] - 1

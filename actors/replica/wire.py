@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
 
-from actors.engine.outputs import TokenLogprob
+from actors.engine.outputs import RequestOutput, TokenLogprob
 from actors.engine.sampling_params import SamplingParams
 from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot
 from protos import common_pb2, replica_pb2
@@ -114,6 +116,82 @@ def delta_from_pb(msg: replica_pb2.GenerateDelta) -> GenerateDelta:
         num_output_tokens=msg.num_output_tokens,
         migrated_to=opt("migrated_to"),
     )
+
+
+class Usage(Protocol):
+    """What a replica adds to the engine's counts: the client's prompt, tokens resumed after."""
+
+    num_prompt_tokens: int
+    num_resumed: int
+
+
+def is_column_entry(out: RequestOutput) -> bool:
+    """Whether an output travels in a DeltaBatch's columns (the common case) or whole."""
+    return not out.finished and out.logprobs is None and out.error is None
+
+
+def batch_to_pb(
+    outs: Sequence[RequestOutput],
+    usage: Sequence[Usage],
+    whole: Sequence[tuple[int, GenerateDelta]] = (),
+) -> replica_pb2.DeltaBatch:
+    """One step's message for one connection.
+
+    `outs[i]` (each `is_column_entry`) with `usage[i]` become column entry i; `whole` holds
+    (position, delta) pairs: each delta goes before column entry `position`. One comprehension
+    per column and protobuf's C-level extend: no per-request message objects.
+    """
+    batch = replica_pb2.DeltaBatch(
+        request_ids=[o.request_id for o in outs],
+        indexes=[o.index for o in outs],
+        token_counts=[len(o.new_token_ids) for o in outs],
+        token_ids=[t for o in outs for t in o.new_token_ids],
+        texts=[o.new_text for o in outs],
+        num_prompt_tokens=[u.num_prompt_tokens for u in usage],
+        num_output_tokens=[
+            o.num_output_tokens + u.num_resumed for o, u in zip(outs, usage, strict=True)
+        ],
+    )
+    for position, delta in whole:
+        msg = delta_to_pb(delta)
+        msg.position = position
+        batch.deltas.append(msg)
+    return batch
+
+
+def batch_from_pb(batch: replica_pb2.DeltaBatch) -> list[GenerateDelta]:
+    """Every delta of a DeltaBatch, in the order the replica produced them."""
+    ids = batch.request_ids
+    whole = list(batch.deltas)
+    if not ids:
+        return [delta_from_pb(msg) for msg in whole]
+    indexes, counts = list(batch.indexes), list(batch.token_counts)
+    tokens, texts = list(batch.token_ids), list(batch.texts)
+    prompts, outputs = list(batch.num_prompt_tokens), list(batch.num_output_tokens)
+    out: list[GenerateDelta] = []
+    w, start = 0, 0
+    for i, rid in enumerate(ids):
+        while w < len(whole) and whole[w].position <= i:
+            out.append(delta_from_pb(whole[w]))
+            w += 1
+        end = start + counts[i]
+        out.append(
+            GenerateDelta(
+                rid,
+                indexes[i],
+                tuple(tokens[start:end]),
+                texts[i],
+                False,
+                None,
+                None,
+                None,
+                prompts[i],
+                outputs[i],
+            )  # fmt: skip
+        )
+        start = end
+    out.extend(delta_from_pb(msg) for msg in whole[w:])
+    return out
 
 
 def load_to_pb(s: LoadSnapshot) -> common_pb2.LoadReport:

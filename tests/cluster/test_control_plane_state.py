@@ -6,10 +6,12 @@ import dataclasses
 
 import pytest
 
-from actors.engine.outputs import TokenLogprob
+from actors.engine.outputs import RequestOutput, TokenLogprob
 from actors.engine.sampling_params import SamplingParams
 from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
 from actors.replica.wire import (
+    batch_from_pb,
+    batch_to_pb,
     delta_from_pb,
     delta_to_pb,
     load_from_pb,
@@ -26,6 +28,7 @@ from orchestrator.controller.wire import (
     update_to_pb,
 )
 from policies.cluster_view import RequestMeta
+from protos import replica_pb2
 
 
 class Clock:
@@ -73,6 +76,39 @@ def test_spec_delta_load_round_trip() -> None:
     assert delta_from_pb(delta_to_pb(empty_lp)).logprobs == ()
     assert delta_from_pb(delta_to_pb(empty_lp)).invalid_field == "n"
     assert load_from_pb(load_to_pb(_load("r1"))) == _load("r1")
+
+
+@dataclasses.dataclass
+class _Usage:
+    num_prompt_tokens: int
+    num_resumed: int
+
+
+def test_delta_batch_round_trip_keeps_order() -> None:
+    """Column entries and whole deltas come back as the same deltas, in the order produced."""
+    outs = [
+        RequestOutput("a", 0, [5, 6], "xy", False, num_output_tokens=2),
+        RequestOutput("b", 1, [], "", False, num_output_tokens=0),
+        RequestOutput("c", 0, [7], "\u00e9", False, num_output_tokens=4),
+    ]
+    usage = [_Usage(3, 0), _Usage(4, 0), _Usage(2, 10)]
+    lp = TokenLogprob(9, -0.5, ((9, -0.5),))
+    first = GenerateDelta("e", 0, (), "", True, "error", error="invalid:n:bad", num_prompt_tokens=1)
+    middle = GenerateDelta("d", 0, (9,), "z", False, None, (lp,), None, 2, 1)
+    last = GenerateDelta("b", 0, (8,), "q", True, "length", None, None, 4, 3)
+    batch = batch_to_pb(outs, usage, [(0, first), (2, middle), (3, last)])
+    got = batch_from_pb(replica_pb2.DeltaBatch.FromString(batch.SerializeToString()))
+    assert got == [
+        first,
+        GenerateDelta("a", 0, (5, 6), "xy", False, None, None, None, 3, 2),
+        GenerateDelta("b", 1, (), "", False, None, None, None, 4, 0),
+        middle,
+        GenerateDelta("c", 0, (7,), "\u00e9", False, None, None, None, 2, 14),
+        last,
+    ]
+    assert len(batch.deltas) == 3 and list(batch.token_counts) == [2, 0, 1]
+    assert batch_from_pb(batch_to_pb([], [], [(0, last)])) == [last]
+    assert batch_from_pb(batch_to_pb(outs[:1], usage[:1])) == got[1:2]
 
 
 def test_invalid_error_form() -> None:

@@ -17,7 +17,7 @@ from actors.replica.actor import ReplicaActor
 from actors.replica.client import ReplicaClient
 from actors.replica.engine_factory import ReplicaSpec
 from actors.replica.types import GenerateDelta, GenerateSpec
-from actors.replica.wire import delta_from_pb, spec_to_pb
+from actors.replica.wire import batch_from_pb, spec_to_pb
 from protos import replica_pb2, replica_pb2_grpc
 
 ENGINE = EngineConfig(
@@ -87,14 +87,18 @@ def test_one_message_per_step_per_connection(replica: tuple) -> None:
         steps_before = stub.Stats(replica_pb2.StatsRequest()).num_steps
         batches = list(stub.Generate(iter(calls), timeout=60))
         steps = stub.Stats(replica_pb2.StatsRequest()).num_steps - steps_before
-    deltas = [delta_from_pb(d) for b in batches for d in b.deltas]
+    per_batch = [batch_from_pb(b) for b in batches]
+    deltas = [d for ds in per_batch for d in ds]
     assert sum(len(d.token_ids) for d in deltas) == 2 * params.max_tokens
     assert {d.request_id for d in deltas if d.finished} == {"m0", "m1"}
     # One message per step at most, never one per token: both requests share messages.
     assert len(batches) <= steps < 2 * params.max_tokens
-    assert any(len(b.deltas) == 2 for b in batches)
-    for b in batches:
-        assert len({d.request_id for d in b.deltas}) == len(b.deltas)
+    assert any(len(ds) == 2 for ds in per_batch)
+    for ds in per_batch:
+        assert len({d.request_id for d in ds}) == len(ds)
+    # Running requests' tokens travel column-wise; only the final deltas travel whole.
+    assert all(len(b.request_ids) == len(b.token_counts) for b in batches)
+    assert sum(len(b.deltas) for b in batches) == 2
 
 
 def test_resume_continues_after_sent_tokens(replica: tuple, offline: LLMEngine) -> None:
