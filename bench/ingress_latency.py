@@ -1,8 +1,10 @@
 """Where a request's first-token latency goes on the ingress path (not a test).
 
-  python bench/ingress_latency.py [--prompt-len 200] [--requests 50] [--out ingress_latency.json]
+  python bench/ingress_latency.py [--prompt-len 200] [--requests 100] [--burst 64]
+                                  [--out ingress.json]
 
-One replica of the embedded model, then sequential max_tokens=1 requests, p50 of each path:
+One replica of the embedded model, then sequential max_tokens=1 requests, p50 of each path
+(the paths take turns request by request, so load drift on a shared machine hits all alike):
   grpc:        ReplicaClient straight to the replica (the floor: engine + token plane)
   asgi:        the ingress app in this process (FastAPI + OpenAIServing + Router), no HTTP/Serve
   direct:      over HTTP to the ingress replica's own listener (the default `fleetlm serve`
@@ -10,6 +12,8 @@ One replica of the embedded model, then sequential max_tokens=1 requests, p50 of
   direct_noop: GET /v1/models over the same path: the HTTP hop's own cost per request
   serve*:      the same three through Ray Serve's HTTP proxy (in front of the same ingress
                replica, on --port + 1), the path `FLEETLM_INGRESS_HTTP=serve-proxy` serves
+Then --burst requests at once (streamed, max_tokens=1) through direct and serve in turn, three
+rounds each: p50 and max time to the first chunk, i.e. how fast each path admits a burst.
 """
 
 from __future__ import annotations
@@ -37,19 +41,29 @@ server: {{http_port: {port}, controller_grpc_port: 0}}
 """
 
 
-async def p50_ms(fn: Callable[[int], Awaitable[object]], n: int) -> float:
-    for i in range(5):  # warm-up: connections, caches, first-call paths
-        await fn(-1 - i)
-    times = []
+Probe = Callable[[int], Awaitable[object]]
+# A probe that times itself returns its latency in ms (a stream's first chunk, not its end).
+Timed = float
+
+
+async def p50s_ms(probes: dict[str, Probe], n: int) -> dict[str, float]:
+    """p50 per path, the paths interleaved request by request so load drift hits them alike."""
+    for fn in probes.values():
+        for i in range(5):  # warm-up: connections, caches, first-call paths
+            await fn(-1 - i)
+    times: dict[str, list[float]] = {name: [] for name in probes}
     for i in range(n):
-        t = time.perf_counter()
-        await fn(i)
-        times.append((time.perf_counter() - t) * 1000.0)
-    return statistics.median(times)
+        for name, fn in probes.items():
+            t = time.perf_counter()
+            result = await fn(i)
+            ms = result if isinstance(result, Timed) else (time.perf_counter() - t) * 1000.0
+            times[name].append(ms)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     from actors.engine.sampling_params import SamplingParams
+    from actors.models.embedded import resolve_model_path
     from actors.replica.client import ReplicaClient
     from actors.replica.types import GenerateSpec
     from orchestrator.api.app import Handlers, build_app
@@ -60,7 +74,6 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     from orchestrator.controller.client import ControllerClient
     from orchestrator.controller.router import Router
 
-    out: dict[str, float] = {}
     address = stack.cluster.status()["replicas"][0]["address"]
     replica = ReplicaClient(address)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
@@ -70,11 +83,7 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
         async for _ in replica.generate(spec):
             pass
 
-    out["grpc"] = await p50_ms(grpc_once, n)
-
     s = ingress_settings(stack.config, stack.controller_address)
-    from actors.models.embedded import resolve_model_path
-
     model = ServedModel.load(s.model_name, resolve_model_path(s.model), None, s.block_size)
     router = Router(s.controller_address)
     await router.start()
@@ -82,32 +91,58 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     health = HealthChecker(ControllerClient(s.controller_address), router, pool, 2.0)
     app = build_app(Handlers(OpenAIServing(model, router, pool), IngressMetrics(), health, 1 << 20))
     body = {"model": s.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as c:
-        out["asgi"] = await p50_ms(lambda i: c.post("/v1/completions", json=body), n)
+    in_process = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in")
+    direct = httpx.AsyncClient(base_url=stack.base_url, timeout=30)
+    serve = httpx.AsyncClient(base_url=stack.serve_proxy_url, timeout=30)
+    probes: dict[str, Probe] = {
+        "grpc": grpc_once,
+        "asgi": lambda i: in_process.post("/v1/completions", json=body),
+    }
+    for name, c in (("direct", direct), ("serve", serve)):
+        probes |= http_probes(name, c, body)
+    try:
+        return await p50s_ms(probes, n)
+    finally:
+        for c in (in_process, direct, serve):
+            await c.aclose()
+        await router.close()
+        await pool.close()
+        await replica.close()
 
-    for name, url in (("direct", stack.base_url), ("serve", stack.serve_proxy_url)):
-        out.update(await over_http(name, url, body, n))
-    await router.close()
-    await pool.close()
-    await replica.close()
-    return out
+
+def http_probes(name: str, c: httpx.AsyncClient, body: dict[str, object]) -> dict[str, Probe]:
+    async def first_chunk(i: int) -> Timed:
+        t, first = time.perf_counter(), None
+        async with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+            async for line in r.aiter_lines():  # read to the end: the next probe starts idle
+                if first is None and line.startswith("data: {"):
+                    first = (time.perf_counter() - t) * 1000.0
+        assert first is not None, "the stream sent no chunk"
+        return first
+
+    return {
+        f"{name}_noop": lambda i: c.get("/v1/models"),
+        name: lambda i: c.post("/v1/completions", json=body),
+        f"{name}_stream_first_chunk": first_chunk,
+    }
 
 
-async def over_http(name: str, url: str, body: dict[str, object], n: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        out[f"{name}_noop"] = await p50_ms(lambda i: c.get("/v1/models"), n)
-        out[name] = await p50_ms(lambda i: c.post("/v1/completions", json=body), n)
-
-        async def first_chunk(i: int) -> None:
-            async with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
-                async for line in r.aiter_lines():
-                    if line.startswith("data: {"):
-                        return
-
-        out[f"{name}_stream_first_chunk"] = await p50_ms(first_chunk, n)
-    return out
+async def bursts(stack: object, prompt: list[int], size: int) -> dict[str, dict[str, float]]:
+    body = {"model": stack.config.model.name, "prompt": prompt, "max_tokens": 1, "stream": True}
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    firsts: dict[str, list[float]] = {"direct": [], "serve": []}
+    lasts: dict[str, list[float]] = {"direct": [], "serve": []}
+    for _ in range(3):
+        for name, url in (("direct", stack.base_url), ("serve", stack.serve_proxy_url)):
+            async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+                probe = http_probes(name, c, body)[f"{name}_stream_first_chunk"]
+                times = await asyncio.gather(*(probe(i) for i in range(size)))
+            firsts[name].extend(times)
+            lasts[name].append(max(times))
+    return {
+        name: {"p50_ms": statistics.median(firsts[name]), "max_ms": statistics.median(lasts[name])}
+        for name in firsts
+    }
 
 
 def main() -> None:
@@ -115,8 +150,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt-len", type=int, default=200)
-    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--burst", type=int, default=64, help="0: skip the burst")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ingress.json"))
     args = ap.parse_args()
     gpus = 1 if _local_gpu_count() else 0
@@ -128,10 +164,13 @@ def main() -> None:
         while httpx.get(f"{stack.base_url}/health", timeout=10).status_code != 200:
             time.sleep(0.5)  # waiting for the replica to load
         prompt = [16 + i % 200 for i in range(args.prompt_len)]
-        result = asyncio.run(measure(stack, prompt, args.requests))
+        p50 = asyncio.run(measure(stack, prompt, args.requests))
+        burst = asyncio.run(bursts(stack, prompt, args.burst)) if args.burst else {}
     finally:
         stack.shutdown()
-    result = {"gpus": gpus, "prompt_len": args.prompt_len, "p50_ms": result}
+    result = {"gpus": gpus, "prompt_len": args.prompt_len, "p50_ms": p50}
+    if burst:
+        result[f"burst_{args.burst}_first_chunk"] = burst
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2))
 
