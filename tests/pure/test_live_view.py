@@ -297,8 +297,8 @@ def test_per_view_memo_lives_with_its_view() -> None:
         (ReplicaView("a", "x:1"), ReplicaView("b", "x:2", prefix_hashes=frozenset(hashes)))
     )
     l1, l2 = LiveView(v1), LiveView(v2)
-    assert l1.prefix_holders(hashes[0]) == (0,)
-    assert l2.prefix_holders(hashes[0]) == (1,)
+    assert l1.prefix_holders(hashes[0]) == [0]
+    assert l2.prefix_holders(hashes[0]) == [1]
     calls: list[int] = []
     build = lambda live: calls.append(1) or len(live.ids)  # noqa: E731
     assert l1.cached("k", build) == 1 and l1.cached("k", build) == 1 and len(calls) == 1
@@ -331,3 +331,20 @@ def test_freeness_and_weighted_totals_are_bit_identical(name: str, params: dict[
             for i, score in enumerate(_scores(scorer, chosen, req)):
                 expected[i] += weight * score
         assert weighted_totals(live, cands, req, policy.params.weights) == expected
+
+
+def test_prefix_index_answers_as_the_scans_did() -> None:
+    """After enough lookups a view indexes every cached hash; answers must not change."""
+    rng = random.Random(11)
+    pool = [f"h{k}" for k in range(400)]
+    view = ClusterView(
+        tuple(
+            ReplicaView(f"r{i}", "x:1", prefix_hashes=frozenset(rng.sample(pool, 40)))
+            for i in range(30)
+        )
+    )
+    live = LiveView(view)
+    expected = {h: [i for i, r in enumerate(view.replicas) if h in r.prefix_hashes] for h in pool}
+    for h in pool + ["absent"] + pool:
+        assert list(live.prefix_holders(h)) == expected.get(h, [])
+    assert live._prefix_index is not None  # the second pass was answered by the index
