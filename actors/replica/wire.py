@@ -8,7 +8,7 @@ from typing import Protocol
 
 from actors.engine.outputs import RequestOutput, TokenLogprob
 from actors.engine.sampling_params import SamplingParams
-from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot
+from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, running_delta
 from protos import common_pb2, replica_pb2
 
 _OPTIONAL_SAMPLING = ("seed", "logprobs")
@@ -161,36 +161,32 @@ def batch_to_pb(
 
 def batch_from_pb(batch: replica_pb2.DeltaBatch) -> list[GenerateDelta]:
     """Every delta of a DeltaBatch, in the order the replica produced them."""
-    ids = batch.request_ids
-    whole = list(batch.deltas)
-    if not ids:
+    whole = batch.deltas
+    if not batch.request_ids:
         return [delta_from_pb(msg) for msg in whole]
-    indexes, counts = list(batch.indexes), list(batch.token_counts)
-    tokens, texts = list(batch.token_ids), list(batch.texts)
-    prompts, outputs = list(batch.num_prompt_tokens), list(batch.num_output_tokens)
+    columns = (batch.request_ids, batch.indexes, _token_tuples(batch), batch.texts)
+    usage = (batch.num_prompt_tokens, batch.num_output_tokens)
+    running = list(map(running_delta, *columns, *usage))
+    if not whole:
+        return running
     out: list[GenerateDelta] = []
-    w, start = 0, 0
-    for i, rid in enumerate(ids):
-        while w < len(whole) and whole[w].position <= i:
-            out.append(delta_from_pb(whole[w]))
-            w += 1
-        end = start + counts[i]
-        out.append(
-            GenerateDelta(
-                rid,
-                indexes[i],
-                tuple(tokens[start:end]),
-                texts[i],
-                False,
-                None,
-                None,
-                None,
-                prompts[i],
-                outputs[i],
-            )  # fmt: skip
-        )
-        start = end
-    out.extend(delta_from_pb(msg) for msg in whole[w:])
+    done = 0
+    for msg in whole:  # each goes before column entry msg.position
+        out.extend(running[done : msg.position])
+        done = max(done, msg.position)
+        out.append(delta_from_pb(msg))
+    out.extend(running[done:])
+    return out
+
+
+def _token_tuples(batch: replica_pb2.DeltaBatch) -> list[tuple[int, ...]]:
+    tokens, counts = list(batch.token_ids), list(batch.token_counts)
+    if len(tokens) == len(counts) and counts.count(1) == len(counts):
+        return [(t,) for t in tokens]  # a decode step: one token each
+    out, start = [], 0
+    for count in counts:
+        out.append(tuple(tokens[start : start + count]))
+        start += count
     return out
 
 

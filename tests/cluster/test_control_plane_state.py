@@ -8,7 +8,13 @@ import pytest
 
 from actors.engine.outputs import RequestOutput, TokenLogprob
 from actors.engine.sampling_params import SamplingParams
-from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
+from actors.replica.types import (
+    GenerateDelta,
+    GenerateSpec,
+    LoadSnapshot,
+    invalid_error,
+    running_delta,
+)
 from actors.replica.wire import (
     batch_from_pb,
     batch_to_pb,
@@ -107,7 +113,11 @@ def test_delta_batch_round_trip_keeps_order() -> None:
         last,
     ]
     assert len(batch.deltas) == 3 and list(batch.token_counts) == [2, 0, 1]
+    assert hash(got[1]) == hash(GenerateDelta("a", 0, (5, 6), "xy", False, None, None, None, 3, 2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got[1].text = "changed"  # type: ignore[misc]
     assert batch_from_pb(batch_to_pb([], [], [(0, last)])) == [last]
+    assert running_delta("a", 0, (5, 6), "xy", 3, 2) == got[1]
     assert batch_from_pb(batch_to_pb(outs[:1], usage[:1])) == got[1:2]
 
 
