@@ -160,11 +160,13 @@ class Stack:
         cluster: object,
         http_port: int,
         serve_proxy_port: int | None = None,
+        http_path: HttpPath = "direct",
     ) -> None:
         self.config = cfg
         self.cluster = cluster
         self.http_port = http_port
         self.serve_proxy_port = serve_proxy_port  # Serve's proxy, where it is not http_port
+        self.http_path = http_path
 
     @property
     def base_url(self) -> str:
@@ -192,8 +194,17 @@ class Stack:
             f"  health      {self.base_url}/health",
             f"  metrics     {self.base_url}/metrics",
             f"  controller  {self.controller_address} (fleetlm status --controller ...)",
+            f"  HTTP path   {self._path_line()}",
             "  Ctrl-C to stop",
         ]
+
+    def _path_line(self) -> str:
+        if self.http_path == "serve-proxy":
+            return f"Ray Serve's proxy -> ingress replicas ({HTTP_PATH_ENV}=serve-proxy)"
+        line = "direct to the ingress replicas (Serve's proxy off the data path)"
+        if self.serve_proxy_url is not None:
+            line += f"; Serve's proxy also at {self.serve_proxy_url}"
+        return line
 
     def shutdown(self) -> None:
         from ray import serve
@@ -221,7 +232,7 @@ def start_stack(options: ServeOptions) -> Stack:
     except BaseException:
         cluster.shutdown()
         raise
-    return Stack(cfg, cluster, port, proxy_port)
+    return Stack(cfg, cluster, port, proxy_port, options.http_path)
 
 
 def _deploy_ingress(
