@@ -51,7 +51,7 @@ class _Policy:
 
     The LiveView of the last view seen is kept (the view is frozen, so its columns stay valid
     for as long as the same object comes back); a new view object, such as one derived with
-    `add_inflight`, gets new columns.
+    `add_inflight`, gets new columns, rebuilt only where its replicas are new objects.
     """
 
     name = ""
@@ -62,11 +62,13 @@ class _Policy:
 
     def choose(self, view: ClusterView, req: RequestMeta) -> DispatchDecision:
         last = self._last
-        if last is not None and last[0] is view:
+        if last is None:
+            live = LiveView(view)
+        elif last[0] is view:
             live = last[1]
         else:
-            live = LiveView(view)
-            self._last = (view, live)
+            live = last[1].follow(view)
+        self._last = (view, live)
         return self.decide(live, req)
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:

@@ -124,6 +124,84 @@ class LiveView:
         self._open: list[int] | None = None
         self._open_max_queue = 0
 
+    _COLUMNS = (
+        "ids",
+        "healthy",
+        "running",
+        "waiting",
+        "inflight",
+        "max_running",
+        "kv_free",
+        "kv_total",
+        "block_size",
+        "prefix_hashes",
+        "adapters",
+        "pending",
+        "busy",
+        "spare",
+        "kv_free_fraction",
+        "_neg_free",
+        "_load_den",
+        "load_key",
+    )
+
+    def follow(self, view: ClusterView) -> LiveView:
+        """The LiveView of `view`, built from these columns when only a few replicas changed.
+
+        The controller patches its view one replica per report or dispatch (the other
+        ReplicaView objects are the same), so re-reading every replica would be wasted work.
+        Only an unchanged LiveView (no in-flight counts or health set on it) can be followed.
+        """
+        reps = view.replicas
+        if self.version or len(reps) != self.n:
+            return LiveView(view)
+        changed = [
+            i for i, (a, b) in enumerate(zip(self.replicas, reps, strict=True)) if a is not b
+        ]
+        if len(changed) * 4 > self.n:
+            return LiveView(view)
+        live = LiveView.__new__(LiveView)
+        for name in self._COLUMNS:
+            setattr(live, name, getattr(self, name).copy())
+        live.view, live.replicas, live.n = view, reps, self.n
+        live.memo, live._prefix_memo, live._prefix_index = {}, {}, None
+        live.version, live._open, live._open_max_queue = 0, None, 0
+        new_ids = any(live.ids[i] != reps[i].replica_id for i in changed)
+        for i in changed:
+            live._set_row(i, reps[i])
+        live.index = {rid: i for i, rid in enumerate(live.ids)} if new_ids else self.index
+        bs = live.block_size
+        live.uniform_block_size = bs[0] if bs and bs.count(bs[0]) == len(bs) else None
+        return live
+
+    def _set_row(self, i: int, r: ReplicaView) -> None:
+        """Column entries of replica `i` from `r`, derived exactly as __init__ derives them."""
+        (rid, healthy, running, waiting, inflight, max_running, free, total, bs, prefix, ads) = (
+            _ROW(r)
+        )
+        self.ids[i], self.healthy[i], self.running[i], self.waiting[i] = (
+            rid,
+            healthy,
+            running,
+            waiting,
+        )
+        self.inflight[i], self.max_running[i], self.kv_free[i] = inflight, max_running, free
+        self.kv_total[i], self.block_size[i], self.prefix_hashes[i], self.adapters[i] = (
+            total,
+            bs,
+            prefix,
+            ads,
+        )
+        pending = waiting + inflight
+        busy = running + pending
+        self.pending[i], self.busy[i] = pending, busy
+        self.spare[i] = max_running - running if max_running > running else 0
+        self.kv_free_fraction[i] = (free if free > 0 else 0) / total if total > 0 else 0.0
+        neg_free = -(free / total if total > 0 else 0.0)
+        den = max_running or 1
+        self._neg_free[i], self._load_den[i] = neg_free, den
+        self.load_key[i] = (busy / den, neg_free, rid)
+
     # ---- changes ---------------------------------------------------------------------------
 
     def add_inflight(self, i: int, delta: int) -> None:

@@ -348,3 +348,43 @@ def test_prefix_index_answers_as_the_scans_did() -> None:
     for h in pool + ["absent"] + pool:
         assert list(live.prefix_holders(h)) == expected.get(h, [])
     assert live._prefix_index is not None  # the second pass was answered by the index
+
+
+def test_follow_patches_changed_replicas_into_the_same_columns_as_a_fresh_build() -> None:
+    """choose() on a patched view (the controller's case) derives its columns from the last."""
+    rng = random.Random(21)
+    view = ClusterView(
+        tuple(random_replica(rng, i, ties=False, block_sizes=(16,)) for i in range(12))
+    )
+    live = LiveView(view)
+    for step in range(80):
+        replicas = list(view.replicas)
+        for _ in range(rng.choice([0, 1, 1, 2, 5])):
+            i = rng.randrange(len(replicas))
+            replicas[i] = random_replica(
+                rng, rng.choice([i, 40 + i]), ties=True, block_sizes=(8, 16)
+            )
+        view = ClusterView(tuple(replicas), generation=step)
+        live = live.follow(view)
+        fresh = LiveView(view)
+        for name in (*LiveView._COLUMNS, "index", "uniform_block_size", "n", "replicas"):
+            assert getattr(live, name) == getattr(fresh, name), (step, name)
+    changed = LiveView(view)
+    changed.add_inflight(0, 1)
+    assert changed.follow(view).inflight == fresh.inflight  # a changed LiveView is not followed
+
+
+def test_choose_on_patched_views_matches_the_reference() -> None:
+    rng = random.Random(5)
+    for name, params in POLICY_PARAMS:
+        policy, ref_rng = pair(name, params, 64)
+        rr = [0]
+        view = ClusterView(
+            tuple(random_replica(rng, i, ties=True, block_sizes=(16,)) for i in range(9))
+        )
+        for k in range(40):
+            req = random_meta(rng, k)
+            got = as_pair(policy.choose(view, req))
+            assert got == reference_choose(policy, view, req, ref_rng, rr), (name, k)
+            if got[0] is not None:
+                view = view.add_inflight(got[0])  # one replica patched, as the controller does

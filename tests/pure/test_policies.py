@@ -315,6 +315,7 @@ def test_request_meta_rejects_bad_fields(kwargs: dict[str, object], field: str) 
         ("prefix_affinity", {"min_match_blocks": 0}, "min_match_blocks"),
         ("weighted", {"weights": {"vibes": 1.0}}, "weights.vibes"),
         ("weighted", {"weights": {"queue": -1.0}}, "weights.queue"),
+        ("weighted", {"weights": {"queue": float("inf")}}, "weights.queue"),
         ("weighted", {"weights": {"queue": 0.0}}, "weights"),
         ("weighted", {"weights": [1, 2]}, "weights"),
     ],
