@@ -5,7 +5,7 @@ controller's streamed ClusterView) and its own replica connections, so Serve may
 
 By default each ingress replica also serves HTTP itself on the configured host:port
 (http_server.py), so requests skip Ray Serve's proxy; the same app stays reachable through Serve's
-proxy when launch.py starts one (`ServeOptions.direct_http=False` or `serve_proxy_port`).
+proxy when launch.py starts one (`ServeOptions.http_path="serve-proxy"` or `serve_proxy_port`).
 """
 
 from __future__ import annotations
