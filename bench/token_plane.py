@@ -11,16 +11,19 @@ each) carrying N greedy ignore_eos requests, and checks that every token arrived
 The engine's step() is shadowed on the instance by a wrapper that, at the end of every step,
 records perf_counter, the engine thread's CPU clock (thread_time), the process CPU clock
 (process_time) and the step's own wall and CPU time. Over the steady steps (every one of the N
-requests got a token), per step:
+requests got a token), per step, microseconds:
 
-  step            engine.step() wall time through the stack (offline: the same engine, same
-                  requests, stepped in a plain loop, no server)
-  outside wall    engine thread wall time between two steps minus nothing else: drain the inbox,
-                  group the outputs per connection, publish; any GIL wait shows up here
+  step            engine.step() wall time through the stack (offline: the same engine config,
+                  same requests, stepped in a plain loop, no server)
+  outside wall    engine thread wall time between two steps: drain the inbox, group the
+                  outputs per connection, build and hand over the messages, and any wait
   outside cpu     engine thread CPU between two steps
   plane cpu       process CPU minus engine.step()'s CPU: the engine thread outside step() plus
                   the grpc.aio thread and gRPC's own threads (serialising, writing)
   client cpu      the driving process's CPU per step (what the ingress pays to decode)
+
+and, from /proc/<pid>/task/*/schedstat over the same steps: CPU per thread, and the engine
+thread's wall time split into on-CPU, waiting for a core, and blocked (the GIL, locks).
 
 torch runs with --threads intra-op threads (default 1) so step()'s CPU stays on the engine
 thread and "process CPU minus step CPU" is the token plane's.
