@@ -14,6 +14,8 @@ One replica of the embedded model, then sequential max_tokens=1 requests, p50 of
                replica, on --port + 1), the path `FLEETLM_INGRESS_HTTP=serve-proxy` serves
 Then --burst requests at once (streamed, max_tokens=1) through direct and serve in turn, three
 rounds each: p50 and max time to the first chunk, i.e. how fast each path admits a burst.
+Then --streams streams of 64 tokens at once per path (two rounds each): CPU seconds the ingress
+replica and Serve's proxy processes spend per SSE chunk relayed (from /proc, so Linux only).
 """
 
 from __future__ import annotations
@@ -145,6 +147,46 @@ async def bursts(stack: object, prompt: list[int], size: int) -> dict[str, dict[
     }
 
 
+def _cpu_s(pattern: str) -> float:
+    """CPU seconds so far of the local processes whose command line contains `pattern`."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if pattern not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+async def stream_cpu(stack: object, streams: int, tokens: int = 64) -> dict[str, dict]:
+    body = {"model": stack.config.model.name, "prompt": "hello there", "max_tokens": tokens}
+    body |= {"ignore_eos": True, "stream": True}
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+
+    async def one(c: httpx.AsyncClient) -> int:
+        async with c.stream("POST", "/v1/completions", json=body) as r:
+            return sum([line.startswith("data: {") async for line in r.aiter_lines()])
+
+    out: dict[str, dict] = {}
+    for name, url in (("direct", stack.base_url), ("serve", stack.serve_proxy_url)) * 2:
+        ingress, proxy = _cpu_s("ServeReplica:fleetlm:"), _cpu_s("ProxyActor")
+        t = time.perf_counter()
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
+            chunks = sum(await asyncio.gather(*(one(c) for _ in range(streams))))
+        wall = time.perf_counter() - t
+        ingress, proxy = _cpu_s("ServeReplica:fleetlm:") - ingress, _cpu_s("ProxyActor") - proxy
+        out[name] = {  # the second round (warm) wins
+            "chunks": chunks,
+            "wall_s": round(wall, 3),
+            "ingress_cpu_us_per_chunk": round(ingress / chunks * 1e6),
+            "proxy_cpu_us_per_chunk": round(proxy / chunks * 1e6),
+        }
+    return out
+
+
 def main() -> None:
     from orchestrator.api.launch import ServeOptions, _local_gpu_count, start_stack
 
@@ -153,6 +195,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--burst", type=int, default=64, help="0: skip the burst")
+    ap.add_argument("--streams", type=int, default=32, help="0: skip the relay CPU figures")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ingress.json"))
     args = ap.parse_args()
     gpus = 1 if _local_gpu_count() else 0
@@ -166,11 +209,14 @@ def main() -> None:
         prompt = [16 + i % 200 for i in range(args.prompt_len)]
         p50 = asyncio.run(measure(stack, prompt, args.requests))
         burst = asyncio.run(bursts(stack, prompt, args.burst)) if args.burst else {}
+        relay = asyncio.run(stream_cpu(stack, args.streams)) if args.streams else {}
     finally:
         stack.shutdown()
     result = {"gpus": gpus, "prompt_len": args.prompt_len, "p50_ms": p50}
     if burst:
         result[f"burst_{args.burst}_first_chunk"] = burst
+    if relay:
+        result[f"relay_{args.streams}_streams"] = relay
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2))
 
