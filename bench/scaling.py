@@ -21,27 +21,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import WorkloadSpec, build_workload, format_summary
-from bench.serving import deployment_yaml, parse_scenarios, run_stack
+from bench.loadgen import format_summary
+from bench.serving import add_deployment_args, deployment_yaml, parse_scenarios, run_stack, workload
 
 
 def main() -> None:
-    from actors.engine.tokenizer import Tokenizer
-    from bench.engine import SHAPES, make_model_dir
+    from bench.engine import make_model_dir
     from policies.config import parse_config
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model-shape", default="llama3-8b", choices=sorted(SHAPES))
+    add_deployment_args(ap)
     ap.add_argument("--replicas", default="1,2")
     ap.add_argument("--ingress-replicas", type=int, default=2)
     ap.add_argument("--scenario", default="inf:512")
-    ap.add_argument("--input-mean", type=float, default=200.0)
-    ap.add_argument("--output-mean", type=float, default=180.0)
-    ap.add_argument("--max-model-len", type=int, default=4096)
-    ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "scaling.json"))
     args = ap.parse_args()
 
@@ -49,20 +41,8 @@ def main() -> None:
 
     gpus = torch.cuda.device_count()
     model_dir = make_model_dir(args.model_shape)
-    vocab = min(
-        Tokenizer.from_dir(model_dir).vocab_size,
-        json.loads((model_dir / "config.json").read_text())["vocab_size"],
-    )
     (rate, n), *_ = parse_scenarios(args.scenario)
-    spec = WorkloadSpec(
-        num_requests=n,
-        rate=rate,
-        input_mean=args.input_mean,
-        output_mean=args.output_mean,
-        max_model_len=args.max_model_len,
-        vocab_size=vocab,
-    )
-    trace = build_workload(spec)
+    trace = workload(args, model_dir, rate, n)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(sys.argv),

@@ -159,15 +159,11 @@ def compare(stack: dict[str, Any], offline: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    from bench.engine import SHAPES, make_model_dir
-    from policies.config import parse_config
+def add_deployment_args(ap: argparse.ArgumentParser) -> None:
+    """The deployment and workload knobs bench/serving.py and bench/scaling.py share."""
+    from bench.engine import SHAPES
 
-    ap = argparse.ArgumentParser()
     ap.add_argument("--model-shape", default="llama3-8b", choices=sorted(SHAPES))
-    ap.add_argument("--replicas", type=int, default=1)
-    ap.add_argument("--ingress-replicas", type=int, default=1)
-    ap.add_argument("--scenarios", default="inf:256,4:64")
     ap.add_argument("--input-mean", type=float, default=200.0)
     ap.add_argument("--output-mean", type=float, default=180.0)
     ap.add_argument("--max-model-len", type=int, default=4096)
@@ -175,6 +171,37 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     ap.add_argument("--port", type=int, default=8000)
+
+
+def workload(args: argparse.Namespace, model_dir: Path, rate: float, n: int) -> list[RequestPlan]:
+    """The open-loop trace of one scenario, with prompts valid for the model's tokenizer."""
+    from actors.engine.tokenizer import Tokenizer
+
+    # The dummy shapes borrow the embedded tokenizer: keep ids inside both vocabularies.
+    vocab = min(
+        Tokenizer.from_dir(model_dir).vocab_size,
+        json.loads((model_dir / "config.json").read_text())["vocab_size"],
+    )
+    spec = WorkloadSpec(
+        num_requests=n,
+        rate=rate,
+        input_mean=args.input_mean,
+        output_mean=args.output_mean,
+        max_model_len=args.max_model_len,
+        vocab_size=vocab,
+    )
+    return build_workload(spec)
+
+
+def main() -> None:
+    from bench.engine import make_model_dir
+    from policies.config import parse_config
+
+    ap = argparse.ArgumentParser()
+    add_deployment_args(ap)
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--ingress-replicas", type=int, default=1)
+    ap.add_argument("--scenarios", default="inf:256,4:64")
     ap.add_argument("--skip", default="", help="stack or offline")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "serving.json"))
     args = ap.parse_args()
@@ -184,24 +211,7 @@ def main() -> None:
     gpus = torch.cuda.device_count()
     model_dir = make_model_dir(args.model_shape)
     cfg = parse_config(deployment_yaml(model_dir, args, gpus), "<bench>")
-    from actors.engine.tokenizer import Tokenizer
-
-    # Prompts must be valid for the tokenizer (the dummy shapes borrow the embedded one).
-    vocab = min(
-        Tokenizer.from_dir(model_dir).vocab_size,
-        json.loads((model_dir / "config.json").read_text())["vocab_size"],
-    )
-    traces = []
-    for rate, n in parse_scenarios(args.scenarios):
-        spec = WorkloadSpec(
-            num_requests=n,
-            rate=rate,
-            input_mean=args.input_mean,
-            output_mean=args.output_mean,
-            max_model_len=args.max_model_len,
-            vocab_size=vocab,
-        )
-        traces.append(build_workload(spec))
+    traces = [workload(args, model_dir, rate, n) for rate, n in parse_scenarios(args.scenarios)]
 
     report: dict[str, Any] = {"args": vars(args), "gpus": gpus, "scenarios": []}
     stack = (
