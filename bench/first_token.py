@@ -9,6 +9,9 @@ Sequential max_tokens=1 requests, p50 of each (ms):
                    ReplicaClient in this process, split into: send -> submit (gRPC in),
                    submit -> step start, the engine steps, step end -> put (publish),
                    put -> receive (gRPC out)
+On CPU run it with OMP_NUM_THREADS=1, as a 1-CPU Ray actor runs: with two intra-op threads the
+engine stepped off the main thread ran ~1.8x slower on the 2-core machine (its BLAS calls), which
+says nothing about a replica.
 """
 
 from __future__ import annotations
