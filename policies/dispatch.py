@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -46,7 +47,7 @@ class DispatchPolicy(Protocol):
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision: ...
 
 
-class _Policy:
+class _Policy(ABC):
     """What every policy shares: `choose` on a frozen view runs `decide` on its LiveView.
 
     The LiveView of the last view seen is kept (the view is frozen, so its columns stay valid
@@ -71,8 +72,9 @@ class _Policy:
         self._last = (view, live)
         return self.decide(live, req)
 
+    @abstractmethod
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        raise NotImplementedError
+        """The policy's pick on `live` (each policy defines it)."""
 
     def _open(self, live: LiveView) -> tuple[list[int], DispatchDecision | None]:
         """Healthy replicas with room in their queue, or the refusal when there are none."""

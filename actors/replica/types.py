@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 
 from actors.engine.outputs import TokenLogprob
 from actors.engine.sampling_params import SamplingParams
@@ -53,19 +54,17 @@ class GenerateDelta:
         return self.error.split(":", 2)[1]
 
 
-_RUNNING_DEFAULTS = {
-    "request_id": "",
-    "index": 0,
-    "token_ids": (),
-    "text": "",
-    "finished": False,
-    "finish_reason": None,
-    "logprobs": None,
-    "error": None,
-    "num_prompt_tokens": 0,
-    "num_output_tokens": 0,
-    "migrated_to": None,
-}
+# Every field's value in a running delta, from the dataclass itself (read-only; copied per delta).
+_RUNNING_DEFAULTS = MappingProxyType(
+    {
+        "request_id": "",
+        "index": 0,
+        "token_ids": (),
+        "text": "",
+        "finished": False,
+        **{f.name: f.default for f in fields(GenerateDelta) if f.default is not MISSING},
+    }
+)
 
 
 def running_delta(
@@ -81,14 +80,14 @@ def running_delta(
     The very object `GenerateDelta(...)` makes, built without the frozen dataclass __init__'s
     one object.__setattr__ per field: a client builds one per token per request (3x faster)."""
     delta = object.__new__(GenerateDelta)
-    fields = _RUNNING_DEFAULTS.copy()
-    fields["request_id"] = request_id
-    fields["index"] = index
-    fields["token_ids"] = token_ids
-    fields["text"] = text
-    fields["num_prompt_tokens"] = num_prompt_tokens
-    fields["num_output_tokens"] = num_output_tokens
-    object.__setattr__(delta, "__dict__", fields)
+    values = dict(_RUNNING_DEFAULTS)
+    values["request_id"] = request_id
+    values["index"] = index
+    values["token_ids"] = token_ids
+    values["text"] = text
+    values["num_prompt_tokens"] = num_prompt_tokens
+    values["num_output_tokens"] = num_output_tokens
+    object.__setattr__(delta, "__dict__", values)
     return delta
 
 
