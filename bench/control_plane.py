@@ -1,15 +1,16 @@
-"""Control-plane benchmark: per-request routing via the controller vs local routing on a streamed
-ClusterView, at N synthetic replicas (CPU only; not a test).
+"""Control-plane benchmark: local routing on the ClusterView the controller streams, at N
+synthetic replicas (CPU only; not a test).
 
   python bench/control_plane.py [--replicas 100] [--policy least_load] [--seconds 3]
                                 [--out bench/results/control_plane.json]
 
 Processes: the controller (real ControllerHost, real gRPC) in one; N synthetic replicas pushing
 real load reports over gRPC at the configured interval in another; the measuring routers here.
-Measures (a) p50/p99 added latency per decision and decisions/s for `Route` RPCs (sequential and
-64 concurrent in flight) and for Router.decide on the streamed view; (b) view-stream cost
-(messages/s, bytes per view); (c) herding: two routers sharing one stale view dispatch a burst;
-with their in-flight counts the burst spreads, without them it lands on one replica.
+Measures (a) p50/p99 added latency per decision and decisions/s for Router.decide on the
+streamed view; (b) view-stream cost (messages/s, bytes per view); (c) herding: two routers sharing
+one stale view dispatch a burst; with their in-flight counts the burst spreads, without them it
+lands on one replica. (Asking the controller per request, a `Route` RPC, was measured against this
+before it was removed: docs/control-plane-notes.md has those figures.)
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from actors.common.types import LoadReport
 from actors.replica.reporter import ControllerLink
-from actors.replica.types import LoadSnapshot
+from orchestrator.config.load import parse_config
 from orchestrator.controller.client import ControllerClient
+from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.router import Router
-from orchestrator.controller.service import PolicyChange
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.wire import ViewUpdate, update_to_pb
-from policies.cluster_view import RequestMeta
+from policies.cluster_view import ReplicaIdentity, ReplicaLoad, RequestMeta
 from policies.dispatch import make_dispatch_policy
 
 
@@ -53,33 +55,29 @@ class NoReplicaBackend:
     def is_alive(self, replica_id: str) -> bool:
         return False
 
+    def stop_replica(self, replica_id: str) -> None:
+        return None
+
     def kill_replica(self, replica_id: str) -> None:
         return None
 
 
-def _refuse_updates(text: str) -> PolicyChange:
-    raise ValueError("config apply is not part of this benchmark")
-
-
 def run_controller(policy: str, unhealthy_after_s: float, conn: Any) -> None:
-    settings = ControllerSettings(
-        replicas=0,
-        policy_name=policy,
-        policy_params_json='{"max_queue": 1000000}',
-        unhealthy_after_s=unhealthy_after_s,
+    cfg = parse_config(
+        f"replicas: {{count: 0}}\ndispatch: {{policy: {policy}}}\n"
+        "server: {max_queue_per_replica: 1000000, admin_port: 0}\n"
     )
-    host = ControllerHost(settings, NoReplicaBackend(), _refuse_updates)
+    settings = ControllerSettings(unhealthy_after_s=unhealthy_after_s, admin_port=0)
+    host = ControllerHost(settings, NoReplicaBackend(), ConfigUpdater(cfg))
     conn.send(host.address)
     conn.recv()  # run until the parent says stop
     host.stop()
 
 
-def synthetic_load(replica_id: str, rng: random.Random, seq: int) -> LoadSnapshot:
+def synthetic_load(replica_id: str, rng: random.Random, seq: int) -> LoadReport:
     running = rng.randint(0, 64)
-    return LoadSnapshot(
-        replica_id=replica_id,
-        address=f"10.0.{int(replica_id[1:]) // 250}.{int(replica_id[1:]) % 250}:7000",
-        seq=seq,
+    address = f"10.0.{int(replica_id[1:]) // 250}.{int(replica_id[1:]) % 250}:7000"
+    load = ReplicaLoad(
         running=running,
         waiting=rng.randint(0, 8),
         kv_blocks_free=rng.randint(0, 8000),
@@ -88,9 +86,9 @@ def synthetic_load(replica_id: str, rng: random.Random, seq: int) -> LoadSnapsho
         tokens_in_flight=running * 600,
         step_time_ms=rng.uniform(10, 40),
         max_running=256,
-        incarnation="bench",
-        prefix_hashes=tuple(f"{rng.getrandbits(64):016x}" for _ in range(32)),
+        prefix_hashes=frozenset(f"{rng.getrandbits(64):016x}" for _ in range(32)),
     )
+    return LoadReport(ReplicaIdentity(replica_id, address, incarnation="bench"), seq, load)
 
 
 def run_reporters(address: str, replicas: int, interval_s: float, stop: Any) -> None:
@@ -125,55 +123,6 @@ def meta(i: int, rng: random.Random) -> RequestMeta:
     return RequestMeta(
         f"b{i}", num_prompt_tokens=rng.randint(50, 2000), max_tokens=200, prefix_hashes=hashes
     )
-
-
-def bench_via_controller(address: str, seconds: float) -> dict[str, Any]:
-    client = ControllerClient(address)
-    rng = random.Random(1)
-    samples = []
-    deadline = time.perf_counter() + seconds
-    i = 0
-    while time.perf_counter() < deadline:
-        m = meta(i, rng)
-        t0 = time.perf_counter()
-        assert client.route(m) is not None
-        samples.append(time.perf_counter() - t0)
-        i += 1
-    client.close()
-    return {
-        "sequential": percentiles(samples),
-        "sequential_per_s": len(samples) / seconds,
-        "concurrent_64": asyncio.run(_concurrent_routes(address, seconds, 64)),
-    }
-
-
-async def _concurrent_routes(address: str, seconds: float, width: int) -> dict[str, Any]:
-    import grpc
-
-    from orchestrator.controller.wire import meta_to_pb
-    from protos import controller_pb2, controller_pb2_grpc
-
-    channel = grpc.aio.insecure_channel(address)
-    stub = controller_pb2_grpc.ControllerStub(channel)
-    rng = random.Random(2)
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker(w: int) -> None:
-        i = 0
-        while time.perf_counter() < deadline:
-            req = controller_pb2.RouteRequest(meta=meta_to_pb(meta(w * 10**6 + i, rng)))
-            t0 = time.perf_counter()
-            reply = await stub.Route(req)
-            samples.append(time.perf_counter() - t0)
-            assert reply.found
-            i += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(width)))
-    elapsed = time.perf_counter() - t0
-    await channel.close()
-    return {**percentiles(samples), "decisions_per_s": len(samples) / elapsed}
 
 
 def bench_local(address: str, seconds: float) -> dict[str, Any]:
@@ -262,7 +211,6 @@ def main() -> None:
         "replicas": args.replicas,
         "policy": args.policy,
         "report_interval_s": args.report_interval,
-        "via_controller": bench_via_controller(address, args.seconds),
         "local_router": bench_local(address, args.seconds),
         "herding": bench_herding(address, args.policy, args.burst),
     }

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 from actors.models.embedded import MODEL_CONFIG, ensure_embedded_model
 from kernels import reference, torch_paged
 

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.models.embedded import ensure_embedded_model
 
 SHAPES = {

@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateSpec
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.replica import loop as replica_loop
 from actors.replica import server as replica_server
-from actors.replica.client import ReplicaClient
-from actors.replica.types import GenerateSpec
 
 PARAMS = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from policies.config import parse_config
+from orchestrator.config.load import parse_config
 
 CONFIG = """
 model: {{path: fleetlm/tiny-llama}}
@@ -64,10 +64,10 @@ async def p50s_ms(probes: dict[str, Probe], n: int) -> dict[str, float]:
 
 
 async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
-    from actors.engine.sampling_params import SamplingParams
+    from actors.common.replica_client import ReplicaClient
+    from actors.common.sampling_params import SamplingParams
+    from actors.common.types import GenerateSpec
     from actors.models.embedded import resolve_model_path
-    from actors.replica.client import ReplicaClient
-    from actors.replica.types import GenerateSpec
     from orchestrator.api.app import Handlers, build_app
     from orchestrator.api.deployment import HealthChecker
     from orchestrator.api.launch import ingress_settings

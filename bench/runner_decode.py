@@ -25,16 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import (
+from actors.common.config import (
     CacheConfig,
     EngineConfig,
     ModelConfig,
     SchedulerConfig,
 )
+from actors.common.sampling_params import SamplingParams
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 from bench.engine import SHAPES, copy_bandwidth, kv_bytes_per_step, weight_bytes_per_step
 
 

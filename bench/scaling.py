@@ -4,9 +4,9 @@
                           [--ingress-replicas 2] [--out scaling.json]
 
 Each replica count gets a fresh stack (`fleetlm serve`'s path: Ray, controller, replica actors,
-Serve ingress) driven over HTTP by bench.loadgen with the same open-loop trace (streaming,
-ignore_eos); reports output tokens/s per count and the ratio to the first count. Issue 4's goal:
-2 replicas >= 1.9x one replica.
+Serve ingress) driven over HTTP by orchestrator.cli.loadgen with the same open-loop trace
+(streaming, ignore_eos); reports output tokens/s per count and the ratio to the first count.
+Issue 4's goal: 2 replicas >= 1.9x one replica.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import format_summary
 from bench.serving import add_deployment_args, deployment_yaml, parse_scenarios, run_stack, workload
+from orchestrator.cli.loadgen import format_summary
 
 
 def main() -> None:
     from bench.engine import make_model_dir
-    from policies.config import parse_config
+    from orchestrator.config.load import parse_config
 
     ap = argparse.ArgumentParser()
     add_deployment_args(ap)

@@ -6,7 +6,7 @@
 Each scenario is `rate:num_requests` (rate in requests/s, `inf` = all at once). For every scenario
 the same open-loop trace (arrival times, lognormal lengths, token-id prompts) runs twice:
   stack:   `fleetlm serve`'s path (Ray, controller, replica actors, Serve ingress) driven over
-           HTTP by bench.loadgen, streaming with ignore_eos;
+           HTTP by orchestrator.cli.loadgen, streaming with ignore_eos;
   offline: one in-process LLMEngine (same config) fed the same trace by a replay loop.
 Reports throughput loss (1 - stack/offline output tok/s) and the p50 TTFT difference. The stack
 runs first and is shut down before the offline engine takes the GPU.
@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import (
+from orchestrator.cli.loadgen import (
     RequestPlan,
     RequestResult,
     WorkloadSpec,
@@ -118,7 +118,7 @@ def run_offline(cfg: Any, traces: list[list[RequestPlan]]) -> list[dict[str, Any
 
 def replay(engine: Any, plans: list[RequestPlan]) -> tuple[list[RequestResult], float]:
     """Feed `plans` to the engine at their arrival times (open loop) and time every token."""
-    from actors.engine.sampling_params import SamplingParams
+    from actors.common.sampling_params import SamplingParams
 
     results = [RequestResult(at_s=p.at_s, input_tokens=len(p.prompt_token_ids)) for p in plans]
     sent: dict[str, float] = {}
@@ -175,7 +175,7 @@ def add_deployment_args(ap: argparse.ArgumentParser) -> None:
 
 def workload(args: argparse.Namespace, model_dir: Path, rate: float, n: int) -> list[RequestPlan]:
     """The open-loop trace of one scenario, with prompts valid for the model's tokenizer."""
-    from actors.engine.tokenizer import Tokenizer
+    from actors.common.tokenizer import Tokenizer
 
     # The dummy shapes borrow the embedded tokenizer: keep ids inside both vocabularies.
     vocab = min(
@@ -195,7 +195,7 @@ def workload(args: argparse.Namespace, model_dir: Path, rate: float, n: int) -> 
 
 def main() -> None:
     from bench.engine import make_model_dir
-    from policies.config import parse_config
+    from orchestrator.config.load import parse_config
 
     ap = argparse.ArgumentParser()
     add_deployment_args(ap)

@@ -28,9 +28,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from bench.engine import SHAPES, make_model_dir, sync
 
 

@@ -51,10 +51,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 from actors.engine.outputs import RequestOutput
-from actors.engine.sampling_params import SamplingParams
 
 MARGIN_STEPS = 24  # admission over the stream spreads over a few steps; finish after the window
 
@@ -299,8 +299,8 @@ def print_row(n: int, r: dict[str, Any]) -> None:
 
 
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
-    from actors.replica.client import ReplicaClient
-    from actors.replica.types import GenerateSpec
+    from actors.common.replica_client import ReplicaClient
+    from actors.common.types import GenerateSpec
 
     clients = [ReplicaClient(args.client) for _ in range(args.connections)]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)

@@ -24,8 +24,14 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from actors.replica.engine_factory import ReplicaSpec, build_engine, close_engine
+from actors.common.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ReplicaSpec,
+    SchedulerConfig,
+)
+from actors.replica.engine_factory import build_engine, close_engine
 from bench.engine import SHAPES, bench_decode, bench_engine_workload, make_model_dir, sharegpt_like
 
 

@@ -8,17 +8,32 @@ on it. Nothing here is mutated: a router that dispatches derives a new view with
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 
-@dataclass(frozen=True)
-class ReplicaView:
-    """One replica's last reported load plus what routers sent it since that report."""
+class ReplicaState(str, enum.Enum):
+    """Where a replica is in its life, as the controller sees it (protos: ReplicaState)."""
 
-    replica_id: str
-    address: str
-    healthy: bool = True
+    STARTING = "starting"  # created, not registered yet
+    READY = "ready"  # takes new requests
+    CORDONED = "cordoned"  # takes no new requests; its running ones finish
+    DRAINING = "draining"  # cordoned to be stopped once its requests finished (scale-in)
+    DEAD = "dead"  # stopped reporting
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaLoad:
+    """A replica's load as it reports it: the one definition.
+
+    protos/common.proto's ReplicaLoad mirrors it field for field (protos/convert.py converts
+    generically; tests/pure/test_wire_schema.py checks the mirror). A ReplicaView is a
+    ReplicaLoad plus what the controller and routers add, so a field added here reaches the
+    view, the wire, the admin API and `fleetlm status` with no other edit.
+    """
+
     running: int = 0
     waiting: int = 0
     kv_blocks_free: int = 0
@@ -26,15 +41,52 @@ class ReplicaView:
     block_size: int = 16
     tokens_in_flight: int = 0
     step_time_ms: float = 0.0
-    adapters_resident: frozenset[str] = field(default_factory=frozenset)
-    # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
-    prefix_hashes: frozenset[str] = field(default_factory=frozenset)
     max_running: int = 256
+    num_steps: int = 0
+    num_preemptions: int = 0
+    cordoned: bool = False  # the replica refuses new requests (ReplicaControl Cordon)
+    adapters_resident: frozenset[str] = frozenset()
+    # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
+    prefix_hashes: frozenset[str] = frozenset()
+
+
+LOAD_FIELDS = tuple(f.name for f in fields(ReplicaLoad))
+
+
+def load_fields(load: ReplicaLoad) -> dict[str, Any]:
+    """The ReplicaLoad part of `load` (a ReplicaLoad or a ReplicaView) as keyword arguments."""
+    return {name: getattr(load, name) for name in LOAD_FIELDS}
+
+
+@dataclass(frozen=True)
+class ReplicaIdentity:
+    """Who a replica process is (protos/common.proto: ReplicaIdentity)."""
+
+    replica_id: str
+    address: str  # its gRPC host:port
+    node_id: str = ""
+    incarnation: str = ""  # changes when the replica process restarts
+    pid: int = 0  # the replica actor's process on its node
+    started_at: float = 0.0  # Unix time it started serving
+
+
+@dataclass(frozen=True)
+class ReplicaView(ReplicaLoad):
+    """One replica's last reported load plus what the controller and routers know of it."""
+
+    replica_id: str
+    address: str
+    state: ReplicaState = ReplicaState.READY
     # Dispatches sent but not yet reflected in a load report: without them two routers reading
     # the same stale snapshot would both pick the same "idle" replica.
     inflight_dispatches: int = 0
     node_id: str = ""
     version: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the replica takes new requests (routers send it nothing otherwise)."""
+        return self.state is ReplicaState.READY
 
     @property
     def pending(self) -> int:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from policies.cluster_view import ClusterView, ReplicaView
+from policies.cluster_view import ClusterView, ReplicaState, ReplicaView
 
 T = TypeVar("T")
 
@@ -312,7 +312,7 @@ class LiveView:
         replicas = tuple(
             r
             if r.inflight_dispatches == f and r.healthy == h
-            else replace(r, inflight_dispatches=f, healthy=h)
+            else replace(r, inflight_dispatches=f, state=_state(r, h))
             for r, f, h in zip(self.replicas, self.inflight, self.healthy, strict=True)
         )
         return replace(self.view, replicas=replicas)
@@ -320,3 +320,10 @@ class LiveView:
     def replica(self, i: int) -> ReplicaView:
         """Replica `i` as reported (address, adapters...): without this router's dispatches."""
         return self.replicas[i]
+
+
+def _state(r: ReplicaView, healthy: bool) -> ReplicaState:
+    """`r`'s state, or the one a router that stopped (or resumed) routing to it implies."""
+    if r.healthy == healthy:
+        return r.state
+    return ReplicaState.READY if healthy else ReplicaState.DEAD

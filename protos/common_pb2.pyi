@@ -1,16 +1,47 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class LoadReport(_message.Message):
-    __slots__ = ("replica_id", "address", "seq", "running", "waiting", "kv_blocks_free", "kv_blocks_total", "block_size", "tokens_in_flight", "step_time_ms", "adapters_resident", "prefix_hashes", "max_running", "num_steps", "num_preemptions", "node_id", "incarnation")
-    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
-    ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    SEQ_FIELD_NUMBER: _ClassVar[int]
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_NONE: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID_ARGUMENT: _ClassVar[ErrorKind]
+    ERROR_KIND_NOT_FOUND: _ClassVar[ErrorKind]
+    ERROR_KIND_CONFLICT: _ClassVar[ErrorKind]
+    ERROR_KIND_OVERLOADED: _ClassVar[ErrorKind]
+    ERROR_KIND_UNAVAILABLE: _ClassVar[ErrorKind]
+    ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_UNKNOWN_COMMAND: _ClassVar[ErrorKind]
+    ERROR_KIND_TIMEOUT: _ClassVar[ErrorKind]
+ERROR_KIND_NONE: ErrorKind
+ERROR_KIND_INVALID_ARGUMENT: ErrorKind
+ERROR_KIND_NOT_FOUND: ErrorKind
+ERROR_KIND_CONFLICT: ErrorKind
+ERROR_KIND_OVERLOADED: ErrorKind
+ERROR_KIND_UNAVAILABLE: ErrorKind
+ERROR_KIND_INTERNAL: ErrorKind
+ERROR_KIND_UNKNOWN_COMMAND: ErrorKind
+ERROR_KIND_TIMEOUT: ErrorKind
+
+class Error(_message.Message):
+    __slots__ = ("kind", "field", "message", "whole_request")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    kind: ErrorKind
+    field: str
+    message: str
+    whole_request: bool
+    def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., whole_request: _Optional[bool] = ...) -> None: ...
+
+class ReplicaLoad(_message.Message):
+    __slots__ = ("running", "waiting", "kv_blocks_free", "kv_blocks_total", "block_size", "tokens_in_flight", "step_time_ms", "max_running", "num_steps", "num_preemptions", "cordoned", "adapters_resident", "prefix_hashes")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_FREE_FIELD_NUMBER: _ClassVar[int]
@@ -18,16 +49,12 @@ class LoadReport(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_MS_FIELD_NUMBER: _ClassVar[int]
-    ADAPTERS_RESIDENT_FIELD_NUMBER: _ClassVar[int]
-    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    INCARNATION_FIELD_NUMBER: _ClassVar[int]
-    replica_id: str
-    address: str
-    seq: int
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
     running: int
     waiting: int
     kv_blocks_free: int
@@ -35,11 +62,36 @@ class LoadReport(_message.Message):
     block_size: int
     tokens_in_flight: int
     step_time_ms: float
-    adapters_resident: _containers.RepeatedScalarFieldContainer[str]
-    prefix_hashes: _containers.RepeatedScalarFieldContainer[str]
     max_running: int
     num_steps: int
     num_preemptions: int
+    cordoned: bool
+    adapters_resident: _containers.RepeatedScalarFieldContainer[str]
+    prefix_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens_in_flight: _Optional[int] = ..., step_time_ms: _Optional[float] = ..., max_running: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., cordoned: _Optional[bool] = ..., adapters_resident: _Optional[_Iterable[str]] = ..., prefix_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplicaIdentity(_message.Message):
+    __slots__ = ("replica_id", "address", "node_id", "incarnation", "pid", "started_at")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    address: str
     node_id: str
     incarnation: str
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., seq: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens_in_flight: _Optional[int] = ..., step_time_ms: _Optional[float] = ..., adapters_resident: _Optional[_Iterable[str]] = ..., prefix_hashes: _Optional[_Iterable[str]] = ..., max_running: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    pid: int
+    started_at: float
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
+
+class LoadReport(_message.Message):
+    __slots__ = ("identity", "seq", "load")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    identity: ReplicaIdentity
+    seq: int
+    load: ReplicaLoad
+    def __init__(self, identity: _Optional[_Union[ReplicaIdentity, _Mapping]] = ..., seq: _Optional[int] = ..., load: _Optional[_Union[ReplicaLoad, _Mapping]] = ...) -> None: ...

@@ -25,39 +25,27 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/controller.proto\x12\x12\x66leetlm.controller\x1a\x13protos/common.proto\";\n\x0fRegisterRequest\x12(\n\x04load\x18\x01 \x01(\x0b\x32\x1a.fleetlm.common.LoadReport\"L\n\rRegisterReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11report_interval_s\x18\x03 \x01(\x01\"\x1c\n\x0bReportReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\xa4\x01\n\x0eRequestMetaMsg\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\nadapter_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rprefix_hashes\x18\x06 \x03(\tB\r\n\x0b_adapter_id\"@\n\x0cRouteRequest\x12\x30\n\x04meta\x18\x01 \x01(\x0b\x32\".fleetlm.controller.RequestMetaMsg\"P\n\nRouteReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xe3\x02\n\x0eReplicaViewMsg\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x16\n\x0ekv_blocks_free\x18\x06 \x01(\x05\x12\x17\n\x0fkv_blocks_total\x18\x07 \x01(\x05\x12\x12\n\nblock_size\x18\x08 \x01(\x05\x12\x18\n\x10tokens_in_flight\x18\t \x01(\x03\x12\x14\n\x0cstep_time_ms\x18\n \x01(\x01\x12\x19\n\x11\x61\x64\x61pters_resident\x18\x0b \x03(\t\x12\x15\n\rprefix_hashes\x18\x0c \x03(\t\x12\x13\n\x0bmax_running\x18\r \x01(\x05\x12\x1b\n\x13inflight_dispatches\x18\x0e \x01(\x05\x12\x0f\n\x07node_id\x18\x0f \x01(\t\x12\x0f\n\x07version\x18\x10 \x01(\x04\"\x9e\x01\n\x0e\x43lusterViewMsg\x12\x34\n\x08replicas\x18\x01 \x03(\x0b\x32\".fleetlm.controller.ReplicaViewMsg\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x1a\n\x12policy_params_json\x18\x05 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t\"\'\n\x12\x41pplyConfigRequest\x12\x11\n\tyaml_text\x18\x01 \x01(\t\"/\n\x10\x41pplyConfigReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xfd\x03\n\nController\x12R\n\x08Register\x12#.fleetlm.controller.RegisterRequest\x1a!.fleetlm.controller.RegisterReply\x12I\n\nReportLoad\x12\x1a.fleetlm.common.LoadReport\x1a\x1f.fleetlm.controller.ReportReply\x12I\n\x05Route\x12 .fleetlm.controller.RouteRequest\x1a\x1e.fleetlm.controller.RouteReply\x12Z\n\x10WatchClusterView\x12 .fleetlm.controller.WatchRequest\x1a\".fleetlm.controller.ClusterViewMsg0\x01\x12[\n\x0b\x41pplyConfig\x12&.fleetlm.controller.ApplyConfigRequest\x1a$.fleetlm.controller.ApplyConfigReply\x12L\n\x06Status\x12!.fleetlm.controller.StatusRequest\x1a\x1f.fleetlm.controller.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/controller.proto\x12\x12\x66leetlm.controller\x1a\x13protos/common.proto\"=\n\x0fRegisterRequest\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.fleetlm.common.LoadReport\"L\n\rRegisterReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11report_interval_s\x18\x03 \x01(\x01\"\x1c\n\x0bReportReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\xd0\x01\n\x0eReplicaViewMsg\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .fleetlm.controller.ReplicaState\x12\x1b\n\x13inflight_dispatches\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12)\n\x04load\x18\x07 \x01(\x0b\x32\x1b.fleetlm.common.ReplicaLoad\"\x9e\x01\n\x0e\x43lusterViewMsg\x12\x34\n\x08replicas\x18\x01 \x03(\x0b\x32\".fleetlm.controller.ReplicaViewMsg\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x1a\n\x12policy_params_json\x18\x05 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t*\x93\x01\n\x0cReplicaState\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x00\x12\x17\n\x13REPLICA_STATE_READY\x10\x01\x12\x1a\n\x16REPLICA_STATE_CORDONED\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x12\x16\n\x12REPLICA_STATE_DEAD\x10\x04\x32\x87\x02\n\nController\x12R\n\x08Register\x12#.fleetlm.controller.RegisterRequest\x1a!.fleetlm.controller.RegisterReply\x12I\n\nReportLoad\x12\x1a.fleetlm.common.LoadReport\x1a\x1f.fleetlm.controller.ReportReply\x12Z\n\x10WatchClusterView\x12 .fleetlm.controller.WatchRequest\x1a\".fleetlm.controller.ClusterViewMsg0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPLICASTATE']._serialized_start=648
+  _globals['_REPLICASTATE']._serialized_end=795
   _globals['_REGISTERREQUEST']._serialized_start=68
-  _globals['_REGISTERREQUEST']._serialized_end=127
-  _globals['_REGISTERREPLY']._serialized_start=129
-  _globals['_REGISTERREPLY']._serialized_end=205
-  _globals['_REPORTREPLY']._serialized_start=207
-  _globals['_REPORTREPLY']._serialized_end=235
-  _globals['_REQUESTMETAMSG']._serialized_start=238
-  _globals['_REQUESTMETAMSG']._serialized_end=402
-  _globals['_ROUTEREQUEST']._serialized_start=404
-  _globals['_ROUTEREQUEST']._serialized_end=468
-  _globals['_ROUTEREPLY']._serialized_start=470
-  _globals['_ROUTEREPLY']._serialized_end=550
-  _globals['_REPLICAVIEWMSG']._serialized_start=553
-  _globals['_REPLICAVIEWMSG']._serialized_end=908
-  _globals['_CLUSTERVIEWMSG']._serialized_start=911
-  _globals['_CLUSTERVIEWMSG']._serialized_end=1069
-  _globals['_WATCHREQUEST']._serialized_start=1071
-  _globals['_WATCHREQUEST']._serialized_end=1105
-  _globals['_APPLYCONFIGREQUEST']._serialized_start=1107
-  _globals['_APPLYCONFIGREQUEST']._serialized_end=1146
-  _globals['_APPLYCONFIGREPLY']._serialized_start=1148
-  _globals['_APPLYCONFIGREPLY']._serialized_end=1195
-  _globals['_STATUSREQUEST']._serialized_start=1197
-  _globals['_STATUSREQUEST']._serialized_end=1212
-  _globals['_STATUSREPLY']._serialized_start=1214
-  _globals['_STATUSREPLY']._serialized_end=1241
-  _globals['_CONTROLLER']._serialized_start=1244
-  _globals['_CONTROLLER']._serialized_end=1753
+  _globals['_REGISTERREQUEST']._serialized_end=129
+  _globals['_REGISTERREPLY']._serialized_start=131
+  _globals['_REGISTERREPLY']._serialized_end=207
+  _globals['_REPORTREPLY']._serialized_start=209
+  _globals['_REPORTREPLY']._serialized_end=237
+  _globals['_REPLICAVIEWMSG']._serialized_start=240
+  _globals['_REPLICAVIEWMSG']._serialized_end=448
+  _globals['_CLUSTERVIEWMSG']._serialized_start=451
+  _globals['_CLUSTERVIEWMSG']._serialized_end=609
+  _globals['_WATCHREQUEST']._serialized_start=611
+  _globals['_WATCHREQUEST']._serialized_end=645
+  _globals['_CONTROLLER']._serialized_start=798
+  _globals['_CONTROLLER']._serialized_end=1061
 # @@protoc_insertion_point(module_scope)

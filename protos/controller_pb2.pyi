@@ -1,5 +1,6 @@
 from protos import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,11 +8,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_STARTING: _ClassVar[ReplicaState]
+    REPLICA_STATE_READY: _ClassVar[ReplicaState]
+    REPLICA_STATE_CORDONED: _ClassVar[ReplicaState]
+    REPLICA_STATE_DRAINING: _ClassVar[ReplicaState]
+    REPLICA_STATE_DEAD: _ClassVar[ReplicaState]
+REPLICA_STATE_STARTING: ReplicaState
+REPLICA_STATE_READY: ReplicaState
+REPLICA_STATE_CORDONED: ReplicaState
+REPLICA_STATE_DRAINING: ReplicaState
+REPLICA_STATE_DEAD: ReplicaState
+
 class RegisterRequest(_message.Message):
-    __slots__ = ("load",)
-    LOAD_FIELD_NUMBER: _ClassVar[int]
-    load: _common_pb2.LoadReport
-    def __init__(self, load: _Optional[_Union[_common_pb2.LoadReport, _Mapping]] = ...) -> None: ...
+    __slots__ = ("report",)
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    report: _common_pb2.LoadReport
+    def __init__(self, report: _Optional[_Union[_common_pb2.LoadReport, _Mapping]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("accepted", "reason", "report_interval_s")
@@ -29,75 +43,23 @@ class ReportReply(_message.Message):
     known: bool
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
-class RequestMetaMsg(_message.Message):
-    __slots__ = ("request_id", "num_prompt_tokens", "max_tokens", "priority", "adapter_id", "prefix_hashes")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    PRIORITY_FIELD_NUMBER: _ClassVar[int]
-    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
-    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    num_prompt_tokens: int
-    max_tokens: int
-    priority: int
-    adapter_id: str
-    prefix_hashes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., priority: _Optional[int] = ..., adapter_id: _Optional[str] = ..., prefix_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class RouteRequest(_message.Message):
-    __slots__ = ("meta",)
-    META_FIELD_NUMBER: _ClassVar[int]
-    meta: RequestMetaMsg
-    def __init__(self, meta: _Optional[_Union[RequestMetaMsg, _Mapping]] = ...) -> None: ...
-
-class RouteReply(_message.Message):
-    __slots__ = ("found", "replica_id", "address", "reason")
-    FOUND_FIELD_NUMBER: _ClassVar[int]
-    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
-    ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    found: bool
-    replica_id: str
-    address: str
-    reason: str
-    def __init__(self, found: _Optional[bool] = ..., replica_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
-
 class ReplicaViewMsg(_message.Message):
-    __slots__ = ("replica_id", "address", "healthy", "running", "waiting", "kv_blocks_free", "kv_blocks_total", "block_size", "tokens_in_flight", "step_time_ms", "adapters_resident", "prefix_hashes", "max_running", "inflight_dispatches", "node_id", "version")
+    __slots__ = ("replica_id", "address", "node_id", "state", "inflight_dispatches", "version", "load")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    HEALTHY_FIELD_NUMBER: _ClassVar[int]
-    RUNNING_FIELD_NUMBER: _ClassVar[int]
-    WAITING_FIELD_NUMBER: _ClassVar[int]
-    KV_BLOCKS_FREE_FIELD_NUMBER: _ClassVar[int]
-    KV_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
-    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
-    STEP_TIME_MS_FIELD_NUMBER: _ClassVar[int]
-    ADAPTERS_RESIDENT_FIELD_NUMBER: _ClassVar[int]
-    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
-    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
-    INFLIGHT_DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
-    healthy: bool
-    running: int
-    waiting: int
-    kv_blocks_free: int
-    kv_blocks_total: int
-    block_size: int
-    tokens_in_flight: int
-    step_time_ms: float
-    adapters_resident: _containers.RepeatedScalarFieldContainer[str]
-    prefix_hashes: _containers.RepeatedScalarFieldContainer[str]
-    max_running: int
-    inflight_dispatches: int
     node_id: str
+    state: ReplicaState
+    inflight_dispatches: int
     version: int
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens_in_flight: _Optional[int] = ..., step_time_ms: _Optional[float] = ..., adapters_resident: _Optional[_Iterable[str]] = ..., prefix_hashes: _Optional[_Iterable[str]] = ..., max_running: _Optional[int] = ..., inflight_dispatches: _Optional[int] = ..., node_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    load: _common_pb2.ReplicaLoad
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., inflight_dispatches: _Optional[int] = ..., version: _Optional[int] = ..., load: _Optional[_Union[_common_pb2.ReplicaLoad, _Mapping]] = ...) -> None: ...
 
 class ClusterViewMsg(_message.Message):
     __slots__ = ("replicas", "timestamp", "generation", "policy_name", "policy_params_json")
@@ -118,27 +80,3 @@ class WatchRequest(_message.Message):
     WATCHER_ID_FIELD_NUMBER: _ClassVar[int]
     watcher_id: str
     def __init__(self, watcher_id: _Optional[str] = ...) -> None: ...
-
-class ApplyConfigRequest(_message.Message):
-    __slots__ = ("yaml_text",)
-    YAML_TEXT_FIELD_NUMBER: _ClassVar[int]
-    yaml_text: str
-    def __init__(self, yaml_text: _Optional[str] = ...) -> None: ...
-
-class ApplyConfigReply(_message.Message):
-    __slots__ = ("ok", "message")
-    OK_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    ok: bool
-    message: str
-    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
-
-class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class StatusReply(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -45,25 +45,10 @@ class ControllerStub:
                 request_serializer=protos_dot_common__pb2.LoadReport.SerializeToString,
                 response_deserializer=protos_dot_controller__pb2.ReportReply.FromString,
                 _registered_method=True)
-        self.Route = channel.unary_unary(
-                '/fleetlm.controller.Controller/Route',
-                request_serializer=protos_dot_controller__pb2.RouteRequest.SerializeToString,
-                response_deserializer=protos_dot_controller__pb2.RouteReply.FromString,
-                _registered_method=True)
         self.WatchClusterView = channel.unary_stream(
                 '/fleetlm.controller.Controller/WatchClusterView',
                 request_serializer=protos_dot_controller__pb2.WatchRequest.SerializeToString,
                 response_deserializer=protos_dot_controller__pb2.ClusterViewMsg.FromString,
-                _registered_method=True)
-        self.ApplyConfig = channel.unary_unary(
-                '/fleetlm.controller.Controller/ApplyConfig',
-                request_serializer=protos_dot_controller__pb2.ApplyConfigRequest.SerializeToString,
-                response_deserializer=protos_dot_controller__pb2.ApplyConfigReply.FromString,
-                _registered_method=True)
-        self.Status = channel.unary_unary(
-                '/fleetlm.controller.Controller/Status',
-                request_serializer=protos_dot_controller__pb2.StatusRequest.SerializeToString,
-                response_deserializer=protos_dot_controller__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
@@ -82,25 +67,7 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Route(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def WatchClusterView(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ApplyConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,25 +86,10 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_common__pb2.LoadReport.FromString,
                     response_serializer=protos_dot_controller__pb2.ReportReply.SerializeToString,
             ),
-            'Route': grpc.unary_unary_rpc_method_handler(
-                    servicer.Route,
-                    request_deserializer=protos_dot_controller__pb2.RouteRequest.FromString,
-                    response_serializer=protos_dot_controller__pb2.RouteReply.SerializeToString,
-            ),
             'WatchClusterView': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchClusterView,
                     request_deserializer=protos_dot_controller__pb2.WatchRequest.FromString,
                     response_serializer=protos_dot_controller__pb2.ClusterViewMsg.SerializeToString,
-            ),
-            'ApplyConfig': grpc.unary_unary_rpc_method_handler(
-                    servicer.ApplyConfig,
-                    request_deserializer=protos_dot_controller__pb2.ApplyConfigRequest.FromString,
-                    response_serializer=protos_dot_controller__pb2.ApplyConfigReply.SerializeToString,
-            ),
-            'Status': grpc.unary_unary_rpc_method_handler(
-                    servicer.Status,
-                    request_deserializer=protos_dot_controller__pb2.StatusRequest.FromString,
-                    response_serializer=protos_dot_controller__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -205,33 +157,6 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
-    def Route(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetlm.controller.Controller/Route',
-            protos_dot_controller__pb2.RouteRequest.SerializeToString,
-            protos_dot_controller__pb2.RouteReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def WatchClusterView(request,
             target,
             options=(),
@@ -248,60 +173,6 @@ class Controller:
             '/fleetlm.controller.Controller/WatchClusterView',
             protos_dot_controller__pb2.WatchRequest.SerializeToString,
             protos_dot_controller__pb2.ClusterViewMsg.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ApplyConfig(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetlm.controller.Controller/ApplyConfig',
-            protos_dot_controller__pb2.ApplyConfigRequest.SerializeToString,
-            protos_dot_controller__pb2.ApplyConfigReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Status(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetlm.controller.Controller/Status',
-            protos_dot_controller__pb2.StatusRequest.SerializeToString,
-            protos_dot_controller__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

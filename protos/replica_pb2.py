@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/replica.proto\x12\x0f\x66leetlm.replica\x1a\x13protos/common.proto\"\xe0\x02\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\r\n\x05min_p\x18\x06 \x01(\x01\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x01\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\x05\x12\"\n\x1ainclude_stop_str_in_output\x18\r \x01(\x08\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x15\n\x08logprobs\x18\x0f \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"\xc3\x01\n\x0cGenerateSpec\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x31\n\x08sampling\x18\x03 \x01(\x0b\x32\x1f.fleetlm.replica.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\nadapter_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10resume_token_ids\x18\x06 \x03(\x05\x42\r\n\x0b_adapter_id\"a\n\x0cGenerateCall\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.fleetlm.replica.GenerateSpecH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04\x63\x61ll\"^\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x15\n\rtop_token_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x01\"\xea\x02\n\rGenerateDelta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x10\n\x08\x66inished\x18\x05 \x01(\x08\x12\x1a\n\rfinish_reason\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x0chas_logprobs\x18\x07 \x01(\x08\x12/\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1d.fleetlm.replica.TokenLogprob\x12\x12\n\x05\x65rror\x18\t \x01(\tH\x01\x88\x01\x01\x12\x19\n\x11num_prompt_tokens\x18\n \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x0b \x01(\x05\x12\x18\n\x0bmigrated_to\x18\x0c \x01(\tH\x02\x88\x01\x01\x12\x10\n\x08position\x18\r \x01(\x05\x42\x10\n\x0e_finish_reasonB\x08\n\x06_errorB\x0e\n\x0c_migrated_to\"\xd0\x01\n\nDeltaBatch\x12.\n\x06\x64\x65ltas\x18\x01 \x03(\x0b\x32\x1e.fleetlm.replica.GenerateDelta\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0f\n\x07indexes\x18\x03 \x03(\x05\x12\x14\n\x0ctoken_counts\x18\x04 \x03(\x05\x12\x11\n\ttoken_ids\x18\x05 \x03(\x05\x12\r\n\x05texts\x18\x06 \x03(\t\x12\x19\n\x11num_prompt_tokens\x18\x07 \x03(\x05\x12\x19\n\x11num_output_tokens\x18\x08 \x03(\x05\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1b\n\nAbortReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"B\n\x0bHealthReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest2\xa6\x02\n\x07Replica\x12J\n\x08Generate\x12\x1d.fleetlm.replica.GenerateCall\x1a\x1b.fleetlm.replica.DeltaBatch(\x01\x30\x01\x12\x43\n\x05\x41\x62ort\x12\x1d.fleetlm.replica.AbortRequest\x1a\x1b.fleetlm.replica.AbortReply\x12\x46\n\x06Health\x12\x1e.fleetlm.replica.HealthRequest\x1a\x1c.fleetlm.replica.HealthReply\x12\x42\n\x05Stats\x12\x1d.fleetlm.replica.StatsRequest\x1a\x1a.fleetlm.common.LoadReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/replica.proto\x12\x0f\x66leetlm.replica\x1a\x13protos/common.proto\"\xe0\x02\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\r\n\x05min_p\x18\x06 \x01(\x01\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x01\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x01\x12\x11\n\x04seed\x18\n \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\x05\x12\"\n\x1ainclude_stop_str_in_output\x18\r \x01(\x08\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x15\n\x08logprobs\x18\x0f \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"\xc3\x01\n\x0cGenerateSpec\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x31\n\x08sampling\x18\x03 \x01(\x0b\x32\x1f.fleetlm.replica.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\nadapter_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x10resume_token_ids\x18\x06 \x03(\x05\x42\r\n\x0b_adapter_id\"a\n\x0cGenerateCall\x12-\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.fleetlm.replica.GenerateSpecH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04\x63\x61ll\"^\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x15\n\rtop_token_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x01\"\xf2\x02\n\rGenerateDelta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x10\n\x08\x66inished\x18\x05 \x01(\x08\x12\x1a\n\rfinish_reason\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x0chas_logprobs\x18\x07 \x01(\x08\x12/\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1d.fleetlm.replica.TokenLogprob\x12$\n\x05\x65rror\x18\t \x01(\x0b\x32\x15.fleetlm.common.Error\x12\x19\n\x11num_prompt_tokens\x18\n \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x0b \x01(\x05\x12\x18\n\x0bmigrated_to\x18\x0c \x01(\tH\x01\x88\x01\x01\x12\x10\n\x08position\x18\r \x01(\x05\x42\x10\n\x0e_finish_reasonB\x0e\n\x0c_migrated_to\"\xd0\x01\n\nDeltaBatch\x12.\n\x06\x64\x65ltas\x18\x01 \x03(\x0b\x32\x1e.fleetlm.replica.GenerateDelta\x12\x13\n\x0brequest_ids\x18\x02 \x03(\t\x12\x0f\n\x07indexes\x18\x03 \x03(\x05\x12\x14\n\x0ctoken_counts\x18\x04 \x03(\x05\x12\x11\n\ttoken_ids\x18\x05 \x03(\x05\x12\r\n\x05texts\x18\x06 \x03(\t\x12\x19\n\x11num_prompt_tokens\x18\x07 \x03(\x05\x12\x19\n\x11num_output_tokens\x18\x08 \x03(\x05\"\x0f\n\rHealthRequest\"B\n\x0bHealthReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\t\"\x16\n\x14\x44\x65scribeModelRequest\"\xd9\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12G\n\x0ftokenizer_files\x18\x05 \x03(\x0b\x32..fleetlm.replica.ModelInfo.TokenizerFilesEntry\x1a\x35\n\x13TokenizerFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x08\n\x06\x43ordon\"\n\n\x08Uncordon\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x0e\n\x0cListRequests\"\xe0\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12)\n\x06\x63ordon\x18\n \x01(\x0b\x32\x17.fleetlm.replica.CordonH\x00\x12-\n\x08uncordon\x18\x0b \x01(\x0b\x32\x19.fleetlm.replica.UncordonH\x00\x12\'\n\x05\x61\x62ort\x18\x0c \x01(\x0b\x32\x16.fleetlm.replica.AbortH\x00\x12\x36\n\rlist_requests\x18\r \x01(\x0b\x32\x1d.fleetlm.replica.ListRequestsH\x00\x42\x06\n\x04\x62ody\"\x06\n\x04\x44one\"\x1c\n\x0b\x41\x62ortResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\xc6\x01\n\x0bRequestInfo\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x15\n\routput_tokens\x18\x05 \x01(\x05\x12\x11\n\tkv_blocks\x18\x06 \x01(\x05\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x14\n\x07\x61\x64\x61pter\x18\x08 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x0c\x61rrival_time\x18\t \x01(\x01\x42\n\n\x08_adapter\"=\n\x0bRequestList\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.fleetlm.replica.RequestInfo\"\xef\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.fleetlm.common.Error\x12\x10\n\x08repeated\x18\x03 \x01(\x08\x12%\n\x04\x64one\x18\n \x01(\x0b\x32\x15.fleetlm.replica.DoneH\x00\x12-\n\x05\x61\x62ort\x18\x0b \x01(\x0b\x32\x1c.fleetlm.replica.AbortResultH\x00\x12\x34\n\x0crequest_list\x18\x0c \x01(\x0b\x32\x1c.fleetlm.replica.RequestListH\x00\x42\x06\n\x04\x62ody2\xf1\x01\n\x07Replica\x12J\n\x08Generate\x12\x1d.fleetlm.replica.GenerateCall\x1a\x1b.fleetlm.replica.DeltaBatch(\x01\x30\x01\x12\x46\n\x06Health\x12\x1e.fleetlm.replica.HealthRequest\x1a\x1c.fleetlm.replica.HealthReply\x12R\n\rDescribeModel\x12%.fleetlm.replica.DescribeModelRequest\x1a\x1a.fleetlm.replica.ModelInfo2U\n\x0eReplicaControl\x12\x43\n\x07\x45xecute\x12\x18.fleetlm.replica.Command\x1a\x1e.fleetlm.replica.CommandResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.replica_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._loaded_options = None
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=63
   _globals['_SAMPLINGPARAMS']._serialized_end=415
   _globals['_GENERATESPEC']._serialized_start=418
@@ -41,19 +43,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENLOGPROB']._serialized_start=714
   _globals['_TOKENLOGPROB']._serialized_end=808
   _globals['_GENERATEDELTA']._serialized_start=811
-  _globals['_GENERATEDELTA']._serialized_end=1173
-  _globals['_DELTABATCH']._serialized_start=1176
-  _globals['_DELTABATCH']._serialized_end=1384
-  _globals['_ABORTREQUEST']._serialized_start=1386
-  _globals['_ABORTREQUEST']._serialized_end=1420
-  _globals['_ABORTREPLY']._serialized_start=1422
-  _globals['_ABORTREPLY']._serialized_end=1449
-  _globals['_HEALTHREQUEST']._serialized_start=1451
-  _globals['_HEALTHREQUEST']._serialized_end=1466
-  _globals['_HEALTHREPLY']._serialized_start=1468
-  _globals['_HEALTHREPLY']._serialized_end=1534
-  _globals['_STATSREQUEST']._serialized_start=1536
-  _globals['_STATSREQUEST']._serialized_end=1550
-  _globals['_REPLICA']._serialized_start=1553
-  _globals['_REPLICA']._serialized_end=1847
+  _globals['_GENERATEDELTA']._serialized_end=1181
+  _globals['_DELTABATCH']._serialized_start=1184
+  _globals['_DELTABATCH']._serialized_end=1392
+  _globals['_HEALTHREQUEST']._serialized_start=1394
+  _globals['_HEALTHREQUEST']._serialized_end=1409
+  _globals['_HEALTHREPLY']._serialized_start=1411
+  _globals['_HEALTHREPLY']._serialized_end=1477
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1479
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1501
+  _globals['_MODELINFO']._serialized_start=1504
+  _globals['_MODELINFO']._serialized_end=1721
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_start=1668
+  _globals['_MODELINFO_TOKENIZERFILESENTRY']._serialized_end=1721
+  _globals['_CORDON']._serialized_start=1723
+  _globals['_CORDON']._serialized_end=1731
+  _globals['_UNCORDON']._serialized_start=1733
+  _globals['_UNCORDON']._serialized_end=1743
+  _globals['_ABORT']._serialized_start=1745
+  _globals['_ABORT']._serialized_end=1772
+  _globals['_LISTREQUESTS']._serialized_start=1774
+  _globals['_LISTREQUESTS']._serialized_end=1788
+  _globals['_COMMAND']._serialized_start=1791
+  _globals['_COMMAND']._serialized_end=2015
+  _globals['_DONE']._serialized_start=2017
+  _globals['_DONE']._serialized_end=2023
+  _globals['_ABORTRESULT']._serialized_start=2025
+  _globals['_ABORTRESULT']._serialized_end=2053
+  _globals['_REQUESTINFO']._serialized_start=2056
+  _globals['_REQUESTINFO']._serialized_end=2254
+  _globals['_REQUESTLIST']._serialized_start=2256
+  _globals['_REQUESTLIST']._serialized_end=2317
+  _globals['_COMMANDRESULT']._serialized_start=2320
+  _globals['_COMMANDRESULT']._serialized_end=2559
+  _globals['_REPLICA']._serialized_start=2562
+  _globals['_REPLICA']._serialized_end=2803
+  _globals['_REPLICACONTROL']._serialized_start=2805
+  _globals['_REPLICACONTROL']._serialized_end=2890
 # @@protoc_insertion_point(module_scope)

@@ -100,12 +100,12 @@ class GenerateDelta(_message.Message):
     finish_reason: str
     has_logprobs: bool
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
-    error: str
+    error: _common_pb2.Error
     num_prompt_tokens: int
     num_output_tokens: int
     migrated_to: str
     position: int
-    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., has_logprobs: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., error: _Optional[str] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., migrated_to: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., has_logprobs: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., num_prompt_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., migrated_to: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
 
 class DeltaBatch(_message.Message):
     __slots__ = ("deltas", "request_ids", "indexes", "token_counts", "token_ids", "texts", "num_prompt_tokens", "num_output_tokens")
@@ -127,18 +127,6 @@ class DeltaBatch(_message.Message):
     num_output_tokens: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, deltas: _Optional[_Iterable[_Union[GenerateDelta, _Mapping]]] = ..., request_ids: _Optional[_Iterable[str]] = ..., indexes: _Optional[_Iterable[int]] = ..., token_counts: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., num_prompt_tokens: _Optional[_Iterable[int]] = ..., num_output_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class AbortRequest(_message.Message):
-    __slots__ = ("request_id",)
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
-
-class AbortReply(_message.Message):
-    __slots__ = ("found",)
-    FOUND_FIELD_NUMBER: _ClassVar[int]
-    found: bool
-    def __init__(self, found: _Optional[bool] = ...) -> None: ...
-
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -153,6 +141,113 @@ class HealthReply(_message.Message):
     incarnation: str
     def __init__(self, ok: _Optional[bool] = ..., replica_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
-class StatsRequest(_message.Message):
+class DescribeModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model", "max_model_len", "vocab_size", "block_size", "tokenizer_files")
+    class TokenizerFilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FILES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    max_model_len: int
+    vocab_size: int
+    block_size: int
+    tokenizer_files: _containers.ScalarMap[str, bytes]
+    def __init__(self, model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., block_size: _Optional[int] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class Cordon(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Uncordon(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Abort(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ListRequests(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CORDON_FIELD_NUMBER: _ClassVar[int]
+    UNCORDON_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    LIST_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    cordon: Cordon
+    uncordon: Uncordon
+    abort: Abort
+    list_requests: ListRequests
+    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ...) -> None: ...
+
+class Done(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AbortResult(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class RequestInfo(_message.Message):
+    __slots__ = ("request_id", "state", "n", "prompt_tokens", "output_tokens", "kv_blocks", "priority", "adapter", "arrival_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: str
+    n: int
+    prompt_tokens: int
+    output_tokens: int
+    kv_blocks: int
+    priority: int
+    adapter: str
+    arrival_time: float
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., n: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., kv_blocks: _Optional[int] = ..., priority: _Optional[int] = ..., adapter: _Optional[str] = ..., arrival_time: _Optional[float] = ...) -> None: ...
+
+class RequestList(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RequestInfo]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RequestInfo, _Mapping]]] = ...) -> None: ...
+
+class CommandResult(_message.Message):
+    __slots__ = ("command_id", "error", "repeated", "done", "abort", "request_list")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_LIST_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    error: _common_pb2.Error
+    repeated: bool
+    done: Done
+    abort: AbortResult
+    request_list: RequestList
+    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ...) -> None: ...

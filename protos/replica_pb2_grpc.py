@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from protos import common_pb2 as protos_dot_common__pb2
 from protos import replica_pb2 as protos_dot_replica__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -40,20 +39,15 @@ class ReplicaStub:
                 request_serializer=protos_dot_replica__pb2.GenerateCall.SerializeToString,
                 response_deserializer=protos_dot_replica__pb2.DeltaBatch.FromString,
                 _registered_method=True)
-        self.Abort = channel.unary_unary(
-                '/fleetlm.replica.Replica/Abort',
-                request_serializer=protos_dot_replica__pb2.AbortRequest.SerializeToString,
-                response_deserializer=protos_dot_replica__pb2.AbortReply.FromString,
-                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/fleetlm.replica.Replica/Health',
                 request_serializer=protos_dot_replica__pb2.HealthRequest.SerializeToString,
                 response_deserializer=protos_dot_replica__pb2.HealthReply.FromString,
                 _registered_method=True)
-        self.Stats = channel.unary_unary(
-                '/fleetlm.replica.Replica/Stats',
-                request_serializer=protos_dot_replica__pb2.StatsRequest.SerializeToString,
-                response_deserializer=protos_dot_common__pb2.LoadReport.FromString,
+        self.DescribeModel = channel.unary_unary(
+                '/fleetlm.replica.Replica/DescribeModel',
+                request_serializer=protos_dot_replica__pb2.DescribeModelRequest.SerializeToString,
+                response_deserializer=protos_dot_replica__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -66,20 +60,15 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Abort(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Stats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def DescribeModel(self, request, context):
+        """What the ingress needs to validate and tokenize requests for this replica's model.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -92,20 +81,15 @@ def add_ReplicaServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_replica__pb2.GenerateCall.FromString,
                     response_serializer=protos_dot_replica__pb2.DeltaBatch.SerializeToString,
             ),
-            'Abort': grpc.unary_unary_rpc_method_handler(
-                    servicer.Abort,
-                    request_deserializer=protos_dot_replica__pb2.AbortRequest.FromString,
-                    response_serializer=protos_dot_replica__pb2.AbortReply.SerializeToString,
-            ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
                     request_deserializer=protos_dot_replica__pb2.HealthRequest.FromString,
                     response_serializer=protos_dot_replica__pb2.HealthReply.SerializeToString,
             ),
-            'Stats': grpc.unary_unary_rpc_method_handler(
-                    servicer.Stats,
-                    request_deserializer=protos_dot_replica__pb2.StatsRequest.FromString,
-                    response_serializer=protos_dot_common__pb2.LoadReport.SerializeToString,
+            'DescribeModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModel,
+                    request_deserializer=protos_dot_replica__pb2.DescribeModelRequest.FromString,
+                    response_serializer=protos_dot_replica__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,33 +130,6 @@ class Replica:
             _registered_method=True)
 
     @staticmethod
-    def Abort(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetlm.replica.Replica/Abort',
-            protos_dot_replica__pb2.AbortRequest.SerializeToString,
-            protos_dot_replica__pb2.AbortReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def Health(request,
             target,
             options=(),
@@ -200,7 +157,7 @@ class Replica:
             _registered_method=True)
 
     @staticmethod
-    def Stats(request,
+    def DescribeModel(request,
             target,
             options=(),
             channel_credentials=None,
@@ -213,9 +170,90 @@ class Replica:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fleetlm.replica.Replica/Stats',
-            protos_dot_replica__pb2.StatsRequest.SerializeToString,
-            protos_dot_common__pb2.LoadReport.FromString,
+            '/fleetlm.replica.Replica/DescribeModel',
+            protos_dot_replica__pb2.DescribeModelRequest.SerializeToString,
+            protos_dot_replica__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReplicaControlStub:
+    """The control plane's commands to one replica (the controller is the caller). Every command
+    carries an id: a repeat of an id the replica has seen returns the first result and is not
+    applied again, so the caller may retry freely. Later commands are new `Command.body` arms.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Execute = channel.unary_unary(
+                '/fleetlm.replica.ReplicaControl/Execute',
+                request_serializer=protos_dot_replica__pb2.Command.SerializeToString,
+                response_deserializer=protos_dot_replica__pb2.CommandResult.FromString,
+                _registered_method=True)
+
+
+class ReplicaControlServicer:
+    """The control plane's commands to one replica (the controller is the caller). Every command
+    carries an id: a repeat of an id the replica has seen returns the first result and is not
+    applied again, so the caller may retry freely. Later commands are new `Command.body` arms.
+    """
+
+    def Execute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicaControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Execute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=protos_dot_replica__pb2.Command.FromString,
+                    response_serializer=protos_dot_replica__pb2.CommandResult.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fleetlm.replica.ReplicaControl', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fleetlm.replica.ReplicaControl', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReplicaControl:
+    """The control plane's commands to one replica (the controller is the caller). Every command
+    carries an id: a repeat of an id the replica has seen returns the first result and is not
+    applied again, so the caller may retry freely. Later commands are new `Command.body` arms.
+    """
+
+    @staticmethod
+    def Execute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetlm.replica.ReplicaControl/Execute',
+            protos_dot_replica__pb2.Command.SerializeToString,
+            protos_dot_replica__pb2.CommandResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.engine.tokenizer import Tokenizer
+from actors.common.tokenizer import Tokenizer
 
 # Prompt tokens decoded in front of the first output token, so the first token decodes in context
 # (e.g. SentencePiece drops the leading space of a window's first token).

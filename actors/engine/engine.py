@@ -3,7 +3,7 @@
 Public API (the replica and the CLI code against exactly this):
 
     engine = LLMEngine(EngineConfig(...))            # or LLMEngine.from_model("path", dtype=...)
-    engine.tokenizer                                 # actors.engine.tokenizer.Tokenizer
+    engine.tokenizer                                 # actors.common.tokenizer.Tokenizer
     engine.add_request(request_id, prompt, params, priority=0)   # prompt: str | list[int];
                                                      # raises ValueError naming the field
     engine.abort_request(request_id)                 # idempotent; unknown ids are ignored
@@ -11,6 +11,7 @@ Public API (the replica and the CLI code against exactly this):
     engine.has_unfinished_requests() -> bool
     engine.generate(prompts, params) -> list[CompletionResult]   # synchronous
     engine.stats() -> EngineStats                    # running, waiting, kv blocks free/total...
+    engine.list_requests() -> list[RequestInfo]      # unfinished requests, for operators
 
 The engine is single-threaded: callers on other threads hand work to it through their own inbox
 (the replica does) and call these methods from the loop thread only.
@@ -23,16 +24,17 @@ import random
 import time
 from dataclasses import dataclass, replace
 
+from actors.common.commands import RequestInfo
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
+from actors.common.tokenizer import Tokenizer
 from actors.engine.block_manager import BlockManager
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from actors.engine.detokenizer import IncrementalDetokenizer, TokenTexts
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import CompletionResult, RequestOutput, SchedulerOutput
 from actors.engine.request import FINISH_REASONS, Request, RequestStatus
 from actors.engine.sampler import Sampler
-from actors.engine.sampling_params import SamplingParams
 from actors.engine.scheduler import Scheduler
-from actors.engine.tokenizer import Tokenizer
 from actors.models.embedded import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,15 @@ class EngineStats:
     num_steps: int
     num_preemptions: int
     prefix_hashes: tuple[str, ...]
+
+
+# A request's state as operators read it: its most advanced choice's, first in this order.
+_STATE_NAMES = {
+    RequestStatus.RUNNING: "running",
+    RequestStatus.SWAPPED: "swapped",
+    RequestStatus.PREEMPTED: "preempted",
+    RequestStatus.WAITING: "waiting",
+}
 
 
 class LLMEngine:
@@ -376,6 +387,32 @@ class LLMEngine:
                     if out.error:
                         raise RuntimeError(f"request {out.request_id} failed: {out.error}")
         return [results[rid] for rid in ids]
+
+    def list_requests(self) -> list[RequestInfo]:
+        """Every unfinished request, its choices folded into one entry under the user's id."""
+        wall_offset = time.time() - time.monotonic()  # arrival times are monotonic
+        infos = []
+        for request_id, child_ids in self._children.items():
+            reqs = [self._requests[c] for c in child_ids if c in self._requests]
+            if not reqs:
+                continue
+            first = reqs[0]
+            infos.append(
+                RequestInfo(
+                    request_id=request_id,
+                    state=next(
+                        n for st, n in _STATE_NAMES.items() if any(r.status == st for r in reqs)
+                    ),
+                    n=len(child_ids),
+                    prompt_tokens=first.num_prompt_tokens,
+                    output_tokens=sum(r.num_output_tokens for r in reqs),
+                    kv_blocks=len({b for r in reqs for b in r.block_ids}),
+                    priority=first.priority,
+                    arrival_time=first.arrival_time + wall_offset,
+                    adapter=first.adapter_id,
+                )
+            )
+        return infos
 
     def stats(self) -> EngineStats:
         s = self.scheduler

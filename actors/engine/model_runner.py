@@ -26,23 +26,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from actors.engine.config import EngineConfig
+from actors.common.config import EngineConfig
 from actors.engine.cuda_graphs import DecodeGraphs
 from actors.engine.input_batch import InputBatch, build_input_batch, pack_batch
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
+from actors.engine.parallel import TensorParallel
 from actors.models.attention import KVCache
 from actors.models.config import ModelArchConfig, load_arch_config
 from actors.models.llama import LlamaForCausalLM
 from actors.models.loader import load_model, resolve_dtype
-from actors.shard.allreduce import build_reducer
-from actors.shard.context import ShardContext
-from actors.shard.loader import load_sharded_model
-from actors.shard.sharding import check_tensor_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +94,13 @@ class ModelRunner:
         config: EngineConfig,
         *,
         use_cuda_graphs: bool | None = None,
-        shard: ShardContext | None = None,
+        tensor_parallel: TensorParallel | None = None,
     ) -> None:
         """`use_cuda_graphs`: None follows `config.enforce_eager` (graphs on CUDA unless set).
 
-        `shard`: this runner is one tensor-parallel rank (actors/shard): it loads only its slice
-        of the weights and holds num_kv_heads / world_size heads in its KV cache.
+        `tensor_parallel`: this runner is one tensor-parallel rank (the hook is actors/shard's):
+        it loads only its slice of the weights and holds num_kv_heads / world_size heads in its
+        KV cache. None: the whole model on this device.
         """
         self.config = config
         self._device = resolve_device(config.device)
@@ -114,16 +111,17 @@ class ModelRunner:
         self._dtype = resolve_dtype(config.model.dtype, self.arch, self._device)
         self._max_model_len = resolve_max_model_len(self.arch, config.model.max_model_len)
         self._block_size = config.cache.block_size
-        if shard is not None and shard.world_size > 1 and shard.reducer is None:
-            shard = replace(shard, reducer=build_reducer(shard.group, self._device, self._dtype))
-        self.shard = shard
-        world = 1 if shard is None else shard.world_size
-        check_tensor_parallel(self.arch, world)
+        world = 1
+        if tensor_parallel is not None:
+            # Before the load: the model's reducing layers keep the all-reduce they are built with.
+            tensor_parallel = tensor_parallel.with_fast_all_reduce(self._device, self._dtype)
+            tensor_parallel.check(self.arch)
+            world = tensor_parallel.world_size
         self._kv_heads = self.arch.num_kv_heads // world  # this rank's share of the KV heads
-        self.model = self._load(model_dir, config)
+        self.model = self._load(model_dir, config, tensor_parallel)
         num_blocks = self._plan_num_blocks()
-        if shard is not None:
-            num_blocks = shard.agree_min(num_blocks, self._device)  # ranks share block ids
+        if tensor_parallel is not None:  # the ranks address the same block ids
+            num_blocks = tensor_parallel.agree_min(num_blocks, self._device)
         a = self.arch
         shape = (a.num_layers, 2, num_blocks, self._block_size, self._kv_heads, a.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self._dtype, device=self._device)
@@ -157,18 +155,14 @@ class ModelRunner:
             self._max_model_len,
         )
 
-    def _load(self, model_dir: Path, config: EngineConfig) -> LlamaForCausalLM:
+    def _load(
+        self, model_dir: Path, config: EngineConfig, tensor_parallel: TensorParallel | None
+    ) -> LlamaForCausalLM:
         dtype, device = self._dtype, self._device
         fmt, seed = config.model.load_format, config.model.seed
-        if self.shard is not None and self.shard.world_size > 1:
-            return load_sharded_model(
-                model_dir,
-                self.arch,
-                dtype=dtype,
-                device=device,
-                ctx=self.shard,
-                load_format=fmt,
-                seed=seed,
+        if tensor_parallel is not None:
+            return tensor_parallel.load_model(
+                model_dir, self.arch, dtype=dtype, device=device, load_format=fmt, seed=seed
             )
         return load_model(
             model_dir, self.arch, dtype=dtype, device=device, load_format=fmt, seed=seed

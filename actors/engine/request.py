@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.engine.sampling_params import SamplingParams
+from actors.common.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.IntEnum):

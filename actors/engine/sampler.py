@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actors.engine.outputs import TokenLogprob
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import TokenLogprob
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 
 TokenSeq = Sequence[int] | torch.Tensor  # a row's token ids, as a list or a 1-D int tensor
 _STATE_MAGIC = b"FLGS"

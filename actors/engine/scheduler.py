@@ -20,8 +20,8 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
+from actors.common.config import SchedulerConfig
 from actors.engine.block_manager import BlockManager
-from actors.engine.config import SchedulerConfig
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.request import Request, RequestStatus
 
@@ -29,17 +29,6 @@ logger = logging.getLogger(__name__)
 
 # (priority, 0 if put back by preemption else 1, arrival_time, admission sequence number)
 _WaitKey = tuple[int, int, float, int]
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    num_running: int
-    num_waiting: int  # waiting, preempted and swapped requests
-    num_swapped: int
-    tokens_in_flight: int  # sum of num_tokens over running requests
-    kv_blocks_free: int
-    kv_blocks_total: int
-    num_preemptions: int
 
 
 @dataclass
@@ -141,18 +130,6 @@ class Scheduler:
 
     def get_request(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
-
-    def stats(self) -> SchedulerStats:
-        bm = self.block_manager
-        return SchedulerStats(
-            num_running=len(self._running),
-            num_waiting=self.num_waiting,
-            num_swapped=len(self._swapped),
-            tokens_in_flight=sum(r.num_tokens for r in self._running.values()),
-            kv_blocks_free=bm.num_free_blocks,
-            kv_blocks_total=bm.num_total_blocks,
-            num_preemptions=self.num_preemptions,
-        )
 
     # ---- schedule ------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
-from actors.engine.config import EMBEDDED_MODEL
+from actors.common.config import EMBEDDED_MODEL, cache_root
 
 # Bump when anything below changes: a new version lands in a new directory, never over an old one.
 EMBEDDED_VERSION = 1
@@ -88,15 +88,6 @@ _FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
 )
-
-
-def cache_root() -> Path:
-    """$FLEETLM_CACHE, else $XDG_CACHE_HOME/fleetlm, else ~/.cache/fleetlm."""
-    if os.environ.get("FLEETLM_CACHE"):
-        return Path(os.environ["FLEETLM_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "fleetlm"
 
 
 def embedded_model_dir() -> Path:

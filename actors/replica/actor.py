@@ -9,45 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from dataclasses import dataclass
 
-from actors.replica.engine_factory import ReplicaSpec, build_engine
+from actors.common.config import ReplicaOptions, ReplicaSpec
+from actors.common.locator import ControllerLocator
+from actors.replica.engine_factory import build_engine
 from actors.replica.reporter import ControllerLink, LoadReporter
 from actors.replica.server import ReplicaServer
-from actors.replica.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplicaOptions:
-    bind_host: str = "127.0.0.1"
-    # The host others dial; None: this node's IP as Ray knows it (for a wildcard bind_host).
-    advertise_host: str | None = "127.0.0.1"
-    port: int = 0
-    report_interval_s: float = 0.5
-    tls: TlsFiles | None = None
-    # Where to look the controller up again when its address stops answering (it restarted).
-    controller_name: str | None = None
-    controller_namespace: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.report_interval_s <= 0:
-            raise ValueError(f"report_interval_s: must be > 0, got {self.report_interval_s}")
-
-
-class ControllerLocator:
-    """The replica's one Ray call: find the named controller actor's current gRPC address."""
-
-    def __init__(self, name: str, namespace: str) -> None:
-        self._name = name
-        self._namespace = namespace
-
-    def __call__(self) -> str | None:
-        import ray
-
-        handle = ray.get_actor(self._name, namespace=self._namespace)
-        return ray.get(handle.grpc_address.remote(), timeout=5)
 
 
 class ReplicaActor:
@@ -92,7 +61,7 @@ class ReplicaActor:
         return self._server.engine_loop.alive
 
     def stats(self) -> dict:
-        return dataclasses.asdict(self._server.engine_loop.snapshot())
+        return dataclasses.asdict(self._server.engine_loop.snapshot().load)
 
     def shutdown(self) -> None:
         if self._reporter is not None:

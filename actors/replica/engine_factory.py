@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from actors.engine.config import EngineConfig
+from actors.common.config import ReplicaSpec
 from actors.engine.engine import LLMEngine
 from actors.shard.engine import build_sharded_engine, close_sharded_engine
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
-    """Everything a replica needs to build its engine."""
-
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    tensor_parallel_size: int = 1
-
-    def __post_init__(self) -> None:
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size: must be >= 1, got {self.tensor_parallel_size}")
 
 
 def build_engine(spec: ReplicaSpec) -> LLMEngine:

@@ -1,12 +1,14 @@
 """The replica's engine loop: drain inbox -> engine.step() -> publish one message per connection.
 
 It runs in one thread that owns the engine (the engine is single-threaded). Other threads only
-append commands to the inbox and notify the condition; an idle loop blocks on that condition, it
-never spins or sleeps. Each step's outputs are grouped by connection into that connection's
-outbox and each outbox with something new becomes one DeltaBatch (wire.batch_to_pb), handed to
-the connection's sink once: a connection gets one message per step however many requests it
-has, and the common delta (tokens, no logprobs, not finished) never becomes a per-request
-Python or protobuf object on the way.
+append typed messages to the inbox (Submit, AbortRequest, Detach, or RunOnEngine: any function
+to run on the engine thread between two steps, with a future for its result) and notify the
+condition; an idle loop blocks on that condition, it never spins or sleeps.
+
+Each step's outputs are grouped by connection into that connection's outbox and each outbox with
+something new becomes one DeltaBatch (wire.batch_to_pb), handed to the connection's sink once: a
+connection gets one message per step however many requests it has, and the common delta (tokens,
+no logprobs, not finished) never becomes a per-request Python or protobuf object on the way.
 """
 
 from __future__ import annotations
@@ -15,15 +17,22 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, Union
 
+from actors.common.commands import RequestInfo
+from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.types import GenerateDelta, GenerateSpec, LoadReport
+from actors.common.wire import batch_to_pb
 from actors.engine.engine import LLMEngine
 from actors.engine.outputs import RequestOutput
 from actors.replica.engine_factory import close_engine
-from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, invalid_error
-from actors.replica.wire import batch_to_pb
+from policies.cluster_view import ReplicaIdentity, ReplicaLoad
 from protos import replica_pb2
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +77,36 @@ class _Live:
     num_resumed: int
 
 
+# ---- the inbox: what other threads ask of the engine thread ---------------------------------
+
+
 @dataclass(frozen=True)
-class ReplicaIdentity:
-    replica_id: str
-    address: str
-    node_id: str = ""
-    incarnation: str = ""
+class Submit:
+    spec: GenerateSpec
+    sink: DeltaSink
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Detach:
+    """A connection went away: abort every request it carried."""
+
+    sink: DeltaSink
+
+
+@dataclass(frozen=True)
+class RunOnEngine:
+    """Run `fn` on the engine thread between steps; its result or exception lands in `future`."""
+
+    fn: Callable[[], Any]
+    future: Future
+
+
+InboxItem = Union[Submit, AbortRequest, Detach, RunOnEngine]
 
 
 class EngineLoop:
@@ -84,9 +117,16 @@ class EngineLoop:
         self._identity = identity
         self._stats_interval_s = stats_interval_s
         self._cond = threading.Condition()
-        self._inbox: deque[tuple] = deque()
+        self._inbox: deque[InboxItem] = deque()
         self._live: dict[str, _Live] = {}
         self._outboxes: dict[DeltaSink, _Outbox] = {}  # engine thread only
+        self._cordoned = False  # engine thread writes; snapshots read it
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Submit: self._submit,
+            AbortRequest: self._abort,
+            Detach: self._detach,
+            RunOnEngine: self._run_fn,
+        }
         self._stopped = False
         self._seq = 0
         self._snapshot = self._make_snapshot()
@@ -99,20 +139,28 @@ class EngineLoop:
         self._thread.start()
 
     def submit(self, spec: GenerateSpec, sink: DeltaSink) -> None:
-        self._post(("add", spec, sink))
+        self._post(Submit(spec, sink))
 
-    def abort(self, request_id: str) -> bool:
-        """Abort a request (idempotent). Returns whether it was in flight."""
-        with self._cond:
-            found = request_id in self._live
-        self._post(("abort", request_id))
-        return found
+    def abort(self, request_id: str) -> None:
+        """Abort a request (idempotent; unknown ids are ignored)."""
+        self._post(AbortRequest(request_id))
 
     def detach(self, sink: DeltaSink) -> None:
         """A connection went away: abort every request it carried."""
-        self._post(("detach", sink))
+        self._post(Detach(sink))
 
-    def snapshot(self) -> LoadSnapshot:
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the engine thread between two steps; the future holds what it returns.
+
+        The one way to touch the engine from elsewhere (commands, later migration and adapter
+        loading): calls run in the order posted, never during a step, so a tensor-parallel
+        engine's collectives stay in the same order on every rank.
+        """
+        future: Future[T] = Future()
+        self._post(RunOnEngine(fn, future))
+        return future
+
+    def snapshot(self) -> LoadReport:
         with self._cond:
             self._seq += 1
             return replace(self._snapshot, seq=self._seq)
@@ -131,21 +179,24 @@ class EngineLoop:
             # Only once no step can run: a sharded engine's collectives must not interleave.
             close_engine(self._engine)
 
-    def _post(self, cmd: tuple) -> None:
+    def _post(self, item: InboxItem) -> None:
         with self._cond:
-            self._inbox.append(cmd)
+            if self._stopped and isinstance(item, RunOnEngine):
+                item.future.set_exception(RuntimeError("the engine loop has stopped"))
+                return
+            self._inbox.append(item)
             self._cond.notify()
 
     # ---- the engine thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            cmds = self._wait_for_work()
-            if cmds is None:
+            items = self._wait_for_work()
+            if items is None:
                 return
             try:
-                for cmd in cmds:
-                    self._apply(cmd)
+                for item in items:
+                    self._handlers[type(item)](item)
                 if self._engine.has_unfinished_requests():
                     self._step()
                 self._refresh_snapshot(force=not self._engine.has_unfinished_requests())
@@ -153,30 +204,71 @@ class EngineLoop:
                 logger.exception("engine loop iteration failed; continuing")
             self._publish()
 
-    def _wait_for_work(self) -> list[tuple] | None:
+    def _wait_for_work(self) -> list[InboxItem] | None:
         with self._cond:
             while not self._stopped and not self._inbox:
                 if self._engine.has_unfinished_requests():
                     break
                 self._cond.wait()
             if self._stopped:
+                for item in self._inbox:
+                    if isinstance(item, RunOnEngine):
+                        item.future.set_exception(RuntimeError("the engine loop has stopped"))
                 return None
-            cmds = list(self._inbox)
+            items = list(self._inbox)
             self._inbox.clear()
-            return cmds
+            return items
 
-    def _apply(self, cmd: tuple) -> None:
-        kind = cmd[0]
-        if kind == "add":
-            self._add(cmd[1], self._outbox(cmd[2]))
-        elif kind == "abort":
-            self._engine.abort_request(cmd[1])
-        elif kind == "detach":
-            # The requests' last deltas (aborts) land in the dropped outbox: nobody listens.
-            outbox = self._outboxes.pop(cmd[1], None)
-            for rid, live in list(self._live.items()):
-                if live.outbox is outbox:
-                    self._engine.abort_request(rid)
+    def _submit(self, item: Submit) -> None:
+        self._add(item.spec, self._outbox(item.sink))
+
+    def _abort(self, item: AbortRequest) -> None:
+        self._engine.abort_request(item.request_id)
+
+    def _detach(self, item: Detach) -> None:
+        # The requests' last deltas (aborts) land in the dropped outbox: nobody listens.
+        outbox = self._outboxes.pop(item.sink, None)
+        for rid, live in list(self._live.items()):
+            if live.outbox is outbox:
+                self._engine.abort_request(rid)
+
+    @staticmethod
+    def _run_fn(item: RunOnEngine) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return
+        try:
+            item.future.set_result(item.fn())
+        except BaseException as exc:  # the caller gets it; the loop goes on
+            item.future.set_exception(exc)
+
+    # ---- engine thread only: what commands do (through call()) -------------------------------
+
+    def set_cordoned(self, cordoned: bool) -> None:
+        """Refuse (or take again) new requests; those already here run to the end."""
+        self._cordoned = cordoned
+        self._refresh_snapshot(force=True)
+
+    def abort_now(self, request_id: str) -> bool:
+        """Abort a request; whether it was in flight here."""
+        found = request_id in self._live
+        self._engine.abort_request(request_id)
+        return found
+
+    def list_requests(self) -> list[RequestInfo]:
+        """The running and waiting requests, counted as the client sees them (resumed tokens
+        are output, not prompt)."""
+        infos = []
+        for info in self._engine.list_requests():
+            live = self._live.get(info.request_id)
+            resumed = live.num_resumed if live is not None else 0
+            infos.append(
+                replace(
+                    info,
+                    prompt_tokens=info.prompt_tokens - resumed,
+                    output_tokens=info.output_tokens + resumed,
+                )
+            )
+        return infos
 
     def _outbox(self, sink: DeltaSink) -> _Outbox:
         outbox = self._outboxes.get(sink)
@@ -189,6 +281,14 @@ class EngineLoop:
         if live is not None:
             # A retried command: the request already runs; its deltas follow the newest stream.
             live.outbox = outbox
+            return
+        if self._cordoned:
+            refusal = ReplicaError(
+                ErrorKind.UNAVAILABLE,
+                "this replica is cordoned: route the request elsewhere",
+                whole_request=True,
+            )
+            outbox.add_whole(_error_delta(spec, refusal))
             return
         params = spec.sampling
         resumed = len(spec.resume_token_ids)
@@ -203,13 +303,12 @@ class EngineLoop:
             prompt = list(spec.prompt_token_ids) + list(spec.resume_token_ids)
             self._engine.add_request(spec.request_id, prompt, params, priority=spec.priority)
         except ValueError as exc:
-            outbox.add_whole(_error_delta(spec, invalid_error(str(exc))))
+            outbox.add_whole(_error_delta(spec, ReplicaError.from_value_error(exc)))
             return
         except Exception as exc:  # a malformed request must not take the loop down
             logger.exception("add_request %s failed", spec.request_id)
             self._engine.abort_request(spec.request_id)
-            error = f"replica:{type(exc).__name__}: {exc}"
-            outbox.add_whole(_error_delta(spec, error))
+            outbox.add_whole(_error_delta(spec, ReplicaError.internal(exc)))
             return
         with self._cond:
             live = _Live(outbox, params.n, len(spec.prompt_token_ids), resumed)
@@ -233,7 +332,7 @@ class EngineLoop:
             outputs = self._engine.step()
         except Exception as exc:  # the engine handles model faults; this is the last guard
             logger.exception("engine step raised; failing %d in-flight requests", len(self._live))
-            self._fail_all(f"replica:{type(exc).__name__}: {exc}")
+            self._fail_all(ReplicaError.internal(exc))
             return
         get_live = self._live.get
         # Runs once per request per step: the common case is two appends, nothing else.
@@ -253,8 +352,8 @@ class EngineLoop:
                     with self._cond:
                         del self._live[out.request_id]
 
-    def _fail_all(self, error: str) -> None:
-        """Fail every request with one final delta each; "replica:" errors end all choices."""
+    def _fail_all(self, error: ReplicaError) -> None:
+        """Fail every request with one final delta each (a whole-request error)."""
         with self._cond:
             failed, self._live = self._live, {}
         for rid, live in failed.items():
@@ -281,13 +380,9 @@ class EngineLoop:
             self._snapshot = snap
             self._snapshot_at = now
 
-    def _make_snapshot(self) -> LoadSnapshot:
+    def _make_snapshot(self) -> LoadReport:
         s = self._engine.stats()
-        ident = self._identity
-        return LoadSnapshot(
-            replica_id=ident.replica_id,
-            address=ident.address,
-            seq=0,
+        load = ReplicaLoad(
             running=s.num_running,
             waiting=s.num_waiting,
             kv_blocks_free=s.kv_blocks_free,
@@ -298,10 +393,10 @@ class EngineLoop:
             max_running=self._engine.config.scheduler.max_num_seqs,
             num_steps=s.num_steps,
             num_preemptions=s.num_preemptions,
-            node_id=ident.node_id,
-            incarnation=ident.incarnation,
-            prefix_hashes=tuple(s.prefix_hashes),
+            cordoned=self._cordoned,
+            prefix_hashes=frozenset(s.prefix_hashes),
         )
+        return LoadReport(self._identity, seq=0, load=load)
 
 
 def _to_delta(out: RequestOutput, live: _Live) -> GenerateDelta:
@@ -313,13 +408,13 @@ def _to_delta(out: RequestOutput, live: _Live) -> GenerateDelta:
         finished=out.finished,
         finish_reason=out.finish_reason,
         logprobs=tuple(out.logprobs) if out.logprobs is not None else None,
-        error=out.error,
+        error=None if out.error is None else ReplicaError(ErrorKind.INTERNAL, out.error),
         num_prompt_tokens=live.num_prompt_tokens,
         num_output_tokens=out.num_output_tokens + live.num_resumed,
     )
 
 
-def _error_delta(spec: GenerateSpec, error: str) -> GenerateDelta:
+def _error_delta(spec: GenerateSpec, error: ReplicaError) -> GenerateDelta:
     return GenerateDelta(
         request_id=spec.request_id,
         index=0,

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import grpc
 
-from actors.replica.tls import TlsFiles, sync_channel
-from actors.replica.types import LoadSnapshot
-from actors.replica.wire import load_to_pb
+from actors.common.config import TlsFiles
+from actors.common.tls import sync_channel
+from actors.common.types import LoadReport
+from actors.common.wire import report_to_pb
 from protos import controller_pb2, controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -31,16 +32,16 @@ class ControllerLink:
         self._channel = sync_channel(address, tls)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
 
-    def register(self, load: LoadSnapshot) -> bool:
-        req = controller_pb2.RegisterRequest(load=load_to_pb(load))
+    def register(self, report: LoadReport) -> bool:
+        req = controller_pb2.RegisterRequest(report=report_to_pb(report))
         reply = self._stub.Register(req, timeout=self._timeout_s)
         if not reply.accepted:
             logger.warning("controller refused registration: %s", reply.reason)
         return reply.accepted
 
-    def report(self, load: LoadSnapshot) -> bool:
+    def report(self, report: LoadReport) -> bool:
         """Returns whether the controller knows this replica."""
-        return self._stub.ReportLoad(load_to_pb(load), timeout=self._timeout_s).known
+        return self._stub.ReportLoad(report_to_pb(report), timeout=self._timeout_s).known
 
     def close(self) -> None:
         self._channel.close()
@@ -49,7 +50,7 @@ class ControllerLink:
 class LoadReporter:
     def __init__(
         self,
-        snapshot: Callable[[], LoadSnapshot],
+        snapshot: Callable[[], LoadReport],
         link: ControllerLink,
         interval_s: float,
         resolve: Callable[[], str | None] | None = None,
@@ -82,9 +83,9 @@ class LoadReporter:
     def tick(self) -> None:
         """One report (or registration); never raises."""
         try:
-            load = self._snapshot()
-            if not self._registered or not self._link.report(load):
-                self._registered = self._link.register(load)
+            report = self._snapshot()
+            if not self._registered or not self._link.report(report):
+                self._registered = self._link.register(report)
             self._failures = 0
         except grpc.RpcError as exc:
             self._registered = False

@@ -1,5 +1,5 @@
-"""The replica's gRPC server: Generate (one multiplexed stream per connection), Abort, Health,
-Stats.
+"""The replica's gRPC server: the token plane (Replica: Generate, one multiplexed stream per
+connection; Health; DescribeModel) and the control plane (ReplicaControl, control.py) on one port.
 
 grpc.aio runs on its own event-loop thread; the engine loop runs on another. Each step's DeltaBatch
 for a connection is built on the engine thread (column-wise, see wire.batch_to_pb) and crosses
@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
+from pathlib import Path
 
 import grpc
 
+from actors.common.config import TlsFiles
+from actors.common.tls import add_port
+from actors.common.tokenizer import read_tokenizer_files
+from actors.common.types import GenerateDelta, ModelInfo
+from actors.common.wire import model_info_to_pb, spec_from_pb
 from actors.engine.engine import LLMEngine
-from actors.replica.loop import EngineLoop, ReplicaIdentity
-from actors.replica.tls import TlsFiles, add_port
-from actors.replica.types import GenerateDelta
-from actors.replica.wire import load_to_pb, spec_from_pb
-from protos import common_pb2, replica_pb2, replica_pb2_grpc
+from actors.replica.control import CommandExecutor, ReplicaControlServicer
+from actors.replica.loop import EngineLoop
+from policies.cluster_view import ReplicaIdentity
+from protos import replica_pb2, replica_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +51,12 @@ class _ConnectionSink:
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
-    def __init__(self, engine_loop: EngineLoop, identity: ReplicaIdentity) -> None:
+    def __init__(
+        self, engine_loop: EngineLoop, identity: ReplicaIdentity, model_info: ModelInfo
+    ) -> None:
         self._engine_loop = engine_loop
         self._identity = identity
+        self._model_info = model_info_to_pb(model_info)  # built once: it never changes
 
     async def Generate(
         self, request_iterator: AsyncIterator[replica_pb2.GenerateCall], context: object
@@ -91,11 +101,6 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             # The client half-closed: finish the requests it has open, then end the stream.
             sink.queue.put_nowait(_END)
 
-    async def Abort(
-        self, request: replica_pb2.AbortRequest, context: object
-    ) -> replica_pb2.AbortReply:
-        return replica_pb2.AbortReply(found=self._engine_loop.abort(request.request_id))
-
     async def Health(
         self, request: replica_pb2.HealthRequest, context: object
     ) -> replica_pb2.HealthReply:
@@ -105,10 +110,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             incarnation=self._identity.incarnation,
         )
 
-    async def Stats(
-        self, request: replica_pb2.StatsRequest, context: object
-    ) -> common_pb2.LoadReport:
-        return load_to_pb(self._engine_loop.snapshot())
+    async def DescribeModel(
+        self, request: replica_pb2.DescribeModelRequest, context: object
+    ) -> replica_pb2.ModelInfo:
+        return self._model_info
 
 
 def _close_finished(whole: list[GenerateDelta], open_requests: dict[str, int]) -> None:
@@ -120,6 +125,18 @@ def _close_finished(whole: list[GenerateDelta], open_requests: dict[str, int]) -
             del open_requests[d.request_id]
         else:
             open_requests[d.request_id] = left
+
+
+def model_info(engine: LLMEngine) -> ModelInfo:
+    """The limits `engine` enforces and its tokenizer's files, for the ingress."""
+    path = engine.config.model.model  # the resolved checkpoint directory
+    return ModelInfo(
+        model=path,
+        max_model_len=engine.max_model_len,
+        vocab_size=engine.runner.vocab_size,
+        block_size=engine.config.cache.block_size,
+        tokenizer_files=read_tokenizer_files(Path(path)),
+    )
 
 
 class ReplicaServer:
@@ -149,11 +166,18 @@ class ReplicaServer:
         self._server = self._call(self._make_server())
         bound = add_port(self._server, f"{bind_host}:{port}", tls)
         self.identity = ReplicaIdentity(
-            replica_id, f"{advertise_host}:{bound}", node_id, incarnation
+            replica_id,
+            f"{advertise_host}:{bound}",
+            node_id,
+            incarnation,
+            pid=os.getpid(),
+            started_at=time.time(),
         )
         self.engine_loop = EngineLoop(engine, self.identity)
-        servicer = ReplicaServicer(self.engine_loop, self.identity)
+        servicer = ReplicaServicer(self.engine_loop, self.identity, model_info(engine))
         replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, self._server)
+        control = ReplicaControlServicer(CommandExecutor(self.engine_loop))
+        replica_pb2_grpc.add_ReplicaControlServicer_to_server(control, self._server)
         self.engine_loop.start()
         self._call(self._server.start())
         logger.info("replica %s serving on %s", replica_id, self.identity.address)

@@ -17,7 +17,7 @@ import logging
 import socket
 from dataclasses import replace
 
-from actors.engine.config import EngineConfig
+from actors.common.config import EngineConfig
 from actors.engine.engine import LLMEngine
 from actors.engine.model_runner import resolve_device
 from actors.models.config import load_arch_config

@@ -21,11 +21,12 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from actors.engine.config import EngineConfig
+from actors.common.config import EngineConfig
 from actors.engine.input_batch import InputBatch
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import SchedulerOutput
 from actors.shard.context import ShardContext
+from actors.shard.parallel import ShardParallel
 from actors.shard.step import (
     HEADER_LEN,
     Kind,
@@ -86,7 +87,9 @@ class ShardedRunner(ModelRunner):
     ) -> None:
         if ctx.rank != 0:
             raise ValueError(f"rank: ShardedRunner runs on rank 0, got rank {ctx.rank}")
-        super().__init__(config, use_cuda_graphs=use_cuda_graphs, shard=ctx)
+        super().__init__(
+            config, use_cuda_graphs=use_cuda_graphs, tensor_parallel=ShardParallel(ctx)
+        )
         self.ctx = ctx
         self._channel = StepChannel(ctx, self.device)
         self._closed = False

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from actors.engine.config import EngineConfig
+from actors.common.config import EngineConfig
 from actors.engine.model_runner import ModelRunner, resolve_device
 from actors.shard.context import backend_for, init_shard_group
+from actors.shard.parallel import ShardParallel
 from actors.shard.runner import follow
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ class ShardWorker:
         self.ctx = init_shard_group(backend, init_method, rank, world_size)
         # The same graph choice as rank 0's LLMEngine: both ranks must capture the same steps.
         graphs = False if config.enforce_eager else None
-        self.runner = ModelRunner(config, use_cuda_graphs=graphs, shard=self.ctx)
+        self.runner = ModelRunner(
+            config, use_cuda_graphs=graphs, tensor_parallel=ShardParallel(self.ctx)
+        )
 
     def run(self) -> int:
         """Blocks until rank 0 sends the stop message; returns the number of steps run."""

@@ -195,7 +195,7 @@ class Handlers:
             self.metrics.observe_request("/v1/models", exc.status)
             return error_response(exc)
         m = self.serving.model
-        card = model_card(m.name, self.started, m.max_model_len, m.tokenizer.vocab_size)
+        card = model_card(m.name, self.started, m.max_model_len, m.vocab_size)
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(self) -> JSONResponse:

@@ -15,19 +15,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from fastapi import FastAPI
 from ray import serve
 
-from actors.models.embedded import resolve_model_path
-from actors.replica.actor import ControllerLocator
-from actors.replica.tls import TlsFiles
+from actors.common.config import TlsFiles
+from actors.common.locator import ControllerLocator
 from orchestrator.api.app import Handlers, build_app
-from orchestrator.api.http_server import DirectHTTPServer
 from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
-from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.router import Router
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
+from orchestrator.http_server import DirectHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +38,11 @@ DEPLOYMENT_NAME = "fleetlm-ingress"
 class IngressSettings:
     controller_address: str
     model_name: str  # the name clients send as `model`
-    model: str  # checkpoint directory or the embedded model's name
-    max_model_len: int | None
-    block_size: int
     max_body_bytes: int = 1 << 20
     health_timeout_s: float = 2.0
+    # How long a new ingress replica waits for a replica to describe the model (its limits and
+    # tokenizer): the ingress serves nothing it could not validate.
+    model_wait_s: float = 300.0
     num_replicas: int = 1
     tls: TlsFiles | None = None  # gRPC to the controller and replicas (config.security)
     # SHA-256 digests of the accepted API keys (empty: no auth); keys never leave the CLI.
@@ -62,18 +61,15 @@ class IngressSettings:
 
 
 class HealthChecker:
-    """/health: the controller answers AND at least one replica it lists as healthy answers."""
+    """/health: "can this ingress serve?" — at least one replica in its view answers. Whether
+    the controller is connected is reported beside it: routing goes on from the last view."""
 
-    def __init__(
-        self, controller: ControllerClient, router: Router, pool: ReplicaPool, timeout_s: float
-    ) -> None:
-        self._controller = controller
+    def __init__(self, router: Router, pool: ReplicaPool, timeout_s: float) -> None:
         self._router = router
         self._pool = pool
         self._timeout_s = timeout_s
 
     async def __call__(self) -> dict[str, Any]:
-        controller_ok = await self._controller_ok()
         view = self._router.view
         replicas = list(view.healthy()) if view is not None else []
         answering = None
@@ -82,19 +78,11 @@ class HealthChecker:
                 answering = r.replica_id
                 break
         return {
-            "ok": controller_ok and answering is not None,
-            "controller": controller_ok,
+            "ok": self._router.connected and answering is not None,
+            "controller": self._router.connected,
             "replicas_healthy": len(replicas),
             "replica_answering": answering,
         }
-
-    async def _controller_ok(self) -> bool:
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._controller.status), self._timeout_s)
-        except Exception as exc:  # any failure means "not answering"; the reason is logged
-            logger.warning("health: controller did not answer: %s", exc)
-            return False
-        return True
 
     async def _replica_ok(self, address: str) -> bool:
         try:
@@ -104,15 +92,31 @@ class HealthChecker:
             return False
 
 
+async def describe_model(
+    name: str, router: Router, pool: ReplicaPool, wait_s: float, poll_s: float = 0.2
+) -> ServedModel:
+    """The served model as a healthy replica describes it; waits up to `wait_s` for one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    last = "no healthy replica in the controller's view yet"
+    while True:
+        view = router.view
+        for replica in view.healthy() if view is not None else ():
+            try:
+                info = await pool.get(replica.address).describe_model()
+            except grpc.aio.AioRpcError as exc:
+                last = f"replica {replica.replica_id}: {exc.code().name} {exc.details()}"
+                continue
+            return ServedModel.from_info(name, info)
+        if loop.time() > deadline:
+            raise RuntimeError(f"ingress: no replica described the model in {wait_s:.0f}s ({last})")
+        await asyncio.sleep(poll_s)  # replicas are still starting
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class OpenAIIngress:
     async def __init__(self, settings: IngressSettings) -> None:
-        model_dir = resolve_model_path(settings.model)
-        model = ServedModel.load(
-            settings.model_name, model_dir, settings.max_model_len, settings.block_size
-        )
-        self._controller = ControllerClient(settings.controller_address, settings.tls)
         # The router finds a restarted controller again through its named actor.
         self._router = Router(
             settings.controller_address,
@@ -121,10 +125,11 @@ class OpenAIIngress:
         )
         await self._router.start()
         self._pool = ReplicaPool(settings.tls)
-        self._metrics = IngressMetrics()
-        health = HealthChecker(
-            self._controller, self._router, self._pool, settings.health_timeout_s
+        model = await describe_model(
+            settings.model_name, self._router, self._pool, settings.model_wait_s
         )
+        self._metrics = IngressMetrics()
+        health = HealthChecker(self._router, self._pool, settings.health_timeout_s)
         serving = OpenAIServing(model, self._router, self._pool)
         handlers = Handlers(
             serving, self._metrics, health, settings.max_body_bytes, settings.api_key_digests

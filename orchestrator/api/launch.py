@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from policies.config import DeploymentConfig, load_config, preset_path
+from orchestrator.admin import PREFIX
+from orchestrator.admin.token import ADMIN_TOKEN_ENV, AdminToken, write_admin_files
+from orchestrator.config.load import DeploymentConfig, load_config, preset_path
 
 if TYPE_CHECKING:
     from orchestrator.api.deployment import IngressSettings
@@ -47,6 +49,9 @@ class ServeOptions:
     # With "direct": also run Serve's proxy on this port, in front of the same replicas
     # (for comparisons; None: no Serve proxy at all).
     serve_proxy_port: int | None = None
+    admin_port: int | None = None  # overrides server.admin_port (0: any free port)
+    # Record the admin URL (and a generated token) in fleetlm's cache dir for the CLI.
+    write_admin_files: bool = True
 
 
 def resolve_config(options: ServeOptions) -> DeploymentConfig:
@@ -122,9 +127,6 @@ def ingress_settings(
     return IngressSettings(
         controller_address=controller_address,
         model_name=cfg.model.name,
-        model=cfg.model.path,
-        max_model_len=cfg.model.max_model_len,
-        block_size=cfg.engine.block_size,
         max_body_bytes=cfg.server.max_body_bytes,
         tls=tls_from_config(cfg),
         api_key_digests=api_key_digests(cfg),
@@ -187,14 +189,28 @@ class Stack:
     def controller_address(self) -> str:
         return self.cluster.controller_address  # type: ignore[attr-defined]
 
+    @property
+    def admin_url(self) -> str:
+        return self.cluster.admin_url  # type: ignore[attr-defined]
+
     def banner(self) -> list[str]:
+        token: AdminToken = self.cluster.admin_token  # type: ignore[attr-defined]
+        admin = f"{self.admin_url}{PREFIX}/"
+        if token.source == "generated":  # shown once, as Jupyter does; also in the cache dir
+            admin += f"?token={token.value}"
+        else:
+            admin += (
+                f"  (token from {'the config' if token.source == 'config' else ADMIN_TOKEN_ENV})"
+            )
         return [
             f"fleetlm: serving {self.config.model.name!r}",
             f"  OpenAI API  {self.base_url}/v1",
             f"  health      {self.base_url}/health",
             f"  metrics     {self.base_url}/metrics",
-            f"  controller  {self.controller_address} (fleetlm status --controller ...)",
+            f"  admin API   {admin}",
+            f"  controller  {self.controller_address} (gRPC)",
             f"  HTTP path   {self._path_line()}",
+            "  fleetlm status | cordon REPLICA | scale N   (the admin API; token found here)",
             "  Ctrl-C to stop",
         ]
 
@@ -226,9 +242,11 @@ def start_stack(options: ServeOptions) -> Stack:
     # Checked before anything starts; port 0 picks a free port once, shared by every replica.
     port = check_port_free(host, cfg.server.http_port) if direct else cfg.server.http_port
     proxy_port = options.serve_proxy_port if direct else None
-    cluster = start_cluster(cfg, address=options.address)
+    cluster = start_cluster(cfg, address=options.address, admin_port=options.admin_port)
     try:
         _deploy_ingress(cfg, options, cluster.controller_address, port if direct else None)
+        if options.write_admin_files:
+            write_admin_files(cluster.admin_url, cluster.admin_token)
     except BaseException:
         cluster.shutdown()
         raise
@@ -256,24 +274,3 @@ def _deploy_ingress(
     else:
         serve.start(proxy_location="Disabled")
     serve.run(build_ingress(settings), name=APP_NAME, route_prefix="/", blocking=False)
-
-
-def find_controller_address(ray_address: str = "auto") -> str:
-    """The running controller's gRPC address, looked up through its named Ray actor."""
-    import ray
-
-    from actors.replica.actor import ControllerLocator
-    from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address, namespace=NAMESPACE, logging_level="ERROR")
-    try:
-        address = ControllerLocator(CONTROLLER_NAME, NAMESPACE)()
-    except ValueError as exc:
-        raise ValueError(
-            "controller: no fleetlm controller is running in this Ray cluster "
-            "(start one with `fleetlm serve`, or pass --controller HOST:PORT)"
-        ) from exc
-    if not address:
-        raise ValueError("controller: the controller has no gRPC address yet")
-    return address

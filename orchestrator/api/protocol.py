@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from actors.engine.sampling_params import SamplingParams
+from actors.common.sampling_params import SamplingParams
 
 # The OpenAI API caps top_logprobs at 20; the engine's default max_logprobs matches.
 MAX_LOGPROBS = 20

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.engine.outputs import TokenLogprob
-from actors.replica.types import GenerateDelta
+from actors.common.types import GenerateDelta, TokenLogprob
 from orchestrator.api import protocol
 
 TokenText = Callable[[int], str]  # token id -> its text, for logprobs

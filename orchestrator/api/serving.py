@@ -10,20 +10,19 @@ is routed again and resumes after the tokens the client already has.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from actors.engine.sampling_params import SamplingParams
-from actors.engine.tokenizer import Tokenizer
-from actors.replica.client import ReplicaClient, ReplicaUnavailable
-from actors.replica.tls import TlsFiles
-from actors.replica.types import GenerateDelta, GenerateSpec
+from actors.common.config import TlsFiles
+from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.replica_client import ReplicaClient, ReplicaUnavailable
+from actors.common.sampling_params import SamplingParams
+from actors.common.tokenizer import Tokenizer
+from actors.common.types import GenerateDelta, GenerateSpec, ModelInfo
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -60,24 +59,23 @@ class RouterLike(Protocol):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the ingress knows about the model: its name, tokenizer and context length."""
+    """What the ingress knows about the model: its name, tokenizer and limits, all as a replica
+    described them (Replica.DescribeModel), so the ingress admits exactly what engines admit."""
 
     name: str
     tokenizer: Tokenizer
     max_model_len: int
+    vocab_size: int
     block_size: int
 
     @classmethod
-    def load(
-        cls, name: str, model_dir: Path, max_model_len: int | None, block_size: int
-    ) -> ServedModel:
-        cfg = json.loads((model_dir / "config.json").read_text())
-        ctx = int(cfg.get("max_position_embeddings", 2048))
+    def from_info(cls, name: str, info: ModelInfo) -> ServedModel:
         return cls(
             name=name,
-            tokenizer=Tokenizer.from_dir(model_dir),
-            max_model_len=min(ctx, max_model_len) if max_model_len else ctx,
-            block_size=block_size,
+            tokenizer=Tokenizer.from_files(info.tokenizer_files, name=info.model),
+            max_model_len=info.max_model_len,
+            vocab_size=info.vocab_size,
+            block_size=info.block_size,
         )
 
 
@@ -175,7 +173,7 @@ class OpenAIServing:
     def _encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             return self.model.tokenizer.encode(prompt)
-        vocab = self.model.tokenizer.vocab_size
+        vocab = self.model.vocab_size
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt: token ids {bad[:5]} are outside the vocabulary (0..{vocab})")
@@ -189,7 +187,7 @@ class OpenAIServing:
         chat: bool,
     ) -> Prepared:
         try:
-            params.validate(self.model.tokenizer.vocab_size)
+            params.validate(self.model.vocab_size)
         except ValueError as exc:
             raise errors.from_value_error(exc) from exc
         limit = self.model.max_model_len
@@ -274,7 +272,8 @@ class Relay:
         self._first: GenerateDelta | None = None
         self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
         self._left = prep.params.n
-        self._failed: set[str] = set()  # replicas that died under this request
+        self._failed: set[str] = set()  # replicas that died under (or refused) this request
+        self._lost = 0  # replicas that died under it
         self.closed = False
 
     async def start(self) -> None:
@@ -308,17 +307,29 @@ class Relay:
                 await self._redispatch(exc)
                 continue
             if d.error is not None:
+                if d.error.kind is ErrorKind.UNAVAILABLE and not self._sent:
+                    await self._reroute(d.error)  # cordoned: nothing generated, go elsewhere
+                    continue
                 raise errors.from_replica_error(d.error)
             self._sent.setdefault(d.index, []).extend(d.token_ids)
             if d.finished:
                 self._left -= 1
             return d
 
+    async def _reroute(self, refusal: ReplicaError) -> None:
+        """The replica refused to take the request (cordoned): route it to another one."""
+        logger.info("request %s: %s; routing it elsewhere", self._prep.request_id, refusal)
+        if self._route is not None:
+            self._failed.add(self._route.replica_id)
+        self._release()
+        await self._dispatch()
+
     async def _redispatch(self, exc: ReplicaUnavailable) -> None:
         # Resuming is exact for one choice; n > 1 choices would need one resume list each.
-        if len(self._failed) >= MAX_REDISPATCH or self._prep.params.n > 1:
+        if self._lost >= MAX_REDISPATCH or self._prep.params.n > 1:
             raise APIError(503, f"replica lost mid-request: {exc}", retry_after_s=1) from exc
         logger.warning("request %s: %s; re-dispatching", self._prep.request_id, exc)
+        self._lost += 1
         if self._route is not None:
             self._failed.add(self._route.replica_id)
             dead = self._serving.pool.drop(self._route.address)

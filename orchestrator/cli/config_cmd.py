@@ -1,9 +1,9 @@
-"""`fleetlm config check FILE` and `fleetlm config apply FILE [--controller ADDR]`.
+"""`fleetlm config check FILE` and `fleetlm config apply FILE [--url URL --token T]`.
 
 `check` validates locally and prints a summary (exit 0) or every problem as `FILE:LINE: key: why`
-(exit 2). `apply` validates the same way, then sends the text to the running controller, which
-swaps the dispatch policy atomically (and takes a new replica count as desired state) or refuses
-the file and keeps the old policy (exit 2 with its message).
+(exit 2). `apply` validates the same way, then posts the text to the controller's admin API
+(`POST /admin/v1/config`), which swaps the dispatch policy atomically and takes a new replica
+count as desired state, or refuses the file and keeps the old config (exit 2 with its message).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from policies.config import ConfigError, DeploymentConfig, load_config
+from orchestrator.config.load import ConfigError, DeploymentConfig, load_config
 
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
 EXIT_INVALID = 2
 
 
@@ -28,11 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     apply = actions.add_parser("apply", help="validate, then apply to a running controller")
     apply.add_argument("file", help="deployment YAML; dispatch (and replica count) may change")
-    apply.add_argument(
-        "--controller",
-        default=None,
-        help="controller gRPC address host:port (default: 127.0.0.1:<server.controller_grpc_port>)",
-    )
+    apply.add_argument("--url", default=None, help="admin API base URL (as `fleetlm status`)")
+    apply.add_argument("--token", default=None, help="admin token")
     apply.set_defaults(func=run_apply)
 
 
@@ -46,43 +42,21 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    cfg = _load_or_report(args.file)
-    if cfg is None:
+    # Imported here so `config check` needs nothing but the schema.
+    from orchestrator.admin.client import AdminError
+    from orchestrator.cli.admin_cmd import admin_client
+
+    if _load_or_report(args.file) is None:
         return EXIT_INVALID
-    port = cfg.server.controller_grpc_port
-    if args.controller is None and port == 0:
-        print(
-            "fleetlm: error: server.controller_grpc_port is 0 (any free port): pass "
-            "--controller HOST:PORT (`fleetlm status` prints it)",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
-    address = args.controller or f"127.0.0.1:{port}"
-    ok, message = _send(cfg, address, Path(args.file).read_text(encoding="utf-8"))
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else EXIT_INVALID
-
-
-def _send(cfg: DeploymentConfig, address: str, yaml_text: str) -> tuple[bool, str]:
-    # Imported here so `config check` works on machines without the controller's gRPC stack.
-    import grpc
-
-    from actors.replica.tls import TlsFiles
-    from orchestrator.controller.client import ControllerClient
-
-    sec = cfg.security
-    tls = (
-        TlsFiles(cert=sec.tls_cert_file, key=sec.tls_key_file, ca=sec.tls_ca_file)
-        if sec.tls
-        else None
-    )
-    client = ControllerClient(address, tls=tls)
+    text = Path(args.file).read_text(encoding="utf-8")
     try:
-        return client.apply_config(yaml_text)
-    except grpc.RpcError as exc:
-        return False, f"fleetlm: error: controller at {address}: {exc.code().name} {exc.details()}"
-    finally:
-        client.close()
+        with admin_client(args) as client:
+            reply = client.apply_config(text)
+    except AdminError as exc:
+        print(f"fleetlm: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(reply["message"])
+    return 0
 
 
 def _load_or_report(path: str) -> DeploymentConfig | None:
@@ -105,7 +79,8 @@ def summary(cfg: DeploymentConfig) -> str:
         f"  engine    block_size={e.block_size} max_num_seqs={e.max_num_seqs} "
         f"max_num_batched_tokens={e.max_num_batched_tokens} preemption={e.preemption_mode}",
         f"  dispatch  {cfg.dispatch.policy}" + (f" ({params})" if params else ""),
-        f"  server    http://{s.host}:{s.http_port}  controller :{s.controller_grpc_port}",
+        f"  server    http://{s.host}:{s.http_port}  controller :{s.controller_grpc_port}  "
+        f"admin http://{s.admin_host}:{s.admin_port}",
         f"  security  tls={'on' if cfg.security.tls else 'off'} "
         f"api_keys={'on' if cfg.security.api_keys or cfg.security.api_keys_env else 'off'}",
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from actors.engine.config import EMBEDDED_MODEL
+from actors.common.config import EMBEDDED_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `fleetlm --help` and the other subcommands do not pay for torch.
+    from actors.common.sampling_params import SamplingParams
     from actors.engine.engine import LLMEngine
-    from actors.engine.sampling_params import SamplingParams
 
     engine = LLMEngine.from_model(
         args.model, dtype=args.dtype, device=args.device, load_format=args.load_format

@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES = (
     "orchestrator.cli.generate",
     "orchestrator.cli.config_cmd",
     "orchestrator.cli.serve",
+    "orchestrator.cli.admin_cmd",
 )
 
 

@@ -1,16 +1,14 @@
-"""`fleetlm serve`, `fleetlm status` and `fleetlm bench`."""
+"""`fleetlm serve` and `fleetlm bench`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 DEFAULT_RESULT = "bench/results/result.json"
 
@@ -24,13 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ingress-replicas", type=int, default=1, help="Serve replicas of the HTTP ingress"
     )
+    p.add_argument(
+        "--admin-port", type=int, default=None, help="admin API port (overrides the config)"
+    )
     p.set_defaults(func=run_serve)
-
-    s = subparsers.add_parser("status", help="print the replicas and their load")
-    s.add_argument("--controller", default=None, help="controller gRPC address host:port")
-    s.add_argument("--address", default="auto", help="Ray cluster to find the controller in")
-    s.add_argument("--json", action="store_true", help="print the raw status JSON")
-    s.set_defaults(func=run_status)
 
     b = subparsers.add_parser("bench", help="open-loop load test of an OpenAI-compatible server")
     b.add_argument("--url", default="http://127.0.0.1:8000")
@@ -61,6 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         ingress_replicas=args.ingress_replicas,
+        admin_port=args.admin_port,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,49 +72,11 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- status ---------------------------------------------------------------------------------
-
-
-def run_status(args: argparse.Namespace) -> int:
-    from orchestrator.api.launch import find_controller_address
-    from orchestrator.controller.client import ControllerClient
-
-    address = args.controller or find_controller_address(args.address)
-    status = ControllerClient(address).status()
-    if args.json:
-        print(json.dumps(status, indent=2, default=str))
-    else:
-        print(format_status(address, status))
-    return 0
-
-
-def format_status(address: str, status: dict[str, Any]) -> str:
-    lines = [f"controller {address}"]
-    for key in ("policy", "desired_replicas", "generation"):
-        if key in status:
-            lines.append(f"{key}: {status[key]}")
-    replicas = status.get("replicas", [])
-    header = (
-        f"{'replica':24s} {'address':22s} {'healthy':7s} {'run':>4s} {'wait':>4s} {'kv free':>9s}"
-    )
-    lines.append(header)
-    for r in replicas:
-        kv = f"{r.get('kv_blocks_free', 0)}/{r.get('kv_blocks_total', 0)}"
-        lines.append(
-            f"{str(r.get('replica_id', '?')):24s} {str(r.get('address', '')):22s} "
-            f"{str(r.get('healthy', '?')):7s} {r.get('running', 0):>4} {r.get('waiting', 0):>4} "
-            f"{kv:>9s}"
-        )
-    if not replicas:
-        lines.append("(no replicas registered)")
-    return "\n".join(lines)
-
-
 # ---- bench ----------------------------------------------------------------------------------
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from bench.loadgen import WorkloadSpec, format_summary, run_benchmark, write_results
+    from orchestrator.cli.loadgen import WorkloadSpec, format_summary, run_benchmark, write_results
 
     spec = WorkloadSpec(
         num_requests=args.num_requests,

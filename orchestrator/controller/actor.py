@@ -7,13 +7,12 @@ it finds, and those re-register when their reports are refused.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.backend import RayBackend
 from orchestrator.controller.deployment import ConfigUpdater, advertised_host
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.settings import ControllerSettings
-from policies.config import DeploymentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +27,9 @@ class ControllerActor:
     def grpc_address(self) -> str:
         return self._host.address
 
-    def status(self) -> dict[str, Any]:
-        return self._host.status()
+    def admin_url(self) -> str:
+        """The admin API's base URL (http://HOST:PORT); routes are under /admin/v1/."""
+        return self._host.admin_url
 
     def shutdown(self) -> None:
         """Stop the control loop and remove every replica (the cluster is going away)."""

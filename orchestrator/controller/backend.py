@@ -6,14 +6,37 @@ finds them by name and they re-register with it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import ray
 
-from actors.replica.actor import ReplicaActor
 from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX, ControllerSettings
 
 logger = logging.getLogger(__name__)
+
+# The replica's implementation, imported only inside the replica actor's own process: it needs
+# torch and the engine, which the controller's process never loads (an import-linter contract
+# and tests/pure/test_layers.py keep it so). Ray Serve names deployments by import path likewise.
+REPLICA_IMPL = "actors.replica.actor:ReplicaActor"
+
+
+class ReplicaProcess:
+    """The class the controller starts as a replica actor: a shell that builds REPLICA_IMPL in
+    the actor's process and forwards the few calls the controller makes."""
+
+    def __init__(self, *args: object) -> None:
+        module, _, name = REPLICA_IMPL.partition(":")
+        self._impl = getattr(importlib.import_module(module), name)(*args)
+
+    def address(self) -> str:
+        return self._impl.address()
+
+    def health(self) -> bool:
+        return self._impl.health()
+
+    def shutdown(self) -> None:
+        self._impl.shutdown()
 
 
 class RayBackend:
@@ -28,7 +51,7 @@ class RayBackend:
     ) -> None:
         """Start a replica actor; returns at once (it registers when its engine is up)."""
         res = settings.resources
-        actor_cls = ray.remote(ReplicaActor).options(
+        actor_cls = ray.remote(ReplicaProcess).options(
             name=REPLICA_NAME_PREFIX + replica_id,
             namespace=self._namespace,
             lifetime="detached",
@@ -71,6 +94,15 @@ class RayBackend:
             return True
         except ray.exceptions.RayActorError:
             return False
+
+    def stop_replica(self, replica_id: str, timeout_s: float = 30.0) -> None:
+        """Shut the replica down cleanly (reporter, gRPC server, engine), then remove it."""
+        try:
+            handle = ray.get_actor(REPLICA_NAME_PREFIX + replica_id, namespace=self._namespace)
+            ray.get(handle.shutdown.remote(), timeout=timeout_s)
+        except (ValueError, ray.exceptions.RayError) as exc:
+            logger.warning("replica %s did not shut down cleanly: %s", replica_id, exc)
+        self.kill_replica(replica_id)
 
     def kill_replica(self, replica_id: str) -> None:
         self._started.pop(replica_id, None)

@@ -1,22 +1,27 @@
-"""From the deployment YAML (policies.config) to what the controller and replicas run."""
+"""From the deployment YAML (orchestrator.config.load) to what the controller and replicas run."""
 
 from __future__ import annotations
 
-import json
 import threading
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from actors.replica.actor import ReplicaOptions
-from actors.replica.engine_factory import ReplicaSpec
-from actors.replica.tls import TlsFiles
-from orchestrator.controller.service import PolicyChange
+import yaml
+
+from actors.common.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ReplicaOptions,
+    ReplicaSpec,
+    SchedulerConfig,
+    TlsFiles,
+)
+from orchestrator.config.load import ConfigUpdate, DeploymentConfig, parse_policy_update
 from orchestrator.controller.settings import (
     CONTROLLER_NAME,
     NAMESPACE,
     ControllerSettings,
     ReplicaResources,
 )
-from policies.config import DeploymentConfig, parse_policy_update
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -53,10 +58,15 @@ def replica_spec(cfg: DeploymentConfig) -> ReplicaSpec:
 def settings_from_config(
     cfg: DeploymentConfig,
     *,
+    admin_token_digest: str,
     custom_resources: dict[str, float] | None = None,
     grpc_port: int | None = None,
+    admin_port: int | None = None,
 ) -> ControllerSettings:
-    """The controller's settings; `custom_resources` pins replicas (e.g. one per node)."""
+    """The controller's settings; `custom_resources` pins replicas (e.g. one per node).
+
+    `admin_token_digest`: the SHA-256 of the admin API's token (the token itself stays with
+    whoever resolved it, orchestrator/admin/token.py)."""
     server, res = cfg.server, cfg.replicas.resources
     tls = tls_from_config(cfg)
     options = ReplicaOptions(
@@ -68,7 +78,6 @@ def settings_from_config(
         controller_namespace=NAMESPACE,
     )
     return ControllerSettings(
-        replicas=cfg.replicas.initial,
         spec=replica_spec(cfg),
         replica_options=options,
         resources=ReplicaResources(
@@ -76,17 +85,20 @@ def settings_from_config(
             num_gpus=res.num_gpus,
             custom=tuple(sorted((custom_resources or {}).items())),
         ),
-        policy_name=cfg.dispatch.policy,
-        policy_params_json=json.dumps(cfg.dispatch_params(), sort_keys=True),
         grpc_host=server.host,
         grpc_port=server.controller_grpc_port if grpc_port is None else grpc_port,
+        admin_host=server.admin_host,
+        admin_port=server.admin_port if admin_port is None else admin_port,
+        admin_token_digest=admin_token_digest,
         unhealthy_after_s=server.unhealthy_after_s,
         tls=tls,
     )
 
 
 class ConfigUpdater:
-    """Validates `fleetlm config apply` texts against the running config and keeps the result."""
+    """The running deployment config: the one place the desired replica count and the dispatch
+    policy live. Validates run-time updates (`fleetlm config apply`, the admin API) against it
+    and keeps the result."""
 
     def __init__(self, current: DeploymentConfig) -> None:
         self._current = current
@@ -96,11 +108,19 @@ class ConfigUpdater:
     def current(self) -> DeploymentConfig:
         return self._current
 
-    def __call__(self, yaml_text: str) -> PolicyChange:
-        """Raises ConfigError (a ValueError) naming the key path; nothing changes then."""
+    def __call__(self, yaml_text: str) -> ConfigUpdate:
+        """Raises ConfigError (a ValueError) naming the key paths; nothing changes then."""
         with self._lock:
             update = parse_policy_update(yaml_text, self._current, source="<config apply>")
             self._current = update.config
-        cfg = update.config
-        replicas = cfg.replicas.initial if "replicas" in update.changed else None
-        return PolicyChange(cfg.dispatch.policy, cfg.dispatch_params(), replicas)
+        return update
+
+    def yaml(self) -> str:
+        """The running config as YAML, secrets (API keys, the admin token) masked."""
+        data = self._current.model_dump(mode="json")
+        security = data["security"]
+        if security.get("api_keys"):
+            security["api_keys"] = ["<hidden>"] * len(security["api_keys"])
+        if security.get("admin_token"):
+            security["admin_token"] = "<hidden>"
+        return yaml.safe_dump(data, sort_keys=False)

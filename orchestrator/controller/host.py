@@ -1,13 +1,13 @@
-"""ControllerHost: the controller's event-loop thread, its gRPC server and the reconciler.
+"""ControllerHost: the controller's event-loop thread, its gRPC server, its admin HTTP API and the
+reconciler, all on one asyncio loop (so they share the records without locks).
 
 Plain Python (no Ray here): the Ray actor in actor.py wraps it, tests may run it in-process with
-a Fake backend.
+a fake backend and fake replica control clients.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -15,16 +15,17 @@ from typing import Any
 
 import grpc
 
-from actors.replica.tls import add_port
+from actors.common.config import TlsFiles
+from actors.common.control_client import ReplicaControlClient
+from actors.common.tls import add_port
+from orchestrator.admin.app import build_admin_app
+from orchestrator.controller.commander import ControlClient, ReplicaCommander
+from orchestrator.controller.deployment import WILDCARD_HOSTS, ConfigUpdater
 from orchestrator.controller.reconciler import Reconciler, ReplicaBackend
-from orchestrator.controller.service import (
-    ControllerCore,
-    ControllerServicer,
-    PolicyChange,
-    build_policy,
-)
+from orchestrator.controller.service import ControllerCore, ControllerServicer
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState
+from orchestrator.http_server import DirectHTTPServer
 from protos import controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -35,34 +36,37 @@ class ControllerHost:
         self,
         settings: ControllerSettings,
         backend: ReplicaBackend,
-        parse_policy_update: Callable[[str], PolicyChange],
+        config: ConfigUpdater,
         advertise_host: str | None = None,
+        connect: Callable[[str, TlsFiles | None], ControlClient] = ReplicaControlClient,
     ) -> None:
         self.settings = settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="controller-loop")
         self._thread.daemon = True
         self._thread.start()
-        policy = build_policy(settings.policy_name, settings.policy_params)
         self.state = ControllerState(settings.unhealthy_after_s)
+        self.commander = ReplicaCommander(self.state, settings.tls, connect=connect)
         self.core = ControllerCore(
-            self.state,
-            policy,
-            parse_policy_update,
-            settings.replica_options.report_interval_s,
-            on_replicas=self._set_desired,
-            status_extra=self._status_extra,
+            self.state, config, self.commander, settings.replica_options.report_interval_s
         )
         self._server = self.call(self._start_server())
-        port = self._bound_port
-        self.address = f"{advertise_host or settings.grpc_host}:{port}"
-        self.reconciler = Reconciler(self.state, backend, lambda: self.settings, self.address)
+        self.address = f"{advertise_host or settings.grpc_host}:{self._bound_port}"
+        self.reconciler = Reconciler(
+            self.state,
+            backend,
+            self.commander,
+            lambda: self.settings,
+            lambda: self.core.desired_replicas,
+            self.address,
+        )
+        self._admin = self.call(self._start_admin())
+        self.admin_url = (
+            f"http://{_url_host(settings.admin_host, advertise_host)}:{self._admin.port}"
+        )
         self._stop = asyncio.Event()
         self._reconcile_task = self.call(self._start_reconciler())
-        logger.info("controller serving on %s", self.address)
-
-    def _set_desired(self, count: int) -> None:
-        self.settings = dataclasses.replace(self.settings, replicas=count)
+        logger.info("controller serving on %s, admin API on %s", self.address, self.admin_url)
 
     async def _start_server(self) -> grpc.aio.Server:
         server = grpc.aio.server()
@@ -75,6 +79,18 @@ class ControllerHost:
         await server.start()
         return server
 
+    async def _start_admin(self) -> DirectHTTPServer:
+        app = build_admin_app(self.core, self.settings.admin_token_digest)
+        host, port = self.settings.admin_host, self.settings.admin_port
+        try:
+            server = DirectHTTPServer(
+                app, host, port, graceful_shutdown_s=1.0, reuse_port=False, name="admin"
+            )
+        except RuntimeError as exc:
+            raise ValueError(f"server.admin_port: {exc}") from exc
+        await server.start()
+        return server
+
     async def _start_reconciler(self) -> asyncio.Task:
         self._stop = asyncio.Event()
         return asyncio.create_task(self.reconciler.run(self._stop))
@@ -83,24 +99,6 @@ class ControllerHost:
         """Run a coroutine on the controller's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
-    def _status_extra(self) -> dict[str, Any]:
-        reconciler = getattr(self, "reconciler", None)  # None while the host is starting
-        return {
-            "address": getattr(self, "address", ""),
-            "desired_replicas": self.settings.replicas,
-            "reconciler": {
-                "ticks": reconciler.ticks if reconciler else 0,
-                "failed_ticks": reconciler.failed_ticks if reconciler else 0,
-                "start_failures": reconciler.start_failures if reconciler else 0,
-            },
-        }
-
-    def status(self) -> dict[str, Any]:
-        async def snapshot() -> dict[str, Any]:
-            return self.core.status()
-
-        return self.call(snapshot())
-
     def replica_ids(self) -> list[str]:
         async def ids() -> list[str]:
             return sorted(self.state.records)
@@ -108,15 +106,25 @@ class ControllerHost:
         return self.call(ids())
 
     def stop(self) -> None:
-        """Stop the reconciler and the server (idempotent)."""
+        """Stop the reconciler and the servers (idempotent)."""
         if not self._thread.is_alive():
             return
 
         async def shutdown() -> None:
             self._stop.set()
             await self._reconcile_task
+            await self._admin.stop()
             await self._server.stop(0.5)
+            await self.commander.close()
 
         self.call(shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def _url_host(bind_host: str, advertise_host: str | None) -> str:
+    """What a browser dials for a server bound to `bind_host` (a wildcard: this node's IP)."""
+    shown = bind_host
+    if bind_host in WILDCARD_HOSTS:
+        shown = advertise_host or "127.0.0.1"
+    return f"[{shown}]" if ":" in shown else shown

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import ray
 
-from actors.replica.actor import ControllerLocator
+from actors.common.locator import ControllerLocator
+from orchestrator.admin.client import AdminClient
+from orchestrator.admin.token import AdminToken, resolve_admin_token
+from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.actor import ControllerActor
 from orchestrator.controller.backend import RayBackend
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.deployment import settings_from_config, tls_from_config
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 from policies.cluster_view import ClusterView
-from policies.config import DeploymentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class ReplicaInfo:
 @dataclass
 class ClusterHandle:
     controller_address: str
+    admin_url: str
+    admin_token: AdminToken
     replicas: list[ReplicaInfo]
     config: DeploymentConfig
     owns_ray: bool = False
@@ -40,16 +43,13 @@ class ClusterHandle:
     def client(self) -> ControllerClient:
         return ControllerClient(self.controller_address, tls_from_config(self.config))
 
+    def admin(self) -> AdminClient:
+        """A client of the controller's admin API (close it, or use it in a `with`)."""
+        return AdminClient(self.admin_url, self.admin_token.value)
+
     def locator(self) -> ControllerLocator:
         """Finds the controller again after a restart (for Router(resolve=...))."""
         return ControllerLocator(CONTROLLER_NAME, NAMESPACE)
-
-    def status(self) -> dict[str, Any]:
-        client = self.client()
-        try:
-            return client.status()
-        finally:
-            client.close()
 
     def shutdown(self) -> None:
         """Stop the controller and every replica; shut Ray down if this call started it."""
@@ -71,10 +71,14 @@ def start_cluster(
     custom_resources: dict[str, float] | None = None,
     wait_s: float = 300.0,
     min_healthy: int = 1,
+    admin_token: AdminToken | None = None,
+    admin_port: int | None = None,
 ) -> ClusterHandle:
     """Start the controller (which creates the replicas) and wait for `min_healthy` replicas.
 
     `custom_resources`: Ray resources each replica needs, e.g. to place one per node.
+    `admin_token`: the admin API's token (default: resolved from the config, the environment,
+    or generated); `admin_port` overrides server.admin_port (0: any free port).
     """
     owns_ray = not ray.is_initialized()
     if owns_ray:
@@ -84,7 +88,13 @@ def start_cluster(
             "cluster: a fleetlm controller already runs in this Ray cluster "
             "(see `fleetlm status`; shut it down before starting another)"
         )
-    settings = settings_from_config(config, custom_resources=custom_resources)
+    token = admin_token or resolve_admin_token(config)
+    settings = settings_from_config(
+        config,
+        admin_token_digest=token.digest,
+        custom_resources=custom_resources,
+        admin_port=admin_port,
+    )
     controller = (
         ray.remote(ControllerActor)
         .options(
@@ -96,11 +106,16 @@ def start_cluster(
         )
         .remote(config, settings)
     )
-    controller_address = ray.get(controller.grpc_address.remote(), timeout=120)
-    handle = ClusterHandle(controller_address, [], config, owns_ray)
+    try:
+        controller_address = ray.get(controller.grpc_address.remote(), timeout=120)
+        admin_url = ray.get(controller.admin_url.remote(), timeout=30)
+    except ray.exceptions.RayActorError as exc:
+        ray.kill(controller, no_restart=True)  # it fails the same way on every restart
+        raise ValueError(f"controller: failed to start: {_cause(exc)}") from exc
+    handle = ClusterHandle(controller_address, admin_url, token, [], config, owns_ray)
     client = handle.client()
     try:
-        view = client.wait_for_replicas(min(min_healthy, settings.replicas), wait_s)
+        view = client.wait_for_replicas(min(min_healthy, config.replicas.initial), wait_s)
     except BaseException:
         client.close()
         handle.shutdown()
@@ -127,6 +142,14 @@ def _stop_controller(attempts: int = 20) -> None:
             logger.warning("controller shutdown (attempt %d): %s", attempt + 1, exc)
             break
     ray.kill(handle, no_restart=True)
+
+
+def _cause(exc: BaseException) -> str:
+    """The controller constructor's own error (e.g. its admin port is taken), not Ray's wrap."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    while cause is not None and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    return str(cause or exc).strip().splitlines()[-1]
 
 
 def _controller_exists() -> bool:

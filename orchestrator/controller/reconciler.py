@@ -1,7 +1,15 @@
-"""The control loop: compare the desired replica count with what replicas report, and converge.
+"""The control loop: compare what is desired with what replicas report, and converge.
 
-RPC handlers only record state; this loop is the one place that issues commands (create, kill).
-Each tick is independent: an exception is logged and the next tick tries again.
+Desired state is recorded elsewhere (the replica count in the deployment config; a record's
+cordon and drain flags, set by the admin API and by scale-in); this loop is the one place that
+acts on it: it creates and stops replicas (through the backend) and makes each replica's cordon
+follow the desired one (through the commander). Each tick is independent: an exception is
+logged and the next tick tries again.
+
+Scale-in never loses a request: the replicas to remove are cordoned (routers stop sending them
+requests; one that still arrives is refused and the ingress routes it elsewhere), and each is
+stopped only once two consecutive load reports show it empty. Live migration will make this
+faster; it will not change the order.
 """
 
 from __future__ import annotations
@@ -13,8 +21,11 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from actors.common.commands import CommandResult, Cordon, Uncordon
+from orchestrator.controller.commander import ReplicaCommander
+from orchestrator.controller.events import EventKind
 from orchestrator.controller.settings import ControllerSettings
-from orchestrator.controller.state import ControllerState
+from orchestrator.controller.state import ControllerState, ReplicaRecord
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +39,37 @@ class ReplicaBackend(Protocol):
 
     def is_alive(self, replica_id: str) -> bool: ...
 
+    def stop_replica(self, replica_id: str) -> None:
+        """Shut a replica down cleanly (it has no requests left), then remove its actor."""
+
     def kill_replica(self, replica_id: str) -> None: ...
+
+
+def cordon_command_id(record: ReplicaRecord) -> str:
+    """The id of the command that makes `record`'s replica follow its desired cordon: the same
+    for every retry of one change, new for the next change or a restarted process."""
+    assert record.report is not None
+    verb = "cordon" if record.wants_cordon else "uncordon"
+    incarnation = record.report.identity.incarnation
+    return f"{verb}-{record.replica_id}-{incarnation}-{record.cordon_epoch}"
+
+
+def cordon_settled(record: ReplicaRecord) -> bool:
+    """The replica already follows the desired cordon (confirmed or reported)."""
+    assert record.report is not None
+    confirmed = record.cordon_applied == (record.report.identity.incarnation, record.cordon_epoch)
+    return confirmed or record.report.load.cordoned == record.wants_cordon
+
+
+async def apply_cordon(commander: ReplicaCommander, record: ReplicaRecord) -> CommandResult:
+    """Send the command that makes the replica follow its desired cordon."""
+    assert record.report is not None
+    epoch, incarnation = record.cordon_epoch, record.report.identity.incarnation
+    command = Cordon() if record.wants_cordon else Uncordon()
+    result = await commander.send(record.replica_id, command, cordon_command_id(record))
+    if result.ok and record.cordon_epoch == epoch:
+        record.cordon_applied = (incarnation, epoch)
+    return result
 
 
 class Reconciler:
@@ -36,12 +77,16 @@ class Reconciler:
         self,
         state: ControllerState,
         backend: ReplicaBackend,
+        commander: ReplicaCommander,
         settings: Callable[[], ControllerSettings],
+        desired_replicas: Callable[[], int],
         controller_address: str,
     ) -> None:
         self._state = state
         self._backend = backend
+        self._commander = commander
         self._settings = settings
+        self._desired = desired_replicas
         self._address = controller_address
         self._adopted = False
         self.start_failures = 0
@@ -68,13 +113,14 @@ class Reconciler:
         self.ticks += 1
         if not self._adopted:
             await self._adopt_existing()
-        for replica_id in self._state.mark_stale():
-            logger.warning("replica %s missed its load reports: marked unhealthy", replica_id)
+        self._state.mark_stale()
         await self._reap_dead()
-        await self._converge()
+        await self._converge_count()
+        await self._converge_cordons()
+        await self._finish_drains()
 
     async def _blocking(self, fn: Callable, *args: object) -> object:
-        # Ray calls block; keep them off the event loop that serves gRPC.
+        # Ray calls block; keep them off the event loop that serves gRPC and the admin API.
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def _adopt_existing(self) -> None:
@@ -86,10 +132,12 @@ class Reconciler:
             logger.info("adopted %d running replicas: %s", len(existing), sorted(existing))
         self._adopted = True
 
+    # ---- dead replicas ---------------------------------------------------------------------
+
     async def _reap_dead(self) -> None:
         settings = self._settings()
         for record in list(self._state.records.values()):
-            if record.healthy:
+            if record.reporting:
                 continue
             silent = self._state.silent_for(record.replica_id)
             if silent < settings.dead_after_s:
@@ -98,35 +146,62 @@ class Reconciler:
             if alive and (record.registered or silent < settings.start_timeout_s):
                 continue  # starting, or alive but not reporting (a partition): leave it be
             if not record.registered:
-                self._note_start_failure()
-            logger.warning(
-                "replica %s is gone (silent %.1fs): replacing it", record.replica_id, silent
-            )
-            self._state.forget(record.replica_id)
-            await self._blocking(self._backend.kill_replica, record.replica_id)
+                self._note_start_failure(record.replica_id)
+            await self._remove(record, f"gone (silent {silent:.1f}s): replacing it", kill=True)
 
-    def _note_start_failure(self) -> None:
+    def _note_start_failure(self, replica_id: str) -> None:
         # A replica that dies while starting (bad model path, OOM) would die again at once:
         # back off exponentially instead of creating one every tick.
         self.start_failures += 1
         delay = min(self.max_backoff_s, 2.0 ** min(self.start_failures, 16))
         self._create_after = time.monotonic() + delay
-        logger.warning(
-            "replica failed to start (%d in a row); next try in %.0fs", self.start_failures, delay
+        self._state.events.add(
+            EventKind.REPLICA_START_FAILED,
+            f"died while starting ({self.start_failures} in a row); next try in {delay:.0f}s",
+            replica_id,
         )
 
-    async def _converge(self) -> None:
-        desired = self._settings().replicas
+    async def _remove(self, record: ReplicaRecord, why: str, *, kill: bool) -> None:
+        self._state.forget(record.replica_id, why)
+        if record.report is not None:
+            await self._commander.forget(record.report.identity.address)
+        stop = self._backend.kill_replica if kill else self._backend.stop_replica
+        await self._blocking(stop, record.replica_id)
+
+    # ---- the replica count -----------------------------------------------------------------
+
+    async def _converge_count(self) -> None:
+        desired = self._desired()
         managed = [r for r in self._state.records.values() if r.managed]
         if any(r.registered for r in managed):
             self.start_failures = 0  # replicas can start: the backoff is over
-        missing = desired - len(managed)
-        if missing > 0 and time.monotonic() < self._create_after:
-            return
-        for _ in range(missing):
+        active = [r for r in managed if not r.draining]
+        missing = desired - len(active)
+        if missing > 0:
+            missing -= self._undrain(managed, missing)
+        if missing > 0 and time.monotonic() >= self._create_after:
+            await self._create(missing, desired)
+        if missing < 0:
+            await self._scale_in(-missing, active)
+
+    def _undrain(self, managed: list[ReplicaRecord], wanted: int) -> int:
+        """Scaling out again: keep replicas that are still draining rather than start new ones."""
+        kept = 0
+        for record in managed:
+            if kept == wanted:
+                break
+            if record.draining and record.reporting:
+                self._set_drain(record, False)
+                kept += 1
+        return kept
+
+    async def _create(self, count: int, desired: int) -> None:
+        for _ in range(count):
             replica_id = uuid.uuid4().hex[:8]
             self._state.expect(replica_id)
-            logger.info("creating replica %s (%d desired)", replica_id, desired)
+            self._state.events.add(
+                EventKind.REPLICA_CREATED, f"starting ({desired} desired)", replica_id
+            )
             try:
                 await self._blocking(
                     self._backend.create_replica, replica_id, self._settings(), self._address
@@ -134,16 +209,56 @@ class Reconciler:
             except Exception:
                 self._state.forget(replica_id)  # not created: the next tick tries again
                 raise
-        if missing < 0:
-            await self._scale_down(-missing, managed)
 
-    async def _scale_down(self, count: int, managed: list) -> None:
-        # Unhealthy or not-yet-registered first, then the least busy.
-        ranked = sorted(
-            managed,
-            key=lambda r: (r.healthy, (r.load.running + r.load.waiting) if r.load else 0),
-        )
-        for record in ranked[:count]:
-            logger.info("scaling down: removing replica %s", record.replica_id)
-            self._state.forget(record.replica_id)
-            await self._blocking(self._backend.kill_replica, record.replica_id)
+    async def _scale_in(self, count: int, active: list[ReplicaRecord]) -> None:
+        # Not yet serving first (nothing to lose), then the least busy.
+        def cost(r: ReplicaRecord) -> tuple[bool, int]:
+            serving = r.registered and r.reporting
+            load = r.report.load.running + r.report.load.waiting if r.report else 0
+            return serving, load
+
+        for record in sorted(active, key=cost)[:count]:
+            if record.registered and record.reporting:
+                self._set_drain(record, True)
+            else:
+                await self._remove(record, "scale-in (was not serving yet)", kill=True)
+
+    def _set_drain(self, record: ReplicaRecord, draining: bool) -> None:
+        was_cordoned = record.wants_cordon
+        record.draining = draining
+        record.drained_seq = None
+        if record.wants_cordon != was_cordoned:
+            record.cordon_epoch += 1
+        if draining:
+            kind, why = EventKind.REPLICA_DRAINING, "scale-in: no new requests, stop once empty"
+        else:
+            kind, why = EventKind.REPLICA_UNDRAINED, "scale-out: kept instead of a new one"
+        self._state.events.add(kind, why, record.replica_id)
+        self._state.touch(record)
+
+    # ---- cordons ---------------------------------------------------------------------------
+
+    async def _converge_cordons(self) -> None:
+        pending = [
+            r
+            for r in self._state.records.values()
+            if r.report is not None and r.reporting and not cordon_settled(r)
+        ]
+        if pending:
+            await asyncio.gather(*(apply_cordon(self._commander, r) for r in pending))
+
+    # ---- drains ----------------------------------------------------------------------------
+
+    async def _finish_drains(self) -> None:
+        for record in list(self._state.records.values()):
+            if not record.draining or record.report is None or not record.reporting:
+                continue
+            report = record.report
+            if not (report.load.cordoned and record.idle):
+                record.drained_seq = None
+                continue
+            if record.drained_seq is None:
+                record.drained_seq = report.seq  # empty once: wait for a later report
+                continue
+            if report.seq > record.drained_seq:
+                await self._remove(record, "scale-in: drained, stopped", kill=False)

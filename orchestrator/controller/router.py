@@ -14,10 +14,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from actors.replica.tls import TlsFiles
-from orchestrator.controller.client import ControllerClient, RouteOutcome, RouteResult
+from actors.common.config import TlsFiles
+from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.wire import ViewUpdate
 from policies.cluster_view import ClusterView, RequestMeta
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
@@ -26,6 +27,22 @@ from policies.live_view import LiveView
 logger = logging.getLogger(__name__)
 
 FALLBACK_POLICY = "least_load"
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    replica_id: str
+    address: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RouteOutcome:
+    """A routing decision with why: `result` None means refuse (429 if overloaded, else 503)."""
+
+    result: RouteResult | None
+    reason: str
+    overloaded: bool = False
 
 
 class Router:

@@ -1,20 +1,35 @@
-"""The controller's gRPC service: handlers record state and run the dispatch policy; they never
-issue commands to replicas (the reconciler does)."""
+"""The controller's core and its gRPC service.
+
+`ControllerCore` holds what the controller knows and wants: the replica records (state.py), the
+deployment config (the desired replica count and the dispatch policy routers run), the events.
+Its methods record desired state and answer questions; acting on the desired state is the
+reconciler's job, except where an operator waits for an answer (a cordon is also sent at once).
+The gRPC servicer (replicas register and report; routers watch the view) and the admin API
+(orchestrator/admin) are thin layers over it. Everything runs on the controller's event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from actors.replica.wire import load_from_pb
-from orchestrator.controller.state import ControllerState
-from orchestrator.controller.wire import ViewUpdate, meta_from_pb, update_to_pb
-from policies.cluster_view import RequestMeta
-from policies.dispatch import DispatchDecision, DispatchPolicy, make_dispatch_policy
+import yaml
+
+from actors.common.commands import CommandResult, ListRequests, RequestInfo, RequestList
+from actors.common.wire import report_from_pb
+from orchestrator.config.errors import ConfigError
+from orchestrator.config.load import DeploymentConfig
+from orchestrator.controller.commander import ReplicaCommander
+from orchestrator.controller.deployment import ConfigUpdater
+from orchestrator.controller.events import EventKind
+from orchestrator.controller.reconciler import apply_cordon
+from orchestrator.controller.state import ControllerState, ReplicaRecord
+from orchestrator.controller.wire import ViewUpdate, update_to_pb
+from policies.cluster_view import ReplicaState
+from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from protos import common_pb2, controller_pb2, controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -22,44 +37,41 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ActivePolicy:
-    """Swapped as one reference, so a route never sees half of an update."""
+    """Swapped as one reference, so a watcher never sees half of an update."""
 
     name: str
     params: dict[str, Any]
     policy: DispatchPolicy
 
-
-@dataclass(frozen=True)
-class PolicyChange:
-    """A validated run-time config update: the dispatch policy, and a new replica count if any."""
-
-    policy_name: str
-    policy_params: dict[str, Any]
-    replicas: int | None = None
+    @classmethod
+    def of(cls, cfg: DeploymentConfig) -> ActivePolicy:
+        params = cfg.dispatch_params()
+        return cls(cfg.dispatch.policy, params, make_dispatch_policy(cfg.dispatch.policy, params))
 
 
-def build_policy(name: str, params: dict[str, Any]) -> ActivePolicy:
-    return ActivePolicy(name, dict(params), make_dispatch_policy(name, params))
+class ReplicaNotFound(LookupError):
+    pass
+
+
+class StateConflict(RuntimeError):
+    """The replica's state forbids what was asked (e.g. uncordoning one that is draining)."""
 
 
 class ControllerCore:
     def __init__(
         self,
         state: ControllerState,
-        policy: ActivePolicy,
-        parse_policy_update: Callable[[str], PolicyChange],
+        config: ConfigUpdater,
+        commander: ReplicaCommander,
         report_interval_s: float,
-        on_replicas: Callable[[int], None] = lambda count: None,
-        status_extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.state = state
-        self.policy = policy
-        self._parse = parse_policy_update
-        self._on_replicas = on_replicas
-        self._status_extra = status_extra
+        self.events = state.events
+        self.config = config
+        self.commander = commander
+        self.policy = ActivePolicy.of(config.current)
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
-        self.num_routes = 0
         self._view_msg: tuple[int, controller_pb2.ClusterViewMsg] | None = None
         state.on_change(self._wake_watchers)
 
@@ -67,32 +79,78 @@ class ControllerCore:
         for event in self.watchers:
             event.set()
 
-    def route(self, meta: RequestMeta) -> tuple[DispatchDecision, str]:
-        """Run the dispatch policy; counts the dispatch so the next decision sees it."""
-        decision = self.policy.policy.choose(self.state.view(), meta)
-        self.num_routes += 1
-        if decision.replica_id is None:
-            return decision, ""
-        replica = self.state.view().get(decision.replica_id)
-        self.state.note_dispatch(decision.replica_id)
-        return decision, replica.address if replica is not None else ""
+    # ---- desired state ---------------------------------------------------------------------
 
-    def apply_config(self, yaml_text: str) -> tuple[bool, str]:
-        """A valid policy file replaces the policy atomically; an invalid one changes nothing."""
+    @property
+    def desired_replicas(self) -> int:
+        return self.config.current.replicas.initial
+
+    def apply_config(self, yaml_text: str) -> str:
+        """A valid file replaces the policy and the replica count atomically; raises
+        ConfigError (nothing changes) naming every problem."""
         try:
-            change = self._parse(yaml_text)
-            new = build_policy(change.policy_name, change.policy_params)
-        except ValueError as exc:
-            logger.warning("config apply refused: %s", exc)
-            return False, f"refused: {exc}"
-        self.policy = new
-        message = f"applied: dispatch policy {change.policy_name}"
-        if change.replicas is not None:
-            self._on_replicas(change.replicas)
-            message += f", {change.replicas} replicas desired"
+            update = self.config(yaml_text)
+            policy = ActivePolicy.of(update.config)
+        except ConfigError as exc:
+            self.events.add(EventKind.CONFIG_REFUSED, str(exc).splitlines()[0])
+            raise
+        self.policy = policy
+        message = (
+            f"applied: dispatch policy {policy.name}, {self.desired_replicas} replicas desired"
+        )
+        self.events.add(EventKind.CONFIG_APPLIED, message)
         self.state.touch()
-        logger.info("config applied: %s %s", change.policy_name, change.policy_params)
-        return True, message
+        return message
+
+    def scale(self, replicas: int) -> str:
+        """The desired replica count, as `replicas.count` in the config (ConfigError if bad)."""
+        return self.apply_config(yaml.safe_dump({"replicas": {"count": replicas}}))
+
+    def config_yaml(self) -> str:
+        return self.config.yaml()
+
+    async def cordon(self, replica_id: str, cordoned: bool) -> CommandResult:
+        """Record the operator's cordon and send it now; the reconciler re-sends it until the
+        replica follows (e.g. after a restart)."""
+        record = self.record(replica_id)
+        if not cordoned and record.draining:
+            raise StateConflict(
+                f"replica {replica_id} is draining for scale-in; scale out to keep it"
+            )
+        was = record.wants_cordon
+        record.cordoned_by_operator = cordoned
+        if record.wants_cordon != was:
+            record.cordon_epoch += 1
+        self.state.touch(record)
+        if record.report is None:
+            return CommandResult("")  # not registered yet: it follows once it does
+        return await apply_cordon(self.commander, record)
+
+    # ---- questions -------------------------------------------------------------------------
+
+    def record(self, replica_id: str) -> ReplicaRecord:
+        record = self.state.records.get(replica_id)
+        if record is None:
+            raise ReplicaNotFound(f"no replica {replica_id!r}")
+        return record
+
+    async def requests(self) -> tuple[list[tuple[str, RequestInfo]], dict[str, str]]:
+        """Every running and waiting request in the cluster with its replica, and the replicas
+        that did not answer (id -> why)."""
+        asked = [
+            r.replica_id
+            for r in self.state.records.values()
+            if r.report is not None and r.state is not ReplicaState.DEAD
+        ]
+        results = await self.commander.send_all(asked, ListRequests())
+        found: list[tuple[str, RequestInfo]] = []
+        missing: dict[str, str] = {}
+        for replica_id, result in sorted(results.items()):
+            if isinstance(result.body, RequestList):
+                found.extend((replica_id, info) for info in result.body.requests)
+            else:
+                missing[replica_id] = str(result.error)
+        return found, missing
 
     def view_update(self) -> ViewUpdate:
         return ViewUpdate(self.state.view(), self.policy.name, self.policy.params)
@@ -104,33 +162,6 @@ class ControllerCore:
             self._view_msg = (generation, update_to_pb(self.view_update()))
         return self._view_msg[1]
 
-    def status(self) -> dict[str, Any]:
-        replicas = []
-        for record in sorted(self.state.records.values(), key=lambda r: r.replica_id):
-            load = record.load
-            replicas.append(
-                {
-                    "replica_id": record.replica_id,
-                    "registered": record.registered,
-                    "healthy": record.healthy,
-                    "address": load.address if load else "",
-                    "node_id": load.node_id if load else "",
-                    "running": load.running if load else 0,
-                    "waiting": load.waiting if load else 0,
-                    "kv_blocks_free": load.kv_blocks_free if load else 0,
-                    "kv_blocks_total": load.kv_blocks_total if load else 0,
-                    "inflight_dispatches": record.inflight,
-                    "silent_s": round(self.state.silent_for(record.replica_id), 3),
-                }
-            )
-        return {
-            **self._status_extra(),
-            "generation": self.state.generation,
-            "policy": {"name": self.policy.name, "params": self.policy.params},
-            "num_routes": self.num_routes,
-            "replicas": replicas,
-        }
-
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     def __init__(self, core: ControllerCore, watch_min_interval_s: float) -> None:
@@ -140,10 +171,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     async def Register(
         self, request: controller_pb2.RegisterRequest, context: object
     ) -> controller_pb2.RegisterReply:
-        load = load_from_pb(request.load)
-        accepted, reason = self._core.state.register(load)
-        if accepted:
-            logger.info("replica %s registered at %s", load.replica_id, load.address)
+        report = report_from_pb(request.report)
+        accepted, reason = self._core.state.register(report)
         return controller_pb2.RegisterReply(
             accepted=accepted, reason=reason, report_interval_s=self._core.report_interval_s
         )
@@ -151,22 +180,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     async def ReportLoad(
         self, request: common_pb2.LoadReport, context: object
     ) -> controller_pb2.ReportReply:
-        return controller_pb2.ReportReply(known=self._core.state.report(load_from_pb(request)))
-
-    async def Route(
-        self, request: controller_pb2.RouteRequest, context: object
-    ) -> controller_pb2.RouteReply:
-        try:
-            meta = meta_from_pb(request.meta)
-        except ValueError as exc:
-            return controller_pb2.RouteReply(found=False, reason=f"invalid:{exc}")
-        decision, address = self._core.route(meta)
-        return controller_pb2.RouteReply(
-            found=decision.replica_id is not None,
-            replica_id=decision.replica_id or "",
-            address=address,
-            reason=decision.reason,
-        )
+        known = self._core.state.report(report_from_pb(request))
+        return controller_pb2.ReportReply(known=known)
 
     async def WatchClusterView(
         self, request: controller_pb2.WatchRequest, context: object
@@ -182,14 +197,3 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
                 await asyncio.sleep(self._watch_min_interval_s)
         finally:
             self._core.watchers.discard(changed)
-
-    async def ApplyConfig(
-        self, request: controller_pb2.ApplyConfigRequest, context: object
-    ) -> controller_pb2.ApplyConfigReply:
-        ok, message = self._core.apply_config(request.yaml_text)
-        return controller_pb2.ApplyConfigReply(ok=ok, message=message)
-
-    async def Status(
-        self, request: controller_pb2.StatusRequest, context: object
-    ) -> controller_pb2.StatusReply:
-        return controller_pb2.StatusReply(json=json.dumps(self._core.status()))

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
-from actors.replica.actor import ReplicaOptions
-from actors.replica.engine_factory import ReplicaSpec
-from actors.replica.tls import TlsFiles
+from actors.common.config import ReplicaOptions, ReplicaSpec, TlsFiles
 
 CONTROLLER_NAME = "fleetlm-controller"
 NAMESPACE = "fleetlm"
@@ -28,14 +24,17 @@ class ReplicaResources:
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    replicas: int = 1  # desired count (the reconciler converges to it)
+    """What a deployment fixes for its lifetime. What may change while it runs (the replica
+    count, the dispatch policy) lives in the deployment config (deployment.ConfigUpdater)."""
+
     spec: ReplicaSpec = field(default_factory=ReplicaSpec)
     replica_options: ReplicaOptions = field(default_factory=ReplicaOptions)
     resources: ReplicaResources = field(default_factory=ReplicaResources)
-    policy_name: str = "least_load"
-    policy_params_json: str = "{}"  # JSON keeps the value frozen and picklable
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0  # 0: any free port (replicas find a restarted controller through Ray)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8080  # 0: any free port (ControllerActor.admin_url() tells which)
+    admin_token_digest: str = ""  # SHA-256 hex of the admin token; "" refuses every request
     unhealthy_after_s: float = 2.0
     reconcile_interval_s: float = 0.5
     # A replica that never registered within this long is given up and replaced.
@@ -46,14 +45,6 @@ class ControllerSettings:
     tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
-        if self.replicas < 0:
-            raise ValueError(f"replicas.count: must be >= 0, got {self.replicas}")
         for name in ("unhealthy_after_s", "reconcile_interval_s", "start_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not isinstance(json.loads(self.policy_params_json), dict):
-            raise ValueError("dispatch.params: must be a mapping")
-
-    @property
-    def policy_params(self) -> dict[str, Any]:
-        return json.loads(self.policy_params_json)

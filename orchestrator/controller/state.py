@@ -1,44 +1,79 @@
 """What the controller knows: one record per replica, and the frozen ClusterView built from them.
 
-Mutated only on the controller's event-loop thread (gRPC handlers and the reconciler share it),
-so it needs no lock. The view is rebuilt lazily: many reports between two reads cost one build.
+A record holds what the replica last reported (its LoadReport) and what the controller wants of
+it (cordoned by an operator, draining for scale-in); the replica's state and its ReplicaView are
+derived from those, never stored beside them.
+
+Mutated only on the controller's event-loop thread (gRPC handlers, the reconciler and the admin
+API share it), so it needs no lock. The view is rebuilt lazily: many reports between two reads
+cost one build.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from actors.replica.types import LoadSnapshot
-from policies.cluster_view import ClusterView, ReplicaView
+from actors.common.types import LoadReport
+from orchestrator.controller.events import EventKind, EventLog
+from policies.cluster_view import ClusterView, ReplicaState, ReplicaView, load_fields
 
 
 @dataclass
 class ReplicaRecord:
     replica_id: str
     expected_since: float  # when the reconciler created or adopted it (monotonic)
-    load: LoadSnapshot | None = None  # None until it registers
+    report: LoadReport | None = None  # None until it registers
     last_report: float = 0.0
-    healthy: bool = False
-    inflight: int = 0  # dispatches routed here since its last report
+    reporting: bool = False  # its reports arrive in time
     version: int = 0
     managed: bool = True  # created or adopted by the reconciler (vs. registered on its own)
+    # Desired state, set by operators and the reconciler; commands make the replica follow.
+    cordoned_by_operator: bool = False
+    draining: bool = False  # scale-in: cordoned, stopped once its requests finished
+    cordon_epoch: int = 0  # bumped whenever the desired cordon flips (part of the command id)
+    cordon_applied: tuple[str, int] | None = None  # (incarnation, epoch) the replica confirmed
+    drained_seq: int | None = None  # the report seq at which a draining replica was first empty
 
     @property
     def registered(self) -> bool:
-        return self.load is not None
+        return self.report is not None
+
+    @property
+    def wants_cordon(self) -> bool:
+        return self.cordoned_by_operator or self.draining
+
+    @property
+    def state(self) -> ReplicaState:
+        if self.report is None:
+            return ReplicaState.STARTING
+        if not self.reporting:
+            return ReplicaState.DEAD
+        if self.draining:
+            return ReplicaState.DRAINING
+        if self.wants_cordon or self.report.load.cordoned:
+            return ReplicaState.CORDONED  # wanted or not yet lifted: routers keep away
+        return ReplicaState.READY
+
+    @property
+    def idle(self) -> bool:
+        """Its last report shows no running or waiting request."""
+        return self.report is not None and self.report.load.running + self.report.load.waiting == 0
 
 
 class ControllerState:
     def __init__(
-        self, unhealthy_after_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        unhealthy_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        events: EventLog | None = None,
     ) -> None:
         if unhealthy_after_s <= 0:
             raise ValueError(f"unhealthy_after_s: must be > 0, got {unhealthy_after_s}")
         self.unhealthy_after_s = unhealthy_after_s
         self._clock = clock
+        self.events = events if events is not None else EventLog()
         self.records: dict[str, ReplicaRecord] = {}
         self.generation = 0
         self._view: ClusterView | None = None
@@ -48,9 +83,9 @@ class ControllerState:
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def touch(self) -> None:
-        """Something outside the records changed (e.g. the policy): watchers need a new view."""
-        self._changed()
+    def touch(self, record: ReplicaRecord | None = None) -> None:
+        """Something changed outside the reports (the policy, a record's desired state)."""
+        self._changed(only=record)
 
     def _changed(self, only: ReplicaRecord | None = None) -> None:
         """Bump the generation; `only`: just that replica changed, patch the cached view."""
@@ -76,75 +111,79 @@ class ControllerState:
         else:
             record.managed = True  # it registered before the reconciler listed it
 
-    def register(self, load: LoadSnapshot) -> tuple[bool, str]:
-        if not load.replica_id:
+    def register(self, report: LoadReport) -> tuple[bool, str]:
+        ident = report.identity
+        if not ident.replica_id:
             return False, "replica_id: must be non-empty"
-        if not load.address:
+        if not ident.address:
             return False, "address: must be non-empty"
-        record = self.records.get(load.replica_id)
+        record = self.records.get(ident.replica_id)
         if record is None:
             # A replica this controller did not start (e.g. it restarted and lost its records).
-            record = ReplicaRecord(load.replica_id, expected_since=self._clock(), managed=False)
-            self.records[load.replica_id] = record
-        self._apply(record, load)
+            record = ReplicaRecord(ident.replica_id, expected_since=self._clock(), managed=False)
+            self.records[ident.replica_id] = record
+        before = record.report
+        if before is None:
+            self.events.add(EventKind.REPLICA_JOINED, f"at {ident.address}", ident.replica_id)
+        elif before.identity.incarnation != ident.incarnation:
+            self.events.add(
+                EventKind.REPLICA_RESTARTED,
+                f"new process {ident.incarnation} at {ident.address}",
+                ident.replica_id,
+            )
+        self._apply(record, report)
         return True, "registered"
 
-    def report(self, load: LoadSnapshot) -> bool:
+    def report(self, report: LoadReport) -> bool:
         """Apply a load report; False tells the replica to register again."""
-        record = self.records.get(load.replica_id)
-        if record is None or record.load is None:
+        record = self.records.get(report.identity.replica_id)
+        if record is None or record.report is None:
             return False
-        if load.incarnation != record.load.incarnation:
+        if report.identity.incarnation != record.report.identity.incarnation:
             return False  # a restarted process: it must re-register with its new address
-        if load.seq < record.load.seq:
+        if report.seq < record.report.seq:
             return True  # reordered: keep the newer report
-        self._apply(record, load)
+        self._apply(record, report)
         return True
 
-    def _apply(self, record: ReplicaRecord, load: LoadSnapshot) -> None:
-        record.load = load
+    def _apply(self, record: ReplicaRecord, report: LoadReport) -> None:
+        if not record.reporting and record.report is not None and record.version:
+            self.events.add(EventKind.REPLICA_RECOVERED, "reports again", record.replica_id)
+        record.report = report
         record.last_report = self._clock()
-        record.healthy = True
-        record.inflight = 0  # the report now reflects what was dispatched before it
+        record.reporting = True
         record.version += 1
         self._changed(only=record)
 
-    def forget(self, replica_id: str) -> None:
+    def forget(self, replica_id: str, why: str = "") -> None:
         if self.records.pop(replica_id, None) is not None:
+            if why:
+                self.events.add(EventKind.REPLICA_REMOVED, why, replica_id)
             self._changed()
 
     def mark_stale(self) -> list[str]:
-        """Mark replicas whose reports stopped unhealthy; returns the ids that just turned."""
+        """Mark replicas whose reports stopped as not reporting; returns the ids that just did."""
         now = self._clock()
         turned = []
         for record in self.records.values():
-            if record.healthy and now - record.last_report > self.unhealthy_after_s:
-                record.healthy = False
+            if record.reporting and now - record.last_report > self.unhealthy_after_s:
+                record.reporting = False
                 turned.append(record.replica_id)
+                self.events.add(
+                    EventKind.REPLICA_UNHEALTHY,
+                    f"no load report for {now - record.last_report:.1f}s",
+                    record.replica_id,
+                )
         if turned:
             self._changed()
         return turned
-
-    def note_dispatch(self, replica_id: str) -> None:
-        record = self.records.get(replica_id)
-        if record is None:
-            return
-        record.inflight += 1
-        # Routing-local: patch the cached view, no new generation for watchers.
-        if self._view is not None and replica_id in self._index:
-            i = self._index[replica_id]
-            old = self._view.replicas[i]
-            bumped = dataclasses.replace(old, inflight_dispatches=record.inflight)
-            self._view = dataclasses.replace(
-                self._view, replicas=replace_at(self._view.replicas, i, bumped)
-            )
 
     # ---- snapshots -------------------------------------------------------------------------
 
     def view(self) -> ClusterView:
         if self._view is None:
             replicas = tuple(
-                _replica_view(r) for r in sorted(self.records.values(), key=_by_id) if r.load
+                _replica_view(r) for r in sorted(self.records.values(), key=_by_id) if r.report
             )
             self._view = ClusterView(replicas, timestamp=time.time(), generation=self.generation)
             self._index = {r.replica_id: i for i, r in enumerate(replicas)}
@@ -167,23 +206,13 @@ def _by_id(record: ReplicaRecord) -> str:
 
 
 def _replica_view(record: ReplicaRecord) -> ReplicaView:
-    load = record.load
-    assert load is not None
+    report = record.report
+    assert report is not None
     return ReplicaView(
-        replica_id=record.replica_id,
-        address=load.address,
-        healthy=record.healthy,
-        running=load.running,
-        waiting=load.waiting,
-        kv_blocks_free=load.kv_blocks_free,
-        kv_blocks_total=load.kv_blocks_total,
-        block_size=load.block_size,
-        tokens_in_flight=load.tokens_in_flight,
-        step_time_ms=load.step_time_ms,
-        adapters_resident=frozenset(load.adapters_resident),
-        prefix_hashes=frozenset(load.prefix_hashes),
-        max_running=load.max_running,
-        inflight_dispatches=record.inflight,
-        node_id=load.node_id,
+        record.replica_id,
+        report.identity.address,
+        state=record.state,
+        node_id=report.identity.node_id,
         version=record.version,
+        **load_fields(report.load),
     )

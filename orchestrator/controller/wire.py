@@ -1,4 +1,9 @@
-"""The one place that converts the control plane's policy types to and from protobuf."""
+"""The one place that converts the control plane's policy types to and from protobuf.
+
+A ReplicaView is a ReplicaLoad plus the controller's fields; on the wire the load is a nested
+ReplicaLoad message, converted generically (protos/convert.py), so a load field added to the
+dataclass and the proto travels with no edit here.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.cluster_view import ClusterView, ReplicaView, RequestMeta
+from policies.cluster_view import ClusterView, ReplicaLoad, ReplicaView
 from protos import controller_pb2
-
-_VIEW_SCALARS = (
-    "replica_id",
-    "address",
-    "healthy",
-    "running",
-    "waiting",
-    "kv_blocks_free",
-    "kv_blocks_total",
-    "block_size",
-    "tokens_in_flight",
-    "step_time_ms",
-    "max_running",
-    "inflight_dispatches",
-    "node_id",
-    "version",
-)
+from protos.convert import fields_from_pb, to_pb
 
 
 @dataclass(frozen=True)
@@ -36,43 +25,17 @@ class ViewUpdate:
     policy_params: dict[str, Any] = field(default_factory=dict)
 
 
-def meta_to_pb(meta: RequestMeta) -> controller_pb2.RequestMetaMsg:
-    msg = controller_pb2.RequestMetaMsg(
-        request_id=meta.request_id,
-        num_prompt_tokens=meta.num_prompt_tokens,
-        max_tokens=meta.max_tokens,
-        priority=meta.priority,
-        prefix_hashes=meta.prefix_hashes,
-    )
-    if meta.adapter_id is not None:
-        msg.adapter_id = meta.adapter_id
-    return msg
-
-
-def meta_from_pb(msg: controller_pb2.RequestMetaMsg) -> RequestMeta:
-    return RequestMeta(
-        request_id=msg.request_id,
-        num_prompt_tokens=msg.num_prompt_tokens,
-        max_tokens=msg.max_tokens,
-        priority=msg.priority,
-        adapter_id=msg.adapter_id if msg.HasField("adapter_id") else None,
-        prefix_hashes=tuple(msg.prefix_hashes),
-    )
-
-
 def replica_to_pb(r: ReplicaView) -> controller_pb2.ReplicaViewMsg:
-    msg = controller_pb2.ReplicaViewMsg(**{k: getattr(r, k) for k in _VIEW_SCALARS})
-    msg.adapters_resident.extend(sorted(r.adapters_resident))
-    msg.prefix_hashes.extend(sorted(r.prefix_hashes))
+    msg = controller_pb2.ReplicaViewMsg()
+    to_pb(r, msg, only=ReplicaView)
+    to_pb(r, msg.load, only=ReplicaLoad)
     return msg
 
 
 def replica_from_pb(msg: controller_pb2.ReplicaViewMsg) -> ReplicaView:
-    kwargs: dict[str, Any] = {k: getattr(msg, k) for k in _VIEW_SCALARS}
     return ReplicaView(
-        adapters_resident=frozenset(msg.adapters_resident),
-        prefix_hashes=frozenset(msg.prefix_hashes),
-        **kwargs,
+        **fields_from_pb(msg, ReplicaView, only=ReplicaView),
+        **fields_from_pb(msg.load, ReplicaLoad),
     )
 
 

@@ -35,7 +35,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def stack(ray_local: None) -> Iterator[object]:
     from orchestrator.api.launch import ServeOptions, start_stack
-    from policies.config import parse_config
+    from orchestrator.config.load import parse_config
 
     text = tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
     cfg = parse_config(text + f"security:\n  api_keys: [{API_KEY}]\n")
@@ -93,7 +93,7 @@ def test_models_and_health(stack: object, client: openai.OpenAI) -> None:
 def test_greedy_completion_equals_offline_engine(
     stack: object, client: openai.OpenAI, offline_engine: object
 ) -> None:
-    from actors.engine.sampling_params import SamplingParams
+    from actors.common.sampling_params import SamplingParams
 
     prompt_ids = offline_engine.tokenizer.encode(PROMPT)
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
@@ -325,7 +325,7 @@ def _replica_stats(stack: object) -> dict[str, dict]:
     """Each healthy replica's Stats, asked over gRPC (not the controller's delayed view)."""
     import asyncio
 
-    from actors.replica.client import ReplicaClient
+    from actors.common.replica_client import ReplicaClient
 
     async def ask() -> dict[str, dict]:
         out = {}
@@ -384,7 +384,7 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
 def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engine: object) -> None:
     import ray
 
-    from actors.engine.sampling_params import SamplingParams
+    from actors.common.sampling_params import SamplingParams
     from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX
 
     n = 400

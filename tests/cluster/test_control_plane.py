@@ -9,14 +9,14 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from actors.engine.sampling_params import SamplingParams
-from actors.replica.client import ReplicaClient, ReplicaUnavailable
-from actors.replica.types import GenerateSpec
+from actors.common.replica_client import ReplicaClient, ReplicaUnavailable
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateSpec
+from orchestrator.config.load import parse_config
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.launcher import ClusterHandle, start_cluster
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE, REPLICA_NAME_PREFIX
 from policies.cluster_view import RequestMeta
-from policies.config import parse_config
 
 from .conftest import tiny_config_yaml
 

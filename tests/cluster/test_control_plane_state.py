@@ -6,16 +6,16 @@ import dataclasses
 
 import pytest
 
-from actors.engine.outputs import RequestOutput, TokenLogprob
-from actors.engine.sampling_params import SamplingParams
-from actors.replica.types import (
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import (
     GenerateDelta,
     GenerateSpec,
     LoadSnapshot,
+    TokenLogprob,
     invalid_error,
     running_delta,
 )
-from actors.replica.wire import (
+from actors.common.wire import (
     batch_from_pb,
     batch_to_pb,
     delta_from_pb,
@@ -25,6 +25,7 @@ from actors.replica.wire import (
     spec_from_pb,
     spec_to_pb,
 )
+from actors.engine.outputs import RequestOutput
 from orchestrator.controller.state import ControllerState
 from orchestrator.controller.wire import (
     ViewUpdate,

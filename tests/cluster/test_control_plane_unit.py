@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from actors.common.types import LoadSnapshot
 from actors.replica.reporter import ControllerLink, LoadReporter
-from actors.replica.types import LoadSnapshot
+from orchestrator.config.load import parse_config
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.deployment import ConfigUpdater, settings_from_config
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.router import Router
 from orchestrator.controller.settings import ControllerSettings
 from policies.cluster_view import RequestMeta
-from policies.config import parse_config
 
 from .conftest import tiny_config_yaml
 

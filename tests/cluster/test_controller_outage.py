@@ -46,8 +46,8 @@ def _health(url: str, status: int) -> httpx.Response | None:
 
 def test_ingress_serves_through_a_controller_outage(ray_local: None) -> None:
     from orchestrator.api.launch import ServeOptions, start_stack
+    from orchestrator.config.load import parse_config
     from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
-    from policies.config import parse_config
 
     cfg = parse_config(tiny_config_yaml(replicas=1, http_port=_free_port()))
     stack = start_stack(ServeOptions(config=cfg))

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateDelta, GenerateSpec
+from actors.common.wire import batch_from_pb
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.replica.loop import EngineLoop, ReplicaIdentity
-from actors.replica.types import GenerateDelta, GenerateSpec
-from actors.replica.wire import batch_from_pb
 from protos import replica_pb2
 
 ENGINE = EngineConfig(

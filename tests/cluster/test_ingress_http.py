@@ -1,4 +1,4 @@
-"""The ingress replica's own HTTP listener (orchestrator/api/http_server.py), without Ray.
+"""The ingress replica's own HTTP listener (orchestrator/http_server.py), without Ray.
 
 It must serve the app on a port that several ingress replicas share, stop cleanly, report a dead
 listener to Serve's health check, and start_stack must refuse a port something already holds.
@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from orchestrator.api.http_server import DirectHTTPServer, bind_socket
+from orchestrator.http_server import DirectHTTPServer, bind_socket
 from orchestrator.api.launch import check_port_free
 
 

@@ -10,13 +10,13 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from actors.engine.sampling_params import SamplingParams
-from actors.replica.client import ReplicaClient
-from actors.replica.types import GenerateSpec
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateSpec
+from orchestrator.config.load import parse_config
 from orchestrator.controller.launcher import ClusterHandle, start_cluster
 from orchestrator.controller.router import Router
 from policies.cluster_view import RequestMeta
-from policies.config import parse_config
 
 from .conftest import tiny_config_yaml
 

@@ -10,14 +10,13 @@ import grpc
 import pytest
 import ray
 
-from actors.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, ReplicaSpec, SchedulerConfig
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateDelta, GenerateSpec
+from actors.common.wire import batch_from_pb, spec_to_pb
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.replica.actor import ReplicaActor
-from actors.replica.client import ReplicaClient
-from actors.replica.engine_factory import ReplicaSpec
-from actors.replica.types import GenerateDelta, GenerateSpec
-from actors.replica.wire import batch_from_pb, spec_to_pb
 from protos import replica_pb2, replica_pb2_grpc
 
 ENGINE = EngineConfig(

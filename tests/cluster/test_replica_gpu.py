@@ -7,13 +7,12 @@ import asyncio
 import pytest
 import ray
 
-from actors.engine.config import CacheConfig, EngineConfig
+from actors.common.config import CacheConfig, EngineConfig, ReplicaSpec
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateSpec
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.replica.actor import ReplicaActor
-from actors.replica.client import ReplicaClient
-from actors.replica.engine_factory import ReplicaSpec
-from actors.replica.types import GenerateSpec
 
 pytestmark = pytest.mark.gpu
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from actors.engine.config import CacheConfig, EngineConfig
+from actors.common.config import CacheConfig, EngineConfig, TlsFiles
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateSpec
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
-from actors.replica.client import ReplicaClient
 from actors.replica.reporter import ControllerLink
 from actors.replica.server import ReplicaServer
-from actors.replica.tls import TlsFiles
-from actors.replica.types import GenerateSpec
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.service import PolicyChange

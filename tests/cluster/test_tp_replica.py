@@ -15,13 +15,19 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group_table
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ReplicaSpec,
+    SchedulerConfig,
+)
+from actors.common.replica_client import ReplicaClient
+from actors.common.sampling_params import SamplingParams
+from actors.common.types import GenerateDelta, GenerateSpec
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 from actors.replica.actor import ReplicaActor
-from actors.replica.client import ReplicaClient
-from actors.replica.engine_factory import ReplicaSpec, build_engine, close_engine
-from actors.replica.types import GenerateDelta, GenerateSpec
+from actors.replica.engine_factory import build_engine, close_engine
 from actors.shard.runner import ShardedRunner
 
 ENGINE = EngineConfig(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.common.tokenizer import Tokenizer
 from actors.engine.detokenizer import IncrementalDetokenizer, TokenTexts
-from actors.engine.tokenizer import Tokenizer
 from actors.models.embedded import write_embedded_model
 
 EOS = 257

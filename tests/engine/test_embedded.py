@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actors.engine.config import EMBEDDED_MODEL
-from actors.engine.tokenizer import Tokenizer
+from actors.common.config import EMBEDDED_MODEL
+from actors.common.tokenizer import Tokenizer
 from actors.models.embedded import (
     EOS_ID,
     VOCAB_SIZE,

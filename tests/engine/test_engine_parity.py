@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
-from actors.engine.sampling_params import SamplingParams
 
 ARCHS = ["llama", "llama3", "mistral", "qwen2", "qwen3"]
 MAX_NEW = 10

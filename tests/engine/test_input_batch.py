@@ -12,10 +12,10 @@ import random
 import pytest
 import torch
 
+from actors.common.sampling_params import SamplingParams
 from actors.engine.input_batch import InputBatch, build_input_batch, pack_batch
 from actors.engine.outputs import ScheduledChunk
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 
 BS = 4
 CPU = torch.device("cpu")

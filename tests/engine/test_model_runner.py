@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_models_parity import BLOCK, BlockPool, make_requests, make_runner, step
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.models.config import RopeConfig, load_arch_config, parse_arch_config

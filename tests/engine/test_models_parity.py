@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 
 ARCHS = ["llama", "llama_bias", "llama3", "mistral", "qwen2", "qwen3"]
 BLOCK = 4

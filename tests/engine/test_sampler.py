@@ -12,6 +12,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from actors.common.sampling_params import SamplingParams
 from actors.engine.request import Request
 from actors.engine.sampler import (
     Sampler,
@@ -24,7 +25,6 @@ from actors.engine.sampler import (
     import_generator_state,
     processed_probs,
 )
-from actors.engine.sampling_params import SamplingParams
 
 V = 64
 

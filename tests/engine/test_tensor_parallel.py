@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from actors.engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 from actors.engine.input_batch import pack_batch
 from actors.engine.model_runner import ModelRunner
-from actors.engine.sampling_params import SamplingParams
 from actors.models.config import load_arch_config
 from actors.models.loader import load_model
 from actors.shard.context import ShardContext
@@ -82,6 +82,7 @@ def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: An
     """One shard's process: logits checks, then the engine (rank 0) or the follower loop."""
     from actors.shard.context import init_shard_group
     from actors.shard.loader import load_sharded_model
+    from actors.shard.parallel import ShardParallel
     from actors.shard.runner import ShardedRunner, follow
 
     try:
@@ -114,7 +115,7 @@ def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: An
             preempted = engine.scheduler.num_preemptions
             queue.put(("ok", rank, diffs, (tokens, kv.numpy(), round_trip, preempted), kv_shape))
         else:
-            steps = follow(ModelRunner(config, shard=ctx), ctx)
+            steps = follow(ModelRunner(config, tensor_parallel=ShardParallel(ctx)), ctx)
             queue.put(("ok", rank, diffs, steps, None))
     except BaseException as exc:  # report any failure to the test instead of hanging it
         queue.put(("error", rank, repr(exc), None, None))

@@ -17,8 +17,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from actors.common.tokenizer import Tokenizer
 from actors.engine.detokenizer import IncrementalDetokenizer
-from actors.engine.tokenizer import Tokenizer
 from actors.models.embedded import write_embedded_model
 
 CORPUS = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from actors.common.sampling_params import SamplingParams
 from actors.engine.block_manager import BlockManager
 from actors.engine.request import Request
-from actors.engine.sampling_params import SamplingParams
 from policies.prefix import block_hashes
 
 BS = 4

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.config import (
+from orchestrator.config.load import (
     PRESETS_DIR,
     ConfigError,
     DeploymentConfig,
@@ -188,7 +188,7 @@ def test_sizes_accept_units_and_models_are_frozen() -> None:
 
 
 def test_engine_kwargs_build_the_engine_config_dataclasses() -> None:
-    from actors.engine.config import CacheConfig, ModelConfig, SchedulerConfig
+    from actors.common.config import CacheConfig, ModelConfig, SchedulerConfig
 
     cfg = load_config(preset_path("gpu-llama3-8b"))
     kw = cfg.engine_kwargs()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli.main import main
-from policies.config import preset_path
+from orchestrator.config.load import preset_path
 
 
 def test_check_prints_ok_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,14 +38,18 @@ def test_apply_refuses_an_invalid_file_before_contacting_anyone(
     path = tmp_path / "bad.yaml"
     path.write_text("dispatch:\n  params: {nope: 1}\n")
     # An address nothing listens on: a local refusal must not even try to connect.
-    assert main(["config", "apply", str(path), "--controller", "127.0.0.1:1"]) == 2
+    args = ["config", "apply", str(path), "--url", "http://127.0.0.1:1", "--token", "t" * 20]
+    assert main(args) == 2
     assert "dispatch.params.nope: unknown parameter" in capsys.readouterr().err
 
 
-def test_apply_without_a_known_controller_port_asks_for_one(
+def test_apply_with_no_controller_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "ok.yaml"
-    path.write_text("server:\n  controller_grpc_port: 0\n")
-    assert main(["config", "apply", str(path)]) == 2
-    assert "--controller HOST:PORT" in capsys.readouterr().err
+    path.write_text("dispatch:\n  policy: round_robin\n")
+    args = ["config", "apply", str(path), "--url", "http://127.0.0.1:1", "--token", "t" * 20]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fleetlm: error: admin API at http://127.0.0.1:1 is unreachable")
+    assert len(err.strip().splitlines()) == 1

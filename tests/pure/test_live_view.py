@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from policies.cluster_view import ClusterView, ReplicaView, RequestMeta
+from policies.cluster_view import ClusterView, ReplicaState, ReplicaView, RequestMeta
 from policies.dispatch import (
     REASON_ALL_FULL,
     REASON_NO_HEALTHY,
@@ -163,7 +163,7 @@ def random_replica(
     return ReplicaView(
         replica_id=f"r{i:02d}",
         address=f"10.0.0.{i}:7000",
-        healthy=rng.random() > 0.15,
+        state=ReplicaState.READY if rng.random() > 0.15 else ReplicaState.DEAD,
         running=rng.randint(0, 4) if small else rng.randint(0, 300),
         waiting=rng.randint(0, 3) if small else rng.randint(0, 40),
         inflight_dispatches=rng.randint(0, 2),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import (
+from orchestrator.cli.loadgen import (
     RequestResult,
     WorkloadSpec,
     arrival_offsets,

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from policies.cluster_view import ClusterView, ReplicaView, RequestMeta
+from policies.cluster_view import ClusterView, ReplicaState, ReplicaView, RequestMeta
 from policies.dispatch import (
     REASON_ALL_FULL,
     REASON_NO_HEALTHY,
@@ -40,6 +40,8 @@ def replica(rid: str, **kw: object) -> ReplicaView:
         max_running=8,
     )
     base.update(kw)
+    if "healthy" in base:  # shorthand: a replica that stopped reporting
+        base["state"] = ReplicaState.READY if base.pop("healthy") else ReplicaState.DEAD
     return ReplicaView(replica_id=rid, **base)  # type: ignore[arg-type]
 
 
@@ -339,7 +341,7 @@ def test_unknown_policy_lists_known_ones() -> None:
 
 def test_policies_import_nothing_impure() -> None:
     code = (
-        "import sys, policies.dispatch, policies.config, policies.prefix; "
+        "import sys, policies.dispatch, policies.live_view, policies.prefix; "
         "bad = [m for m in ('torch', 'ray', 'grpc', 'triton', 'actors', 'kernels') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )

@@ -8,6 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from actors.common.errors import ErrorKind, ReplicaError
 from orchestrator.api import errors
 from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.protocol import (
@@ -120,7 +121,9 @@ def test_chat_content_parts() -> None:
 
 
 def test_error_mapping() -> None:
-    e = errors.from_replica_error("invalid:temperature:must be >= 0, got -1.0")
+    e = errors.from_replica_error(
+        ReplicaError.from_value_error(ValueError("temperature: must be >= 0, got -1.0"))
+    )
     assert (e.status, e.param, e.message) == (
         400,
         "temperature",
@@ -129,9 +132,14 @@ def test_error_mapping() -> None:
     body = e.body()["error"]
     assert set(body) == {"message", "type", "param", "code"}
     assert body["type"] == "invalid_request_error"
-    busy = errors.from_replica_error("overloaded:queue full")
+    busy = errors.from_replica_error(ReplicaError(ErrorKind.OVERLOADED, "queue full"))
     assert busy.status == 429 and busy.headers() == {"Retry-After": "1"}
-    assert errors.from_replica_error("boom").status == 500
+    assert errors.from_replica_error(ReplicaError.internal(RuntimeError("boom"))).status == 500
+    # Every kind but NONE has a status, and each status has an error type.
+    for kind in ErrorKind:
+        if kind is not ErrorKind.NONE:
+            err = errors.from_replica_error(ReplicaError(kind, "x", "f"))
+            assert err.status == errors.STATUS_OF[kind] and err.type != "api_error"
     v = errors.from_value_error(ValueError("max_tokens: must be >= 1, got 0"))
     assert (v.status, v.param) == (400, "max_tokens")
     assert errors.no_replica().status == 503 and "Retry-After" in errors.no_replica().headers()
@@ -163,7 +171,7 @@ def test_protocol_modules_import_no_torch_or_ray() -> None:
     # A fresh interpreter: other tests in the same process may have imported anything.
     code = (
         "import sys, orchestrator.api.protocol, orchestrator.api.responses, "
-        "orchestrator.api.errors, orchestrator.api.metrics, bench.loadgen; "
+        "orchestrator.api.errors, orchestrator.api.metrics, orchestrator.cli.loadgen; "
         "bad = {'torch', 'ray', 'grpc'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

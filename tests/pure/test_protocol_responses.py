@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from actors.engine.outputs import TokenLogprob
-from actors.replica.types import GenerateDelta
+from actors.common.types import GenerateDelta, TokenLogprob
 from orchestrator.api.responses import SSE_DONE, ResponseBuilder
 
 

@@ -9,11 +9,11 @@ import random
 
 import pytest
 
+from actors.common.config import SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.block_manager import BlockManager
-from actors.engine.config import SchedulerConfig
 from actors.engine.outputs import SchedulerOutput
 from actors.engine.request import Request, RequestStatus
-from actors.engine.sampling_params import SamplingParams
 from actors.engine.scheduler import Scheduler
 
 BS = 4
@@ -373,14 +373,14 @@ def test_lone_request_too_large_fails_instead_of_hanging() -> None:
     assert_idle(s)
 
 
-def test_stats_snapshot() -> None:
+def test_queue_counts() -> None:
     s = make_sched(num_blocks=10, max_seqs=1)
     s.add_request(make_req("a", 6, max_tokens=3))
     s.add_request(make_req("b", 6, max_tokens=3, first_token=50))
     step(s)
-    st = s.stats()
-    assert (st.num_running, st.num_waiting, st.tokens_in_flight) == (1, 1, 7)
-    assert (st.kv_blocks_free, st.kv_blocks_total) == (8, 10)
+    assert (s.num_running, s.num_waiting) == (1, 1)
+    assert sum(r.num_tokens for r in s.running_requests()) == 7
+    assert (s.block_manager.num_free_blocks, s.block_manager.num_total_blocks) == (8, 10)
 
 
 # ---- a simulated engine loop ----------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from actors.common.config import SchedulerConfig
+from actors.common.sampling_params import SamplingParams
 from actors.engine.block_manager import BlockManager
-from actors.engine.config import SchedulerConfig
 from actors.engine.request import Request, RequestStatus
-from actors.engine.sampling_params import SamplingParams
 from actors.engine.scheduler import Scheduler
 
 BS = 4

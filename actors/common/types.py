@@ -1,12 +1,21 @@
-"""Plain frozen types of the token plane; the wire types stay in protos/ (see wire.py)."""
+"""Plain frozen types of the token plane and of load reports; the wire types stay in protos/
+(actors/common/wire.py converts)."""
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 
-from actors.engine.outputs import TokenLogprob
-from actors.engine.sampling_params import SamplingParams
+from actors.common.errors import ReplicaError
+from actors.common.sampling_params import SamplingParams
+from policies.cluster_view import ReplicaIdentity, ReplicaLoad
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), best first
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class GenerateDelta:
     finished: bool
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
-    error: str | None = None  # "invalid:<field>:<reason>" for validation errors
+    error: ReplicaError | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     migrated_to: str | None = None
@@ -42,16 +51,7 @@ class GenerateDelta:
     @property
     def ends_request(self) -> bool:
         """A final error that ends every choice (validation or replica failure), not just one."""
-        if not self.finished or self.error is None:
-            return False
-        return self.error.startswith(("invalid:", "replica:"))
-
-    @property
-    def invalid_field(self) -> str | None:
-        """The field a validation error names, or None when this is not one."""
-        if self.error is None or not self.error.startswith("invalid:"):
-            return None
-        return self.error.split(":", 2)[1]
+        return self.finished and self.error is not None and self.error.whole_request
 
 
 # Every field's value in a running delta, from the dataclass itself (read-only; copied per delta).
@@ -92,31 +92,21 @@ def running_delta(
 
 
 @dataclass(frozen=True)
-class LoadSnapshot:
-    """A replica's load at one moment: what it reports to the controller and answers in Stats."""
+class LoadReport:
+    """What a replica pushes to the controller: who it is, a sequence number, its load."""
 
-    replica_id: str
-    address: str
+    identity: ReplicaIdentity
     seq: int
-    running: int
-    waiting: int
-    kv_blocks_free: int
-    kv_blocks_total: int
+    load: ReplicaLoad
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ingress needs of a replica's model: the limits the engine enforces and the files
+    its tokenizer is built from (so the ingress never re-reads, or re-guesses, the checkpoint)."""
+
+    model: str
+    max_model_len: int
+    vocab_size: int
     block_size: int
-    tokens_in_flight: int
-    step_time_ms: float
-    max_running: int
-    num_steps: int = 0
-    num_preemptions: int = 0
-    node_id: str = ""
-    incarnation: str = ""
-    adapters_resident: tuple[str, ...] = ()
-    prefix_hashes: tuple[str, ...] = ()
-
-
-def invalid_error(message: str) -> str:
-    """Turn a ValueError message "field: reason" into the wire form "invalid:field:reason"."""
-    field_name, sep, reason = message.partition(": ")
-    if not sep or " " in field_name:
-        return f"invalid:request:{message}"
-    return f"invalid:{field_name}:{reason}"
+    tokenizer_files: dict[str, bytes] = field(default_factory=dict)

@@ -67,22 +67,31 @@ class Tokenizer:
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Load from a checkpoint directory; errors name the file and what is wrong with it."""
         path = Path(path)
-        tok_file = path / "tokenizer.json"
-        if not tok_file.is_file():
-            raise ValueError(f"{tok_file}: missing (fleetlm reads tokenizers from tokenizer.json)")
+        return cls.from_files(read_tokenizer_files(path), name=str(path))
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], name: str = "") -> Tokenizer:
+        """Build from the contents of a checkpoint's TOKENIZER_FILES (file name -> bytes), as
+        a replica hands them to the ingress; errors name the file."""
+        where = Path(name or ".")
+        if "tokenizer.json" not in files:
+            missing = where / "tokenizer.json"
+            raise ValueError(f"{missing}: missing (fleetlm reads tokenizers from tokenizer.json)")
         try:
-            backend = HFTokenizer.from_file(str(tok_file))
+            backend = HFTokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
         except Exception as exc:
-            raise ValueError(f"{tok_file}: not a valid tokenizers file: {exc}") from exc
-        cfg = _read_json(path / "tokenizer_config.json")
+            raise ValueError(
+                f"{where / 'tokenizer.json'}: not a valid tokenizers file: {exc}"
+            ) from exc
+        cfg = _json_file(files, where, "tokenizer_config.json")
         specials = {k: _token_content(cfg.get(k)) for k in _SPECIAL_NAMES}
         return cls(
             backend,
             special_tokens=specials,
             add_bos_token=bool(cfg.get("add_bos_token", False)),
-            chat_template=_load_chat_template(path, cfg),
-            extra_eos_token_ids=_config_eos_ids(path),
-            name=str(path),
+            chat_template=_load_chat_template(files, where, cfg),
+            extra_eos_token_ids=_config_eos_ids(files, where),
+            name=name,
         )
 
     # ---- special tokens --------------------------------------------------------------------
@@ -247,16 +256,39 @@ def _plain(value: Any, where: str) -> Any:
 
 # ---- file helpers --------------------------------------------------------------------------
 
+# What a tokenizer is built from, when the checkpoint has them (only tokenizer.json is required).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "config.json",
+)
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+
+def read_tokenizer_files(path: Path) -> dict[str, bytes]:
+    """The TOKENIZER_FILES a checkpoint directory has, by name."""
+    out: dict[str, bytes] = {}
+    for name in TOKENIZER_FILES:
+        file = path / name
+        if file.is_file():
+            try:
+                out[name] = file.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{file}: cannot read: {exc}") from exc
+    return out
+
+
+def _json_file(files: Mapping[str, bytes], where: Path, name: str) -> dict[str, Any]:
+    raw = files.get(name)
+    if raw is None:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where / name}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: must hold a JSON object")
+        raise ValueError(f"{where / name}: must hold a JSON object")
     return data
 
 
@@ -267,23 +299,25 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _load_chat_template(path: Path, cfg: Mapping[str, Any]) -> str | None:
-    jinja_file = path / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+def _load_chat_template(
+    files: Mapping[str, bytes], where: Path, cfg: Mapping[str, Any]
+) -> str | None:
+    jinja = files.get("chat_template.jinja")
+    if jinja is not None:
+        return jinja.decode("utf-8")
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default", next(iter(named.values()), None))
     if template is not None and not isinstance(template, str):
-        raise ValueError(f"{path / 'tokenizer_config.json'}: chat_template must be a string")
+        raise ValueError(f"{where / 'tokenizer_config.json'}: chat_template must be a string")
     return template
 
 
-def _config_eos_ids(path: Path) -> list[int]:
+def _config_eos_ids(files: Mapping[str, bytes], where: Path) -> list[int]:
     ids: list[int] = []
     for name in ("generation_config.json", "config.json"):
-        value = _read_json(path / name).get("eos_token_id")
+        value = _json_file(files, where, name).get("eos_token_id")
         values = value if isinstance(value, list) else [value]
         ids.extend(v for v in values if isinstance(v, int))
     return ids

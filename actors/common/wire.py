@@ -1,68 +1,37 @@
-"""The one place that converts between the token plane's plain types and protobuf messages."""
+"""The one place that converts the replica's plain types (token plane, load reports, commands)
+to and from protobuf messages; most go through protos/convert.py's generic mapping."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from actors.engine.outputs import RequestOutput, TokenLogprob
-from actors.engine.sampling_params import SamplingParams
-from actors.replica.types import GenerateDelta, GenerateSpec, LoadSnapshot, running_delta
+from actors.common.commands import (
+    COMMANDS,
+    RESULTS,
+    Command,
+    CommandResult,
+    arm_name,
+)
+from actors.common.errors import ReplicaError
+from actors.common.types import (
+    GenerateDelta,
+    GenerateSpec,
+    LoadReport,
+    ModelInfo,
+    TokenLogprob,
+    running_delta,
+)
 from protos import common_pb2, replica_pb2
-
-_OPTIONAL_SAMPLING = ("seed", "logprobs")
-_REPEATED_SAMPLING = ("stop", "stop_token_ids")
-
-
-def sampling_to_pb(p: SamplingParams) -> replica_pb2.SamplingParams:
-    msg = replica_pb2.SamplingParams()
-    for f in dataclasses.fields(SamplingParams):
-        value = getattr(p, f.name)
-        if f.name in _REPEATED_SAMPLING:
-            getattr(msg, f.name).extend(value)
-        elif f.name in _OPTIONAL_SAMPLING:
-            if value is not None:
-                setattr(msg, f.name, value)
-        else:
-            setattr(msg, f.name, value)
-    return msg
-
-
-def sampling_from_pb(msg: replica_pb2.SamplingParams) -> SamplingParams:
-    kwargs: dict[str, object] = {}
-    for f in dataclasses.fields(SamplingParams):
-        if f.name in _REPEATED_SAMPLING:
-            kwargs[f.name] = tuple(getattr(msg, f.name))
-        elif f.name in _OPTIONAL_SAMPLING:
-            kwargs[f.name] = getattr(msg, f.name) if msg.HasField(f.name) else None
-        else:
-            kwargs[f.name] = getattr(msg, f.name)
-    return SamplingParams(**kwargs)
+from protos.convert import from_pb, to_pb
 
 
 def spec_to_pb(spec: GenerateSpec) -> replica_pb2.GenerateSpec:
-    msg = replica_pb2.GenerateSpec(
-        request_id=spec.request_id,
-        prompt_token_ids=spec.prompt_token_ids,
-        sampling=sampling_to_pb(spec.sampling),
-        priority=spec.priority,
-        resume_token_ids=spec.resume_token_ids,
-    )
-    if spec.adapter_id is not None:
-        msg.adapter_id = spec.adapter_id
-    return msg
+    return to_pb(spec, replica_pb2.GenerateSpec())
 
 
 def spec_from_pb(msg: replica_pb2.GenerateSpec) -> GenerateSpec:
-    return GenerateSpec(
-        request_id=msg.request_id,
-        prompt_token_ids=tuple(msg.prompt_token_ids),
-        sampling=sampling_from_pb(msg.sampling),
-        priority=msg.priority,
-        adapter_id=msg.adapter_id if msg.HasField("adapter_id") else None,
-        resume_token_ids=tuple(msg.resume_token_ids),
-    )
+    return from_pb(msg, GenerateSpec)
 
 
 def _logprob_to_pb(lp: TokenLogprob) -> replica_pb2.TokenLogprob:
@@ -91,10 +60,12 @@ def delta_to_pb(d: GenerateDelta) -> replica_pb2.GenerateDelta:
         num_prompt_tokens=d.num_prompt_tokens,
         num_output_tokens=d.num_output_tokens,
     )
-    for name in ("finish_reason", "error", "migrated_to"):
+    for name in ("finish_reason", "migrated_to"):
         value = getattr(d, name)
         if value is not None:
             setattr(msg, name, value)
+    if d.error is not None:
+        to_pb(d.error, msg.error)
     return msg
 
 
@@ -111,11 +82,24 @@ def delta_from_pb(msg: replica_pb2.GenerateDelta) -> GenerateDelta:
         finished=msg.finished,
         finish_reason=opt("finish_reason"),
         logprobs=logprobs,
-        error=opt("error"),
+        error=from_pb(msg.error, ReplicaError) if msg.HasField("error") else None,
         num_prompt_tokens=msg.num_prompt_tokens,
         num_output_tokens=msg.num_output_tokens,
         migrated_to=opt("migrated_to"),
     )
+
+
+class StepOutput(Protocol):
+    """What the engine produced for one choice this step (actors.engine.outputs.RequestOutput)."""
+
+    request_id: str
+    index: int
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    logprobs: Sequence[TokenLogprob] | None
+    error: str | None
+    num_output_tokens: int
 
 
 class Usage(Protocol):
@@ -125,13 +109,13 @@ class Usage(Protocol):
     num_resumed: int
 
 
-def is_column_entry(out: RequestOutput) -> bool:
+def is_column_entry(out: StepOutput) -> bool:
     """Whether an output travels in a DeltaBatch's columns (the common case) or whole."""
     return not out.finished and out.logprobs is None and out.error is None
 
 
 def batch_to_pb(
-    outs: Sequence[RequestOutput],
+    outs: Sequence[StepOutput],
     usage: Sequence[Usage],
     whole: Sequence[tuple[int, GenerateDelta]] = (),
 ) -> replica_pb2.DeltaBatch:
@@ -190,13 +174,50 @@ def _token_tuples(batch: replica_pb2.DeltaBatch) -> list[tuple[int, ...]]:
     return out
 
 
-def load_to_pb(s: LoadSnapshot) -> common_pb2.LoadReport:
-    return common_pb2.LoadReport(**dataclasses.asdict(s))
+def report_to_pb(report: LoadReport) -> common_pb2.LoadReport:
+    return to_pb(report, common_pb2.LoadReport())
 
 
-def load_from_pb(msg: common_pb2.LoadReport) -> LoadSnapshot:
-    kwargs: dict[str, object] = {}
-    for f in dataclasses.fields(LoadSnapshot):
-        value = getattr(msg, f.name)
-        kwargs[f.name] = tuple(value) if f.name in ("adapters_resident", "prefix_hashes") else value
-    return LoadSnapshot(**kwargs)
+def report_from_pb(msg: common_pb2.LoadReport) -> LoadReport:
+    return from_pb(msg, LoadReport)
+
+
+def command_to_pb(command: Command, command_id: str) -> replica_pb2.Command:
+    msg = replica_pb2.Command(command_id=command_id)
+    to_pb(command, getattr(msg, arm_name(type(command))))
+    return msg
+
+
+def command_from_pb(msg: replica_pb2.Command) -> Command | None:
+    """The command `msg` carries; None when its arm is unknown here (a newer controller)."""
+    arm = msg.WhichOneof("body")
+    cls = _COMMAND_ARMS.get(arm or "")
+    return None if cls is None else from_pb(getattr(msg, arm), cls)
+
+
+def result_to_pb(result: CommandResult) -> replica_pb2.CommandResult:
+    msg = replica_pb2.CommandResult(command_id=result.command_id, repeated=result.repeated)
+    if result.error is not None:
+        to_pb(result.error, msg.error)
+    if result.body is not None:
+        to_pb(result.body, getattr(msg, arm_name(type(result.body))))
+    return msg
+
+
+def result_from_pb(msg: replica_pb2.CommandResult) -> CommandResult:
+    arm = msg.WhichOneof("body")
+    body = from_pb(getattr(msg, arm), _RESULT_ARMS[arm]) if arm in _RESULT_ARMS else None
+    error = from_pb(msg.error, ReplicaError) if msg.HasField("error") else None
+    return CommandResult(msg.command_id, body, error, msg.repeated)
+
+
+_COMMAND_ARMS = {arm_name(c): c for c in COMMANDS}
+_RESULT_ARMS = {arm_name(c): c for c in RESULTS}
+
+
+def model_info_to_pb(info: ModelInfo) -> replica_pb2.ModelInfo:
+    return to_pb(info, replica_pb2.ModelInfo())
+
+
+def model_info_from_pb(msg: replica_pb2.ModelInfo) -> ModelInfo:
+    return from_pb(msg, ModelInfo)

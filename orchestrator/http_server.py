@@ -1,4 +1,5 @@
-"""The ingress replica's own HTTP listener: clients reach the app without Ray Serve's proxy.
+"""An HTTP listener inside the running event loop: the ingress replicas' own (clients reach the
+OpenAI app without Ray Serve's proxy) and the controller's admin API.
 
 Through Serve's proxy every request crosses two processes before the app sees it (proxy actor ->
 ingress replica actor, the body fetched back from the proxy by a second actor call, the response
@@ -29,13 +30,15 @@ STARTUP_POLL_S = 0.01  # uvicorn exposes no event for "listening"; `started` is 
 KEEP_ALIVE_S = 30  # clients (load generators, SDKs) reuse connections across requests
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port that other ingress replicas on this node may share."""
+def bind_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A listening socket on host:port; `reuse_port`: other ingress replicas on this node may
+    share it (the admin API's must not: a second controller there is a mistake to report)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted sockets inherit it. asyncio's selector loop sets it only when sock.proto is
         # IPPROTO_TCP (not so here); without it a response's second write (the body after the
         # headers) waits for the client's delayed ACK: 44 ms -> 0.7 ms p50 for a no-op POST.
@@ -43,7 +46,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"ingress: cannot listen on {host}:{port}: {exc}") from exc
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}") from exc
     sock.set_inheritable(True)
     return sock
 
@@ -52,11 +55,18 @@ class DirectHTTPServer:
     """uvicorn serving `app` on a shared port, inside the running event loop."""
 
     def __init__(
-        self, app: FastAPI, host: str, port: int, graceful_shutdown_s: float = 15.0
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        graceful_shutdown_s: float = 15.0,
+        reuse_port: bool = True,
+        name: str = "ingress",
     ) -> None:
         self.host = host
-        self.port = port
-        self._sock = bind_socket(host, port)
+        self._name = name
+        self._sock = bind_socket(host, port, reuse_port)
+        self.port = int(self._sock.getsockname()[1])  # the one bound when `port` is 0
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -77,11 +87,11 @@ class DirectHTTPServer:
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # re-raises the startup error
-                raise RuntimeError(f"ingress: HTTP server on {self.address} exited at startup")
+                raise RuntimeError(f"{self._name}: HTTP server on {self.address} exited at startup")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ingress: HTTP server on {self.address} did not start")
+                raise RuntimeError(f"{self._name}: HTTP server on {self.address} did not start")
             await asyncio.sleep(STARTUP_POLL_S)
-        logger.info("ingress: serving HTTP on %s", self.address)
+        logger.info("%s: serving HTTP on %s", self._name, self.address)
 
     @property
     def address(self) -> str:
@@ -90,7 +100,7 @@ class DirectHTTPServer:
     def check(self) -> None:
         """Raise if the listener is gone, so Serve's health check replaces this replica."""
         if self._task is None or self._task.done():
-            raise RuntimeError(f"ingress: HTTP server on {self.address} is not running")
+            raise RuntimeError(f"{self._name}: HTTP server on {self.address} is not running")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the graceful timeout)."""
@@ -102,4 +112,4 @@ class DirectHTTPServer:
         try:
             await task
         except Exception as exc:  # shutting down anyway; keep the reason
-            logger.warning("ingress: HTTP server on %s stopped with %r", self.address, exc)
+            logger.warning("%s: HTTP server on %s stopped with %r", self._name, self.address, exc)

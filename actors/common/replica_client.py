@@ -7,16 +7,16 @@ a reader task fans each DeltaBatch out to the per-request queues.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 
-from actors.replica.tls import TlsFiles, aio_channel
-from actors.replica.types import GenerateDelta, GenerateSpec
-from actors.replica.wire import batch_from_pb, load_from_pb, spec_to_pb
+from actors.common.config import TlsFiles
+from actors.common.tls import aio_channel
+from actors.common.types import GenerateDelta, GenerateSpec, ModelInfo
+from actors.common.wire import batch_from_pb, model_info_from_pb, spec_to_pb
 from protos import replica_pb2, replica_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,6 @@ class ReplicaClient:
                     replica_pb2.GenerateCall(abort_request_id=spec.request_id)
                 )
 
-    async def abort(self, request_id: str) -> None:
-        req = replica_pb2.AbortRequest(request_id=request_id)
-        await self._ensure_stub().Abort(req, timeout=self._timeout_s)
-
     async def health(self) -> bool:
         try:
             reply = await self._ensure_stub().Health(
@@ -131,9 +127,12 @@ class ReplicaClient:
             return False
         return reply.ok
 
-    async def stats(self) -> dict:
-        reply = await self._ensure_stub().Stats(replica_pb2.StatsRequest(), timeout=self._timeout_s)
-        return dataclasses.asdict(load_from_pb(reply))
+    async def describe_model(self) -> ModelInfo:
+        """The replica's model limits and tokenizer files (raises grpc.aio.AioRpcError)."""
+        reply = await self._ensure_stub().DescribeModel(
+            replica_pb2.DescribeModelRequest(), timeout=self._timeout_s
+        )
+        return model_info_from_pb(reply)
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None

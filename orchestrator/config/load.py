@@ -5,7 +5,7 @@
 
 Every error is a ConfigError whose lines read `FILE:LINE: key.path: why`. Only yaml.safe_load
 ever reads the text (a `!!python/...` tag is refused). Sections and keys are listed in
-docs/configuration.md; section models live in policies/config_schema.py.
+docs/configuration.md; section models live in orchestrator/config/schema.py.
 
 Run-time changes (`fleetlm config apply FILE`) go through parse_policy_update: the `dispatch`
 section is swapped atomically, a changed `replicas` count/min/max becomes the controller's new
@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies.config_errors import ConfigError, key_line, pydantic_issues
-from policies.config_schema import (
+import policies
+from orchestrator.config.errors import ConfigError, key_line, pydantic_issues
+from orchestrator.config.schema import (
     DeploymentConfig,
     DispatchSection,
     ReplicasSection,
@@ -33,7 +34,8 @@ from policies.config_schema import (
     valid_sections,
 )
 
-PRESETS_DIR = Path(__file__).parent / "presets"
+# The YAML policy files users start from live with the policies (data, not code).
+PRESETS_DIR = Path(policies.__file__).parent / "presets"
 # Sections a running deployment may change through `fleetlm config apply`.
 RUNTIME_SECTIONS = ("dispatch", "replicas")
 

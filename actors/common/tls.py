@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM paths. `ca` verifies the peer (clients); servers present `cert`/`key`."""
-
-    cert: str | None = None
-    key: str | None = None
-    ca: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("cert", "key", "ca"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"security.tls.{name}: no such file {path!r}")
+from actors.common.config import TlsFiles
 
 
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:

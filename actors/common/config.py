@@ -1,10 +1,39 @@
-"""Frozen engine configuration, one dataclass per concern."""
+"""Frozen configuration of an engine and of a replica around it, one dataclass per concern.
+
+Torch-free: the controller builds these from the deployment YAML and ships them to replicas."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 EMBEDDED_MODEL = "fleetlm/tiny-llama"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM paths. `ca` verifies the peer (clients); servers present `cert`/`key`."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"security.tls.{name}: no such file {path!r}")
+
+
+def cache_root() -> Path:
+    """fleetlm's cache directory: $FLEETLM_CACHE, else $XDG_CACHE_HOME/fleetlm, else
+    ~/.cache/fleetlm (the embedded model, the generated admin token)."""
+    if os.environ.get("FLEETLM_CACHE"):
+        return Path(os.environ["FLEETLM_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "fleetlm"
 
 
 @dataclass(frozen=True)
@@ -78,3 +107,34 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     enforce_eager: bool = False  # True: no CUDA graphs (debugging, and "before" benchmarks)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a replica needs to build its engine."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size: must be >= 1, got {self.tensor_parallel_size}")
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """How a replica serves and reports: its gRPC bind, TLS, and where the controller is."""
+
+    bind_host: str = "127.0.0.1"
+    # The host others dial; None: this node's IP as Ray knows it (for a wildcard bind_host).
+    advertise_host: str | None = "127.0.0.1"
+    port: int = 0
+    report_interval_s: float = 0.5
+    tls: TlsFiles | None = None
+    # Where to look the controller up again when its address stops answering (it restarted).
+    controller_name: str | None = None
+    controller_namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.report_interval_s <= 0:
+            raise ValueError(f"report_interval_s: must be > 0, got {self.report_interval_s}")

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from actors.common.config import EMBEDDED_MODEL
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from policies.params import PolicyParamError
 
-EMBEDDED_MODEL = "fleetlm/tiny-llama"  # actors.engine.config.EMBEDDED_MODEL (policies are pure)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40})
@@ -85,7 +85,7 @@ class ReplicasSection(Section):
 
 
 class EngineSection(Section):
-    """Mirrors actors.engine.config CacheConfig and SchedulerConfig, field for field."""
+    """Mirrors actors.common.config CacheConfig and SchedulerConfig, field for field."""
 
     block_size: int = Field(default=16, ge=1, le=1024)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -106,6 +106,9 @@ class ServerSection(Section):
     host: str = "127.0.0.1"
     http_port: Port = 8000
     controller_grpc_port: Port = 50051
+    # The admin API (and dashboard) on the controller; loopback unless configured otherwise.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 8080
     report_interval_s: float = Field(default=0.5, gt=0)
     unhealthy_after_s: float = Field(default=3.0, gt=0)
     max_queue_per_replica: int = Field(default=64, ge=1)
@@ -113,7 +116,7 @@ class ServerSection(Section):
 
 
 class SecuritySection(Section):
-    """TLS for gRPC (PEM paths, as actors.replica.tls.TlsFiles takes them) and API keys."""
+    """TLS for gRPC (PEM paths, as actors.common.tls.TlsFiles takes them) and API keys."""
 
     tls_cert_file: str | None = None  # absent: plaintext gRPC (a trusted network only)
     tls_key_file: str | None = None
@@ -121,6 +124,8 @@ class SecuritySection(Section):
     # Lax only to take the YAML list as a tuple; items must still be strings.
     api_keys: tuple[str, ...] | None = Field(default=None, strict=False)
     api_keys_env: str | None = None  # name of an env var holding comma-separated keys
+    # The admin API's bearer token (else $FLEETLM_ADMIN_TOKEN, else `fleetlm serve` makes one).
+    admin_token: str | None = Field(default=None, min_length=16)
 
     @property
     def tls(self) -> bool:
@@ -144,7 +149,7 @@ class DeploymentConfig(Section):
         return make_dispatch_policy(self.dispatch.policy, self.dispatch_params())
 
     def engine_kwargs(self) -> dict[str, dict[str, Any]]:
-        """Keyword arguments of actors.engine.config ModelConfig, CacheConfig, SchedulerConfig."""
+        """Keyword arguments of actors.common.config ModelConfig, CacheConfig, SchedulerConfig."""
         m, e = self.model, self.engine
         return {
             "model": {
@@ -259,6 +264,8 @@ def _server_issues(s: ServerSection) -> list[tuple[str, str]]:
         issues.append(
             ("server.controller_grpc_port", f"must differ from http_port ({s.http_port})")
         )
+    if s.admin_port and s.admin_port in (s.http_port, s.controller_grpc_port):
+        issues.append(("server.admin_port", "must differ from http_port and controller_grpc_port"))
     if s.unhealthy_after_s <= s.report_interval_s:
         issues.append(
             (
@@ -280,4 +287,6 @@ def _security_issues(s: SecuritySection) -> list[tuple[str, str]]:
     for i, key in enumerate(s.api_keys or ()):
         if not key or any(c.isspace() for c in key):
             issues.append((f"security.api_keys[{i}]", "must be non-empty without whitespace"))
+    if s.admin_token is not None and any(c.isspace() for c in s.admin_token):
+        issues.append(("security.admin_token", "must not contain whitespace"))
     return issues

@@ -1,0 +1,133 @@
+"""The replica's ReplicaControl service: typed commands from the controller, each id applied once.
+
+A command runs on the engine thread through EngineLoop.call, so it never interleaves with a step.
+Results are remembered by command id (the most recent MAX_REMEMBERED): a repeat of an id, even
+one that arrives while the first is still running, gets the first answer with `repeated` set
+and is not applied again. Queries (ListRequests) change nothing and simply run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from actors.common.commands import (
+    QUERIES,
+    Abort,
+    AbortResult,
+    Command,
+    CommandResult,
+    Cordon,
+    Done,
+    ListRequests,
+    RequestList,
+    Result,
+    Uncordon,
+)
+from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.wire import command_from_pb, result_to_pb
+from actors.replica.loop import EngineLoop
+from protos import replica_pb2, replica_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_REMEMBERED = 4096
+
+
+class CommandExecutor:
+    """Runs commands against one engine loop; lives on the replica's gRPC event loop."""
+
+    def __init__(self, engine_loop: EngineLoop) -> None:
+        self._engine_loop = engine_loop
+        self._done: OrderedDict[str, tuple[Command, CommandResult]] = OrderedDict()
+        self._running: dict[str, tuple[Command, asyncio.Task[CommandResult]]] = {}
+        self._handlers: dict[type, Callable[[Any], Awaitable[Result]]] = {
+            Cordon: self._cordon,
+            Uncordon: self._uncordon,
+            Abort: self._abort,
+            ListRequests: self._list_requests,
+        }
+
+    async def execute(self, command_id: str, command: Command | None) -> CommandResult:
+        if not command_id:
+            return _refused("", ErrorKind.INVALID_ARGUMENT, "must be non-empty", "command_id")
+        if command is None:
+            return _refused(
+                command_id, ErrorKind.UNKNOWN_COMMAND, "this replica has no such command"
+            )
+        seen = self._done.get(command_id) or self._running.get(command_id)
+        if seen is not None:
+            first, answer = seen
+            if first != command:
+                return _refused(
+                    command_id,
+                    ErrorKind.CONFLICT,
+                    f"already used for {type(first).__name__}, not {type(command).__name__}",
+                    "command_id",
+                )
+            result = answer if isinstance(answer, CommandResult) else await asyncio.shield(answer)
+            return replace(result, repeated=True)
+        # A task, so a caller that goes away (a timed-out RPC) does not cancel the command.
+        task = asyncio.ensure_future(self._run(command_id, command))
+        if not isinstance(command, QUERIES):
+            self._running[command_id] = (command, task)
+            task.add_done_callback(lambda t: self._remember(command_id, command, t))
+        return await asyncio.shield(task)
+
+    def _remember(self, command_id: str, command: Command, task: asyncio.Task) -> None:
+        self._running.pop(command_id, None)
+        if task.cancelled():
+            return
+        self._done[command_id] = (command, task.result())
+        while len(self._done) > MAX_REMEMBERED:
+            self._done.popitem(last=False)
+
+    async def _run(self, command_id: str, command: Command) -> CommandResult:
+        try:
+            body = await self._handlers[type(command)](command)
+        except Exception as exc:  # a failed command is an answer, never a dead servicer
+            logger.exception("command %s (%s) failed", command_id, type(command).__name__)
+            return CommandResult(command_id, error=ReplicaError.internal(exc))
+        logger.info("command %s: %s applied", command_id, type(command).__name__)
+        return CommandResult(command_id, body)
+
+    async def _on_engine(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._engine_loop.call(fn))
+
+    # ---- handlers: one per command type ------------------------------------------------------
+
+    async def _cordon(self, command: Cordon) -> Result:
+        await self._on_engine(lambda: self._engine_loop.set_cordoned(True))
+        return Done()
+
+    async def _uncordon(self, command: Uncordon) -> Result:
+        await self._on_engine(lambda: self._engine_loop.set_cordoned(False))
+        return Done()
+
+    async def _abort(self, command: Abort) -> Result:
+        found = await self._on_engine(lambda: self._engine_loop.abort_now(command.request_id))
+        return AbortResult(found)
+
+    async def _list_requests(self, command: ListRequests) -> Result:
+        infos = await self._on_engine(self._engine_loop.list_requests)
+        return RequestList(tuple(infos))
+
+
+def _refused(command_id: str, kind: ErrorKind, message: str, field: str = "") -> CommandResult:
+    return CommandResult(command_id, error=ReplicaError(kind, message, field))
+
+
+class ReplicaControlServicer(replica_pb2_grpc.ReplicaControlServicer):
+    def __init__(self, executor: CommandExecutor) -> None:
+        self._executor = executor
+
+    async def Execute(
+        self, request: replica_pb2.Command, context: object
+    ) -> replica_pb2.CommandResult:
+        result = await self._executor.execute(request.command_id, command_from_pb(request))
+        return result_to_pb(result)

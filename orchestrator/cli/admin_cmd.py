@@ -1,0 +1,166 @@
+"""`fleetlm status | requests | events | cordon | uncordon | scale`: the admin API from a shell.
+
+They find the admin API at --url, else $FLEETLM_ADMIN_URL, else the URL the last `fleetlm serve`
+on this machine recorded, else http://127.0.0.1:8080; the token at --token, else
+$FLEETLM_ADMIN_TOKEN, else the one `fleetlm serve` generated (orchestrator/admin/token.py).
+Torch-free and Ray-free: these are HTTP calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from orchestrator.admin.client import AdminClient, AdminError
+from orchestrator.admin.token import find_admin_token, find_admin_url
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("status", help="the replicas: state, load, node (admin API)")
+    _common(s)
+    s.set_defaults(func=run_status)
+
+    r = subparsers.add_parser("requests", help="every running and waiting request")
+    _common(r)
+    r.set_defaults(func=run_requests)
+
+    e = subparsers.add_parser("events", help="the controller's recent events, newest last")
+    _common(e)
+    e.add_argument("--limit", type=int, default=50)
+    e.set_defaults(func=run_events)
+
+    for verb, doc in (
+        ("cordon", "stop sending a replica new requests (its running ones finish)"),
+        ("uncordon", "let a cordoned replica take new requests again"),
+    ):
+        c = subparsers.add_parser(verb, help=doc)
+        c.add_argument("replica", help="replica id (see `fleetlm status`)")
+        _common(c)
+        c.set_defaults(func=run_cordon, verb=verb)
+
+    n = subparsers.add_parser("scale", help="set the desired number of replicas")
+    n.add_argument("replicas", type=int)
+    _common(n)
+    n.set_defaults(func=run_scale)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help=f"admin API base URL ({DEFAULT_ADMIN_URL})")
+    parser.add_argument("--token", default=None, help="admin token")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    url = args.url or find_admin_url() or DEFAULT_ADMIN_URL
+    token = args.token or find_admin_token()
+    if not token:
+        raise ValueError(
+            "admin token: none given (--token, $FLEETLM_ADMIN_TOKEN, or the admin-token file "
+            "that `fleetlm serve` writes to fleetlm's cache directory)"
+        )
+    return AdminClient(url, token)
+
+
+def _run(args: argparse.Namespace, call: Any, show: Any) -> int:
+    try:
+        with admin_client(args) as client:
+            data = call(client)
+    except AdminError as exc:
+        print(f"fleetlm: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else show(data))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: c.replicas(), format_status)
+
+
+def run_requests(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: c.requests(), format_requests)
+
+
+def run_events(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: {"events": c.events(limit=args.limit)}, format_events)
+
+
+def run_cordon(args: argparse.Namespace) -> int:
+    verb = args.verb
+
+    def show(data: dict[str, Any]) -> str:
+        replica, command = data["replica"], data["command"]
+        line = f"replica {replica['id']}: {replica['state']}"
+        if command.get("error"):
+            line += (
+                f" (the replica has not confirmed yet: {command['error']}; the controller retries)"
+            )
+        return line
+
+    return _run(args, lambda c: getattr(c, verb)(args.replica), show)
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: c.scale(args.replicas), lambda d: d["message"])
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+
+def format_status(data: dict[str, Any]) -> str:
+    policy = data.get("policy", {})
+    lines = [
+        f"desired replicas: {data.get('desired_replicas')}   dispatch: {policy.get('name')}",
+        f"{'replica':10s} {'state':9s} {'address':22s} {'node':10s} {'pid':>7s} "
+        f"{'run':>4s} {'wait':>4s} {'kv free':>11s} {'step ms':>8s} {'uptime':>8s}",
+    ]
+    for r in data.get("replicas", []):
+        kv = f"{r.get('kv_blocks_free', 0)}/{r.get('kv_blocks_total', 0)}"
+        lines.append(
+            f"{r['id']:10s} {r['state']:9s} {r.get('address') or '-':22s} "
+            f"{(r.get('node') or '-')[:10]:10s} {r.get('pid') or '-':>7} "
+            f"{r.get('running', 0):>4} {r.get('waiting', 0):>4} {kv:>11s} "
+            f"{r.get('step_time_ms', 0.0):>8.1f} {_duration(r.get('uptime_s', 0.0)):>8s}"
+        )
+    if not data.get("replicas"):
+        lines.append("(no replicas yet)")
+    return "\n".join(lines)
+
+
+def format_requests(data: dict[str, Any]) -> str:
+    lines = [
+        f"{'request':40s} {'replica':10s} {'state':9s} {'prompt':>6s} {'output':>6s} "
+        f"{'blocks':>6s} {'age':>7s}"
+    ]
+    for q in data.get("requests", []):
+        lines.append(
+            f"{q['id'][:40]:40s} {q['replica']:10s} {q['state']:9s} {q['prompt_tokens']:>6} "
+            f"{q['output_tokens']:>6} {q['kv_blocks']:>6} {_duration(q['age_s']):>7s}"
+        )
+    if not data.get("requests"):
+        lines.append("(no running or waiting requests)")
+    for replica, why in data.get("unreachable", {}).items():
+        lines.append(f"replica {replica} did not answer: {why}")
+    return "\n".join(lines)
+
+
+def format_events(data: dict[str, Any]) -> str:
+    lines = []
+    for e in data["events"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        who = f" {e['replica']}" if e.get("replica") else ""
+        lines.append(f"{stamp} {e['kind']}{who}: {e['message']}")
+    return "\n".join(lines) or "(no events)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
