@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 
+from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.sampling_params import SamplingParams
 from actors.common.types import (
     GenerateDelta,
     GenerateSpec,
-    LoadSnapshot,
+    LoadReport,
     TokenLogprob,
-    invalid_error,
     running_delta,
 )
 from actors.common.wire import (
@@ -20,22 +20,24 @@ from actors.common.wire import (
     batch_to_pb,
     delta_from_pb,
     delta_to_pb,
-    load_from_pb,
-    load_to_pb,
+    report_from_pb,
+    report_to_pb,
     spec_from_pb,
     spec_to_pb,
 )
 from actors.engine.outputs import RequestOutput
+from orchestrator.controller.events import EventKind
 from orchestrator.controller.state import ControllerState
-from orchestrator.controller.wire import (
-    ViewUpdate,
-    meta_from_pb,
-    meta_to_pb,
-    update_from_pb,
-    update_to_pb,
+from orchestrator.controller.wire import ViewUpdate, update_from_pb, update_to_pb
+from policies.cluster_view import (
+    ReplicaIdentity,
+    ReplicaLoad,
+    ReplicaState,
+    RequestMeta,
 )
-from policies.cluster_view import RequestMeta
 from protos import replica_pb2
+
+BAD_N = ReplicaError(ErrorKind.INVALID_ARGUMENT, "bad", "n", whole_request=True)
 
 
 class Clock:
@@ -46,11 +48,8 @@ class Clock:
         return self.now
 
 
-def _load(rid: str, seq: int = 1, running: int = 0, incarnation: str = "a") -> LoadSnapshot:
-    return LoadSnapshot(
-        replica_id=rid,
-        address=f"h:{len(rid)}",
-        seq=seq,
+def _load(rid: str, seq: int = 1, running: int = 0, incarnation: str = "a") -> LoadReport:
+    load = ReplicaLoad(
         running=running,
         waiting=1,
         kv_blocks_free=10,
@@ -59,10 +58,11 @@ def _load(rid: str, seq: int = 1, running: int = 0, incarnation: str = "a") -> L
         tokens_in_flight=5,
         step_time_ms=1.5,
         max_running=8,
-        incarnation=incarnation,
-        adapters_resident=("lora-a",),
-        prefix_hashes=("p1", "p2"),
+        adapters_resident=frozenset({"lora-a"}),
+        prefix_hashes=frozenset({"p1", "p2"}),
     )
+    ident = ReplicaIdentity(rid, f"h:{len(rid)}", "node", incarnation, pid=7, started_at=1.0)
+    return LoadReport(ident, seq, load)
 
 
 def test_spec_delta_load_round_trip() -> None:
@@ -79,10 +79,10 @@ def test_spec_delta_load_round_trip() -> None:
     lp = TokenLogprob(5, -0.25, ((5, -0.25), (6, -2.0)))
     with_lp = GenerateDelta("r", 1, (5,), "x", True, "stop", (lp,), None, 2, 1, None)
     assert delta_from_pb(delta_to_pb(with_lp)) == with_lp
-    empty_lp = dataclasses.replace(with_lp, logprobs=(), error="invalid:n:bad")
-    assert delta_from_pb(delta_to_pb(empty_lp)).logprobs == ()
-    assert delta_from_pb(delta_to_pb(empty_lp)).invalid_field == "n"
-    assert load_from_pb(load_to_pb(_load("r1"))) == _load("r1")
+    empty_lp = dataclasses.replace(with_lp, logprobs=(), error=BAD_N)
+    assert delta_from_pb(delta_to_pb(empty_lp)) == empty_lp
+    assert delta_from_pb(delta_to_pb(empty_lp)).ends_request
+    assert report_from_pb(report_to_pb(_load("r1"))) == _load("r1")
 
 
 @dataclasses.dataclass
@@ -100,7 +100,7 @@ def test_delta_batch_round_trip_keeps_order() -> None:
     ]
     usage = [_Usage(3, 0), _Usage(4, 0), _Usage(2, 10)]
     lp = TokenLogprob(9, -0.5, ((9, -0.5),))
-    first = GenerateDelta("e", 0, (), "", True, "error", error="invalid:n:bad", num_prompt_tokens=1)
+    first = GenerateDelta("e", 0, (), "", True, "error", error=BAD_N, num_prompt_tokens=1)
     middle = GenerateDelta("d", 0, (9,), "z", False, None, (lp,), None, 2, 1)
     last = GenerateDelta("b", 0, (8,), "q", True, "length", None, None, 4, 3)
     batch = batch_to_pb(outs, usage, [(0, first), (2, middle), (3, last)])
@@ -122,20 +122,34 @@ def test_delta_batch_round_trip_keeps_order() -> None:
     assert batch_from_pb(batch_to_pb(outs[:1], usage[:1])) == got[1:2]
 
 
-def test_invalid_error_form() -> None:
-    assert invalid_error("temperature: must be >= 0") == "invalid:temperature:must be >= 0"
-    assert invalid_error("something odd happened").startswith("invalid:request:")
+def test_value_errors_become_typed_invalid_arguments() -> None:
+    err = ReplicaError.from_value_error(ValueError("temperature: must be >= 0"))
+    assert (err.kind, err.field, err.message) == (
+        ErrorKind.INVALID_ARGUMENT,
+        "temperature",
+        "must be >= 0",
+    )
+    odd = ReplicaError.from_value_error(ValueError("something odd happened"))
+    assert (odd.field, odd.message) == ("request", "something odd happened")
 
 
-def test_view_update_and_meta_round_trip() -> None:
+def test_view_update_round_trip_and_derived_state() -> None:
     state = ControllerState(1.0, Clock())
     state.register(_load("r1"))
     update = ViewUpdate(state.view(), "weighted", {"weights": {"queue": 1.0}, "max_queue": 3})
     assert update_from_pb(update_to_pb(update)) == update
-    meta = RequestMeta("q", 10, 5, priority=-2, adapter_id="a", prefix_hashes=("h1",))
-    assert meta_from_pb(meta_to_pb(meta)) == meta
-    with pytest.raises(ValueError, match="request_id"):
-        meta_from_pb(meta_to_pb(meta).__class__(request_id="", num_prompt_tokens=1))
+    view = state.view().get("r1")
+    assert view.state is ReplicaState.READY and view.healthy
+    assert (view.running, view.prefix_hashes, view.node_id) == (0, frozenset({"p1", "p2"}), "node")
+    # Desired cordon shows in the view at once, before the replica reports it.
+    state.records["r1"].cordoned_by_operator = True
+    state.touch(state.records["r1"])
+    assert state.view().get("r1").state is ReplicaState.CORDONED
+    assert not state.view().get("r1").healthy
+    # The patched cached view equals a full rebuild.
+    patched = state.view()
+    state._view = None
+    assert state.view().replicas == patched.replicas
 
 
 def test_state_register_report_and_restart_protocol() -> None:
@@ -146,28 +160,34 @@ def test_state_register_report_and_restart_protocol() -> None:
     assert not state.report(_load("r1", seq=4, incarnation="b"))  # restarted process
     assert state.report(_load("r1", seq=2, running=9))  # reordered old report: ignored
     assert state.view().get("r1").running == 4
-    assert state.register(dataclasses.replace(_load("r2"), address="")) == (
+    bad = _load("r2")
+    bad = dataclasses.replace(bad, identity=dataclasses.replace(bad.identity, address=""))
+    assert state.register(bad) == (
         False,
         "address: must be non-empty",
     )
 
 
-def test_stale_replicas_turn_unhealthy_and_dispatches_count() -> None:
+def test_stale_replicas_turn_dead_and_events_tell() -> None:
     clock = Clock()
     state = ControllerState(1.0, clock)
     state.register(_load("r1"))
     state.register(_load("r2"))
-    gen = state.view().generation
-    state.note_dispatch("r1")
-    state.note_dispatch("r1")
-    view = state.view()
-    assert view.get("r1").inflight_dispatches == 2 and view.generation == gen
     clock.now += 0.5
     state.report(_load("r1", seq=2))
-    assert state.view().get("r1").inflight_dispatches == 0  # the report reflects them now
     clock.now += 0.8
     assert state.mark_stale() == ["r2"]
     assert [r.replica_id for r in state.view().healthy()] == ["r1"]
+    assert state.view().get("r2").state is ReplicaState.DEAD
+    state.register(_load("r1", seq=9, incarnation="b"))
+    kinds = [(e.kind, e.replica) for e in state.events.since()]
+    assert kinds == [
+        (EventKind.REPLICA_JOINED, "r1"),
+        (EventKind.REPLICA_JOINED, "r2"),
+        (EventKind.REPLICA_UNHEALTHY, "r2"),
+        (EventKind.REPLICA_RESTARTED, "r1"),
+    ]
+    assert [e.seq for e in state.events.since(after=2)] == [3, 4]
     # The patched cached view equals a full rebuild.
     patched = state.view()
     state._view = None
