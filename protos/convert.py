@@ -116,7 +116,9 @@ def to_pb(obj: Any, msg: Message, only: type | None = None) -> Message:
         elif f.kind == "enum":
             setattr(msg, f.name, _enum_map(msg, f)[0][value])
         elif f.kind == "message":
-            to_pb(value, getattr(msg, f.name))
+            sub = getattr(msg, f.name)
+            sub.SetInParent()  # present even when every field is a default (HasField is True)
+            to_pb(value, sub)
         elif f.kind == "repeated_scalar":
             getattr(msg, f.name).extend(sorted(value) if f.container is frozenset else value)
         elif f.kind == "repeated_message":

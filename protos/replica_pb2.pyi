@@ -237,17 +237,17 @@ class RequestList(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[RequestInfo, _Mapping]]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "error", "repeated", "done", "abort", "request_list")
+    __slots__ = ("command_id", "error", "repeated", "done", "abort_result", "request_list")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPEATED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
-    ABORT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_LIST_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     error: _common_pb2.Error
     repeated: bool
     done: Done
-    abort: AbortResult
+    abort_result: AbortResult
     request_list: RequestList
-    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ...) -> None: ...
+    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ...) -> None: ...

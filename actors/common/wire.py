@@ -184,7 +184,9 @@ def report_from_pb(msg: common_pb2.LoadReport) -> LoadReport:
 
 def command_to_pb(command: Command, command_id: str) -> replica_pb2.Command:
     msg = replica_pb2.Command(command_id=command_id)
-    to_pb(command, getattr(msg, arm_name(type(command))))
+    body = getattr(msg, arm_name(type(command)))
+    body.SetInParent()  # an arm with no fields (Cordon) is still the arm that is set
+    to_pb(command, body)
     return msg
 
 
@@ -200,7 +202,9 @@ def result_to_pb(result: CommandResult) -> replica_pb2.CommandResult:
     if result.error is not None:
         to_pb(result.error, msg.error)
     if result.body is not None:
-        to_pb(result.body, getattr(msg, arm_name(type(result.body))))
+        body = getattr(msg, arm_name(type(result.body)))
+        body.SetInParent()
+        to_pb(result.body, body)
     return msg
 
 

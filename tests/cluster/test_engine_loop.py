@@ -13,7 +13,8 @@ from actors.common.sampling_params import SamplingParams
 from actors.common.types import GenerateDelta, GenerateSpec
 from actors.common.wire import batch_from_pb
 from actors.engine.engine import LLMEngine
-from actors.replica.loop import EngineLoop, ReplicaIdentity
+from actors.replica.loop import EngineLoop
+from policies.cluster_view import ReplicaIdentity
 from protos import replica_pb2
 
 ENGINE = EngineConfig(
@@ -102,13 +103,13 @@ def test_each_connection_gets_its_tokens_once_in_order(
     b0 = _choice(got_b, "b0")
     assert all(d.logprobs is not None and len(d.logprobs) == len(d.token_ids) for d in b0)
     (b1,) = _choice(got_b, "b1")
-    assert b1.finish_reason == "error" and b1.invalid_field == "temperature"
+    assert b1.finish_reason == "error" and b1.error.field == "temperature"
     # One message per step per connection: never two deltas of one choice in a message.
     for sink in (sink_a, sink_b):
         for batch in sink.batches:
             keys = [(d.request_id, d.index) for d in batch]
             assert batch and len(set(keys)) == len(keys)
-    assert len(sink_a.batches) <= loop.snapshot().num_steps
+    assert len(sink_a.batches) <= loop.snapshot().load.num_steps
     # The server learns which requests ended from the whole deltas alone.
     ended = {(d.request_id, d.index) for w in sink_a.whole for d in w if d.finished}
     assert ended == {("a0", 0), ("a1", 0), ("a1", 1)}

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from orchestrator.http_server import DirectHTTPServer, bind_socket
 from orchestrator.api.launch import check_port_free
+from orchestrator.http_server import DirectHTTPServer, bind_socket
 
 
 def _app(name: str) -> FastAPI:

@@ -1,4 +1,5 @@
-"""A replica actor on a local Ray, driven over real gRPC by ReplicaClient."""
+"""A replica actor on a local Ray, driven over real gRPC: the token plane by ReplicaClient, the
+control plane (typed commands) by ReplicaControlClient."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ import grpc
 import pytest
 import ray
 
+from actors.common.commands import (
+    Abort,
+    AbortResult,
+    Command,
+    CommandResult,
+    Cordon,
+    Done,
+    ListRequests,
+    RequestList,
+    Uncordon,
+)
 from actors.common.config import CacheConfig, EngineConfig, ReplicaSpec, SchedulerConfig
+from actors.common.control_client import ReplicaControlClient
+from actors.common.errors import ErrorKind
 from actors.common.replica_client import ReplicaClient
 from actors.common.sampling_params import SamplingParams
+from actors.common.tokenizer import Tokenizer
 from actors.common.types import GenerateDelta, GenerateSpec
 from actors.common.wire import batch_from_pb, spec_to_pb
 from actors.engine.engine import LLMEngine
@@ -75,7 +90,7 @@ def test_greedy_equals_offline_engine(replica: tuple, offline: LLMEngine) -> Non
 
 def test_one_message_per_step_per_connection(replica: tuple) -> None:
     """Two requests on one stream arrive together in the same DeltaBatch messages."""
-    _, address = replica
+    actor, address = replica
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     calls = [
         replica_pb2.GenerateCall(spec=spec_to_pb(GenerateSpec(f"m{i}", (5, 6, 7, i + 8), params)))
@@ -83,9 +98,9 @@ def test_one_message_per_step_per_connection(replica: tuple) -> None:
     ]
     with grpc.insecure_channel(address) as channel:
         stub = replica_pb2_grpc.ReplicaStub(channel)
-        steps_before = stub.Stats(replica_pb2.StatsRequest()).num_steps
+        steps_before = ray.get(actor.stats.remote())["num_steps"]
         batches = list(stub.Generate(iter(calls), timeout=60))
-        steps = stub.Stats(replica_pb2.StatsRequest()).num_steps - steps_before
+        steps = ray.get(actor.stats.remote())["num_steps"] - steps_before
     per_batch = [batch_from_pb(b) for b in batches]
     deltas = [d for ds in per_batch for d in ds]
     assert sum(len(d.token_ids) for d in deltas) == 2 * params.max_tokens
@@ -119,37 +134,112 @@ def test_resume_continues_after_sent_tokens(replica: tuple, offline: LLMEngine) 
     assert deltas[-1].num_prompt_tokens == len(ids)
 
 
-def test_abort_invalid_input_health_and_stats(replica: tuple) -> None:
-    _, address = replica
+def test_invalid_input_abort_and_disconnect(replica: tuple) -> None:
+    actor, address = replica
     long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
 
     async def run() -> None:
-        client = ReplicaClient(address)
+        client, control = ReplicaClient(address), ReplicaControlClient(address)
         try:
             assert await client.health()
-            # Validation errors come back named, and the replica keeps serving.
+            # Validation errors come back typed and named, and the replica keeps serving.
             for spec, field in _bad_specs(long):
                 deltas = await _collect(client, spec)
                 assert len(deltas) == 1 and deltas[0].finish_reason == "error", spec
-                assert deltas[0].invalid_field == field, deltas[0].error
-            # Abort by id: the stream ends with finish_reason "abort".
+                error = deltas[0].error
+                assert error.kind is ErrorKind.INVALID_ARGUMENT and error.field == field, error
+            # Abort by id (a command): the stream ends with finish_reason "abort".
             seen: list[GenerateDelta] = []
             async for delta in client.generate(GenerateSpec("long", (1, 2, 3), long)):
                 seen.append(delta)
                 if len(seen) == 2:
-                    await client.abort("long")
+                    result = await control.execute(Abort("long"), "abort-1", 10)
+                    assert result.body == AbortResult(found=True)
             assert seen[-1].finished and seen[-1].finish_reason == "abort"
             assert len(_tokens(seen)) < long.max_tokens
             # Leaving the iterator early aborts too (a client disconnect).
             stream = client.generate(GenerateSpec("dropped", (4, 5, 6), long))
             await stream.__anext__()
             await stream.aclose()
-            stats = await _until_idle(client)
-            assert stats["running"] == 0 and stats["waiting"] == 0
-            assert stats["replica_id"] == "r-test" and stats["kv_blocks_total"] > 0
-            assert 0 < stats["kv_blocks_free"] <= stats["kv_blocks_total"]
+            assert await _until_idle(control)
+            load = ray.get(actor.stats.remote())
+            assert load["running"] == 0 and load["waiting"] == 0
+            assert 0 < load["kv_blocks_free"] <= load["kv_blocks_total"]
         finally:
             await client.close()
+            await control.close()
+
+    asyncio.run(run())
+
+
+def test_commands_apply_once_and_a_cordon_lets_running_requests_finish(replica: tuple) -> None:
+    actor, address = replica
+    long = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True)
+    short = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+
+    async def run() -> None:
+        client, control = ReplicaClient(address), ReplicaControlClient(address)
+
+        async def send(command: Command, command_id: str) -> CommandResult:
+            return await control.execute(command, command_id, 10)
+
+        try:
+            running = client.generate(GenerateSpec("cmpl-running", (7, 8, 9), long))
+            first = await running.__anext__()
+            assert await send(Cordon(), "c1") == CommandResult("c1", Done())
+            assert (await send(Cordon(), "c1")).repeated  # a retry: not applied again
+            assert ray.get(actor.stats.remote())["cordoned"]
+            # New requests are refused (kind UNAVAILABLE: route elsewhere) ...
+            refused = await _collect(client, GenerateSpec("cmpl-new", (1, 2), short))
+            assert len(refused) == 1 and refused[0].error.kind is ErrorKind.UNAVAILABLE
+            assert refused[0].ends_request
+            # ... the running one is listed under its id and runs to the end.
+            listed = (await send(ListRequests(), "l1")).body
+            assert isinstance(listed, RequestList)
+            (info,) = listed.requests
+            assert (info.request_id, info.state, info.prompt_tokens) == (
+                "cmpl-running",
+                "running",
+                3,
+            )
+            assert info.kv_blocks >= 1 and info.n == 1 and info.arrival_time > 0
+            rest = [d async for d in running]
+            assert len(_tokens([first, *rest])) == long.max_tokens
+            assert rest[-1].finish_reason == "length"
+            # Uncordon; then repeating the first cordon's id must not cordon again.
+            assert (await send(Uncordon(), "u1")).ok
+            assert (await send(Cordon(), "c1")).repeated
+            accepted = await _collect(client, GenerateSpec("cmpl-after", (1, 2), short))
+            assert len(_tokens(accepted)) == short.max_tokens
+            # An id used for another command, a missing id: typed refusals.
+            assert (await send(Uncordon(), "c1")).error.kind is ErrorKind.CONFLICT
+            assert (await send(Uncordon(), "")).error.field == "command_id"
+            assert (await send(Abort("nope"), "a9")).body == AbortResult(found=False)
+        finally:
+            await send(Uncordon(), "u-final")
+            await client.close()
+            await control.close()
+
+    asyncio.run(run())
+
+
+def test_describe_model_gives_the_engines_limits_and_tokenizer(
+    replica: tuple, offline: LLMEngine
+) -> None:
+    _, address = replica
+
+    async def run() -> None:
+        client = ReplicaClient(address)
+        try:
+            info = await client.describe_model()
+        finally:
+            await client.close()
+        assert info.max_model_len == offline.max_model_len
+        assert info.vocab_size == offline.runner.vocab_size
+        assert info.block_size == ENGINE.cache.block_size
+        tokenizer = Tokenizer.from_files(info.tokenizer_files)
+        for text in PROMPTS:
+            assert tokenizer.encode(text) == offline.tokenizer.encode(text)
 
     asyncio.run(run())
 
@@ -169,11 +259,13 @@ def _bad_specs(p: SamplingParams) -> list[tuple[GenerateSpec, str]]:
     ]
 
 
-async def _until_idle(client: ReplicaClient, timeout_s: float = 5.0) -> dict:
+async def _until_idle(control: ReplicaControlClient, timeout_s: float = 5.0) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        stats = await client.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0 or loop.time() > deadline:
-            return stats
-        await asyncio.sleep(0.05)  # polls a remote counter; the replica works meanwhile
+        listed = (await control.execute(ListRequests(), "idle?", 5)).body
+        if not listed.requests:
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)  # polls the replica; it works meanwhile

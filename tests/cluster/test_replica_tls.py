@@ -11,17 +11,21 @@ from pathlib import Path
 import grpc
 import pytest
 
+from actors.common.commands import ListRequests, RequestList
 from actors.common.config import CacheConfig, EngineConfig, TlsFiles
+from actors.common.control_client import ReplicaControlClient
 from actors.common.replica_client import ReplicaClient
 from actors.common.sampling_params import SamplingParams
-from actors.common.types import GenerateSpec
+from actors.common.types import GenerateSpec, LoadReport
 from actors.engine.engine import LLMEngine
 from actors.replica.reporter import ControllerLink
 from actors.replica.server import ReplicaServer
+from orchestrator.config.load import parse_config
 from orchestrator.controller.client import ControllerClient
+from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.host import ControllerHost
-from orchestrator.controller.service import PolicyChange
 from orchestrator.controller.settings import ControllerSettings
+from policies.cluster_view import ReplicaIdentity, ReplicaLoad
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -46,14 +50,23 @@ def test_replica_over_tls(tls: TlsFiles) -> None:
     async def run() -> None:
         client = ReplicaClient(server.address, tls=tls)
         plain = ReplicaClient(server.address, timeout_s=2.0)
+        control = ReplicaControlClient(server.address, tls)
+        plain_control = ReplicaControlClient(server.address)
         try:
             spec = GenerateSpec("t0", (1, 2, 3), params)
             tokens = [t async for d in client.generate(spec) for t in d.token_ids]
             assert len(tokens) == 3
             assert not await plain.health()  # a plaintext client cannot talk to it
+            # The control plane shares the port, and its TLS.
+            listed = await control.execute(ListRequests(), "l1", 5)
+            assert listed.body == RequestList(())
+            with pytest.raises(grpc.aio.AioRpcError):
+                await plain_control.execute(ListRequests(), "l2", 2)
         finally:
             await client.close()
             await plain.close()
+            await control.close()
+            await plain_control.close()
 
     try:
         asyncio.run(run())
@@ -61,8 +74,15 @@ def test_replica_over_tls(tls: TlsFiles) -> None:
         server.stop()
 
 
-def _refuse(text: str) -> PolicyChange:
-    raise ValueError("not in this test")
+def _no_replicas(tls: TlsFiles) -> tuple[ControllerSettings, ConfigUpdater]:
+    cfg = parse_config("replicas:\n  count: 0\n")
+    return ControllerSettings(tls=tls, admin_port=0), ConfigUpdater(cfg)
+
+
+def _load(replica_id: str, seq: int = 1) -> LoadReport:
+    return LoadReport(
+        ReplicaIdentity(replica_id, "127.0.0.1:1", incarnation="a"), seq, ReplicaLoad()
+    )
 
 
 class FakeNoReplicas:
@@ -77,14 +97,16 @@ class FakeNoReplicas:
     def is_alive(self, replica_id: str) -> bool:
         return False
 
+    def stop_replica(self, replica_id: str) -> None:
+        return None
+
     def kill_replica(self, replica_id: str) -> None:
         return None
 
 
 def test_controller_over_tls(tls: TlsFiles) -> None:
-    from .test_control_plane_unit import _load
-
-    host = ControllerHost(ControllerSettings(replicas=0, tls=tls), FakeNoReplicas(), _refuse)
+    settings, config = _no_replicas(tls)
+    host = ControllerHost(settings, FakeNoReplicas(), config)
     link = ControllerLink(host.address, tls)
     client = ControllerClient(host.address, tls)
     try:
@@ -92,7 +114,7 @@ def test_controller_over_tls(tls: TlsFiles) -> None:
         assert [r.replica_id for r in client.cluster_view().replicas] == ["r-tls"]
         plain = ControllerLink(host.address, timeout_s=1.0)
         with pytest.raises(grpc.RpcError):
-            plain.report(dataclasses.replace(_load("r-tls"), seq=2**40))
+            plain.report(_load("r-tls", seq=2**40))
         plain.close()
     finally:
         link.close()
@@ -101,10 +123,9 @@ def test_controller_over_tls(tls: TlsFiles) -> None:
 
 
 def test_controller_mutual_tls(tls: TlsFiles) -> None:
-    from .test_control_plane_unit import _load
-
     mtls = dataclasses.replace(tls, ca=tls.cert)  # the self-signed cert is its own CA
-    host = ControllerHost(ControllerSettings(replicas=0, tls=mtls), FakeNoReplicas(), _refuse)
+    settings, config = _no_replicas(mtls)
+    host = ControllerHost(settings, FakeNoReplicas(), config)
     with_cert = ControllerLink(host.address, mtls)
     without_cert = ControllerLink(host.address, TlsFiles(ca=tls.cert), timeout_s=2.0)
     try:
