@@ -67,16 +67,15 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     from actors.common.replica_client import ReplicaClient
     from actors.common.sampling_params import SamplingParams
     from actors.common.types import GenerateSpec
-    from actors.models.embedded import resolve_model_path
     from orchestrator.api.app import Handlers, build_app
-    from orchestrator.api.deployment import HealthChecker
+    from orchestrator.api.deployment import HealthChecker, describe_model
     from orchestrator.api.launch import ingress_settings
     from orchestrator.api.metrics import IngressMetrics
-    from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
-    from orchestrator.controller.client import ControllerClient
+    from orchestrator.api.serving import OpenAIServing, ReplicaPool
     from orchestrator.controller.router import Router
 
-    address = stack.cluster.status()["replicas"][0]["address"]
+    with stack.cluster.admin() as admin:
+        address = admin.replicas()["replicas"][0]["address"]
     replica = ReplicaClient(address)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
@@ -86,11 +85,11 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
             pass
 
     s = ingress_settings(stack.config, stack.controller_address)
-    model = ServedModel.load(s.model_name, resolve_model_path(s.model), None, s.block_size)
     router = Router(s.controller_address)
     await router.start()
     pool = ReplicaPool()
-    health = HealthChecker(ControllerClient(s.controller_address), router, pool, 2.0)
+    model = await describe_model(s.model_name, router, pool, wait_s=60)
+    health = HealthChecker(router, pool, 2.0)
     app = build_app(Handlers(OpenAIServing(model, router, pool), IngressMetrics(), health, 1 << 20))
     body = {"model": s.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0}
     in_process = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in")

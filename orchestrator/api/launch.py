@@ -244,9 +244,9 @@ def start_stack(options: ServeOptions) -> Stack:
     proxy_port = options.serve_proxy_port if direct else None
     cluster = start_cluster(cfg, address=options.address, admin_port=options.admin_port)
     try:
-        _deploy_ingress(cfg, options, cluster.controller_address, port if direct else None)
-        if options.write_admin_files:
+        if options.write_admin_files:  # before the API answers: a client may look at once
             write_admin_files(cluster.admin_url, cluster.admin_token)
+        _deploy_ingress(cfg, options, cluster.controller_address, port if direct else None)
     except BaseException:
         cluster.shutdown()
         raise

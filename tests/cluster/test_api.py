@@ -39,7 +39,14 @@ def stack(ray_local: None) -> Iterator[object]:
 
     text = tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
     cfg = parse_config(text + f"security:\n  api_keys: [{API_KEY}]\n")
-    st = start_stack(ServeOptions(config=cfg, http_path="direct", serve_proxy_port=_free_port()))
+    options = ServeOptions(
+        config=cfg,
+        http_path="direct",
+        serve_proxy_port=_free_port(),
+        admin_port=0,
+        write_admin_files=False,
+    )
+    st = start_stack(options)
     try:
         _wait_healthy(st.base_url)
         yield st
@@ -321,31 +328,18 @@ def test_serve_proxy_path_streams(stack: object) -> None:
 # ---- client disconnect ------------------------------------------------------------------------
 
 
-def _replica_stats(stack: object) -> dict[str, dict]:
-    """Each healthy replica's Stats, asked over gRPC (not the controller's delayed view)."""
-    import asyncio
-
-    from actors.common.replica_client import ReplicaClient
-
-    async def ask() -> dict[str, dict]:
-        out = {}
-        for r in stack.cluster.status()["replicas"]:
-            if not r["healthy"]:
-                continue
-            c = ReplicaClient(r["address"])
-            try:
-                out[r["replica_id"]] = await c.stats()
-            finally:
-                await c.close()
-        return out
-
-    return asyncio.run(ask())
+def _requests(stack: object) -> list[dict]:
+    """Every running and waiting request, asked of the replicas live (the admin API)."""
+    with stack.cluster.admin() as admin:
+        return admin.requests()["requests"]
 
 
 def _replica_load(stack: object) -> tuple[int, int]:
-    """(running + waiting, engine steps) summed over the replicas."""
-    stats = _replica_stats(stack).values()
-    return sum(s["running"] + s["waiting"] for s in stats), sum(s["num_steps"] for s in stats)
+    """(running + waiting requests, engine steps from the replicas' reports), over replicas."""
+    with stack.cluster.admin() as admin:
+        busy = len(admin.requests()["requests"])
+        steps = sum(r.get("num_steps", 0) for r in admin.replicas()["replicas"])
+    return busy, steps
 
 
 def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
@@ -376,6 +370,81 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
     assert gone_at is not None and gone_at < 1.0, gone_at
     # Aborted, not finished: far fewer steps ran than the 1900 tokens asked for.
     assert steps - steps_before < 1000
+
+
+# ---- the admin API sees and steers what the OpenAI API serves ---------------------------------
+
+
+def _stream(stack: object, max_tokens: int) -> tuple[object, object, dict]:
+    """Open a streaming completion; returns (context, line iterator, first chunk)."""
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True}
+    body |= {"stream": True, "temperature": 0, "return_token_ids": True}
+    ctx = httpx.stream(
+        "POST", f"{stack.base_url}/v1/completions", json=body, headers=AUTH, timeout=60
+    )
+    resp = ctx.__enter__()
+    assert resp.status_code == 200
+    lines = (ln[6:] for ln in resp.iter_lines() if ln.startswith("data: "))
+    return ctx, lines, json.loads(next(lines))
+
+
+def _drain(lines: object) -> list[dict]:
+    return [json.loads(ln) for ln in lines if ln != "[DONE]"]
+
+
+def test_admin_lists_a_streaming_request_under_its_openai_id(
+    stack: object, offline_engine: object
+) -> None:
+    ctx, lines, first = _stream(stack, max_tokens=1500)
+    try:
+        request_id = first["id"]
+        assert request_id.startswith("cmpl-")
+        listed = {q["id"]: q for q in _requests(stack)}
+        assert request_id in listed
+        entry = listed[request_id]
+        assert entry["state"] == "running" and entry["n"] == 1
+        assert entry["prompt_tokens"] == len(offline_engine.tokenizer.encode(PROMPT))
+        assert entry["output_tokens"] >= 1 and entry["kv_blocks"] >= 1 and entry["age_s"] >= 0
+        with stack.cluster.admin() as admin:
+            assert entry["replica"] in {r["id"] for r in admin.replicas()["replicas"]}
+            assert admin.request(request_id)["replica"] == entry["replica"]
+            assert admin.abort(request_id)["command"]["ok"]
+        chunks = _drain(lines)  # the abort ends the stream well before 1500 tokens
+        assert sum(len(c["choices"][0]["token_ids"]) for c in chunks if c.get("choices")) < 1400
+    finally:
+        ctx.__exit__(None, None, None)
+    deadline = time.monotonic() + 5
+    while request_id in {q["id"] for q in _requests(stack)}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # the replica drops the aborted request
+
+
+def test_cordoned_replica_takes_no_new_requests_while_its_running_one_finishes(
+    stack: object,
+) -> None:
+    ctx, lines, first = _stream(stack, max_tokens=300)
+    try:
+        (running,) = [q for q in _requests(stack) if q["id"] == first["id"]]
+        cordoned = running["replica"]
+        with stack.cluster.admin() as admin:
+            assert admin.cordon(cordoned)["replica"]["state"] == "cordoned"
+            try:
+                for _ in range(3):  # new requests all land on the other replica
+                    c2, l2, f2 = _stream(stack, max_tokens=200)
+                    try:
+                        (new,) = [q for q in _requests(stack) if q["id"] == f2["id"]]
+                        assert new["replica"] != cordoned
+                    finally:
+                        c2.__exit__(None, None, None)
+                # The running request runs to its end on the cordoned replica.
+                chunks = _drain(lines)
+                assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+                got = [t for c in [first, *chunks] for t in c["choices"][0]["token_ids"]]
+                assert len(got) == 300  # nothing lost on the cordoned replica
+            finally:
+                admin.uncordon(cordoned)
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 # ---- a replica dies mid-stream (last: it leaves the cluster one replica short) ----------------
@@ -413,9 +482,9 @@ def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engi
             for choice in msg["choices"]:
                 got.extend(choice["token_ids"])
             if killed is None and len(got) >= 10:
-                busy = [rid for rid, s in _replica_stats(stack).items() if s["running"]]
+                busy = {q["replica"] for q in _requests(stack)}
                 assert len(busy) == 1
-                killed = busy[0]
+                killed = busy.pop()
                 actor = ray.get_actor(REPLICA_NAME_PREFIX + killed, namespace=NAMESPACE)
                 ray.kill(actor, no_restart=True)
     assert killed is not None and len(got) == n

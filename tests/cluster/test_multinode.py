@@ -35,7 +35,9 @@ def two_nodes(_ray_session: None) -> Iterator[ClusterHandle]:
     try:
         # A wildcard bind: replicas and the controller advertise the node IP from Ray.
         cfg = parse_config(tiny_config_yaml(2, policy="round_robin", host="0.0.0.0"))
-        handle = start_cluster(cfg, custom_resources={SLOT: 1}, min_healthy=2, wait_s=180)
+        handle = start_cluster(
+            cfg, custom_resources={SLOT: 1}, min_healthy=2, wait_s=180, admin_port=0
+        )
         yield handle
     finally:
         if handle is not None:
@@ -66,8 +68,10 @@ def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> N
             outs = await asyncio.gather(
                 *(_tokens(clients[p.address], s) for p, s in zip(picks, specs, strict=True))
             )
-            stats = [await c.stats() for c in clients.values()]
-            return Counter(p.replica_id for p in picks), [s["num_steps"] for s in stats], outs
+            with two_nodes.admin() as admin:  # the replicas' own reports, over the admin API
+                await asyncio.sleep(0.6)  # one report interval: the steps just run are counted
+                loads = (await asyncio.to_thread(admin.replicas))["replicas"]
+            return Counter(p.replica_id for p in picks), [r["num_steps"] for r in loads], outs
         finally:
             await router.close()
             for client in clients.values():
