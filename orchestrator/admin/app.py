@@ -7,6 +7,7 @@ event loop, so handlers read the records directly. Every route needs the admin t
 `Authorization: Bearer TOKEN` or `?token=TOKEN` (what a browser opening the printed URL sends);
 errors have the OpenAI shape `{"error": {"message", "type", ...}}`.
 
+    GET  /admin/v1/                          this list of routes
     GET  /admin/v1/replicas                  replicas: state, node, address, pid, load, uptime
     GET  /admin/v1/replicas/{id}
     POST /admin/v1/replicas/{id}/cordon      take no new requests (running ones finish)
@@ -30,6 +31,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.commands import Abort, CommandResult, RequestInfo
@@ -84,6 +86,13 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
     app.get(f"{PREFIX}/events")(api.events)
     app.get(f"{PREFIX}/config")(api.config)
     app.post(f"{PREFIX}/config")(api.apply_config)
+
+    @app.get(f"{PREFIX}/")
+    async def index() -> dict[str, Any]:
+        """What the printed admin URL opens: the routes, as registered."""
+        routes = [r for r in app.routes if isinstance(r, APIRoute)]
+        return {"routes": sorted(f"{m} {r.path}" for r in routes for m in r.methods)}
+
     return app
 
 

@@ -442,6 +442,7 @@ def test_admin_api_refuses_without_the_token(controller: Controller) -> None:
     import httpx
 
     routes = [
+        ("GET", "/"),
         ("GET", "/replicas"),
         ("GET", "/replicas/x"),
         ("POST", "/replicas/x/cordon"),
@@ -461,8 +462,16 @@ def test_admin_api_refuses_without_the_token(controller: Controller) -> None:
                 r = http.request(method, path, headers=headers)
                 assert r.status_code == 401, (method, path, r.text)
                 assert r.json()["error"]["type"] == "authentication_error"
-        ok = http.get("/replicas", params={"token": TOKEN})  # what a browser sends
-        assert ok.status_code == 200
+        ok = http.get("/", params={"token": TOKEN})  # what a browser opening the banner sends
+        assert ok.status_code == 200 and "POST /admin/v1/scale" in ok.json()["routes"]
+        listed = set(ok.json()["routes"])
+        assert {
+            "GET /admin/v1/replicas/{replica_id}",
+            "POST /admin/v1/replicas/{replica_id}/uncordon",
+            "POST /admin/v1/requests/{request_id}/abort",
+            "GET /admin/v1/events",
+            "POST /admin/v1/config",
+        } <= listed
         missing = http.get("/no-such-route", headers={"Authorization": f"Bearer {TOKEN}"})
         assert missing.status_code == 404 and "error" in missing.json()
         bad = http.post(
