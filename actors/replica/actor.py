@@ -1,7 +1,8 @@
 """The replica as a Ray actor: an engine loop, its gRPC server and a load reporter.
 
-The class is plain; whoever creates replicas wraps it with `ray.remote(...)` and the resources
-of the deployment (num_cpus on CPU, num_gpus on GPU), so this module stays testable without Ray.
+The class is plain, so this module stays testable without Ray. The controller never imports it
+(it needs torch): it starts `orchestrator.controller.backend.ReplicaProcess`, which builds this
+class by import path inside the replica actor's own process, with the deployment's resources.
 """
 
 from __future__ import annotations

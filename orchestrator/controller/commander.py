@@ -64,27 +64,35 @@ class ReplicaCommander:
         self.sent = 0
 
     async def send(
-        self, replica_id: str, command: Command, command_id: str | None = None
+        self,
+        replica_id: str,
+        command: Command,
+        command_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> CommandResult:
-        """Send `command` to a registered replica; never raises for the replica's failures."""
+        """Send `command` to a registered replica; never raises for the replica's failures.
+        `timeout_s`: per attempt (default: the commander's)."""
         command_id = command_id or new_command_id()
         record = self._state.records.get(replica_id)
         if record is None or record.report is None:
             error = ReplicaError(ErrorKind.NOT_FOUND, f"no registered replica {replica_id!r}")
             return self._log(replica_id, command, CommandResult(command_id, error=error))
         address = record.report.identity.address
-        result = await self._send_to(address, command, command_id)
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        result = await self._send_to(address, command, command_id, timeout)
         return self._log(replica_id, command, result)
 
     async def send_all(
-        self, replica_ids: Iterable[str], command: Command
+        self, replica_ids: Iterable[str], command: Command, timeout_s: float | None = None
     ) -> dict[str, CommandResult]:
         """The same command to several replicas at once (each with its own id)."""
         ids = list(replica_ids)
-        results = await asyncio.gather(*(self.send(rid, command) for rid in ids))
-        return dict(zip(ids, results, strict=True))
+        sends = (self.send(rid, command, timeout_s=timeout_s) for rid in ids)
+        return dict(zip(ids, await asyncio.gather(*sends), strict=True))
 
-    async def _send_to(self, address: str, command: Command, command_id: str) -> CommandResult:
+    async def _send_to(
+        self, address: str, command: Command, command_id: str, timeout_s: float
+    ) -> CommandResult:
         client = self._client(address)
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(self._attempts):
@@ -92,7 +100,7 @@ class ReplicaCommander:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
                 self.sent += 1
-                return await client.execute(command, command_id, self._timeout_s)
+                return await client.execute(command, command_id, timeout_s)
             except grpc.aio.AioRpcError as exc:
                 last = exc
                 if exc.code() not in RETRYABLE:

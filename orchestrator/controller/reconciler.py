@@ -211,11 +211,12 @@ class Reconciler:
                 raise
 
     async def _scale_in(self, count: int, active: list[ReplicaRecord]) -> None:
-        # Not yet serving first (nothing to lose), then the least busy.
-        def cost(r: ReplicaRecord) -> tuple[bool, int]:
+        # Not yet serving first (nothing to lose), then those an operator cordoned (already out
+        # of service), then the least busy.
+        def cost(r: ReplicaRecord) -> tuple[bool, bool, int]:
             serving = r.registered and r.reporting
             load = r.report.load.running + r.report.load.waiting if r.report else 0
-            return serving, load
+            return serving, not r.cordoned_by_operator, load
 
         for record in sorted(active, key=cost)[:count]:
             if record.registered and record.reporting:

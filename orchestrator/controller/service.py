@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from actors.common.commands import CommandResult, ListRequests, RequestInfo, RequestList
+from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.wire import report_from_pb
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.load import DeploymentConfig
@@ -33,6 +34,8 @@ from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from protos import common_pb2, controller_pb2, controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+QUERY_TIMEOUT_S = 2.0  # per attempt, for what the admin API asks replicas on an operator's behalf
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ class ControllerCore:
             record.cordon_epoch += 1
         self.state.touch(record)
         if record.report is None:
-            return CommandResult("")  # not registered yet: it follows once it does
+            later = ReplicaError(ErrorKind.UNAVAILABLE, "not registered yet: applied once it is")
+            return CommandResult("", error=later)
         return await apply_cordon(self.commander, record)
 
     # ---- questions -------------------------------------------------------------------------
@@ -142,7 +146,8 @@ class ControllerCore:
             for r in self.state.records.values()
             if r.report is not None and r.state is not ReplicaState.DEAD
         ]
-        results = await self.commander.send_all(asked, ListRequests())
+        # A query an operator waits on: a hung replica is reported, not waited for.
+        results = await self.commander.send_all(asked, ListRequests(), timeout_s=QUERY_TIMEOUT_S)
         found: list[tuple[str, RequestInfo]] = []
         missing: dict[str, str] = {}
         for replica_id, result in sorted(results.items()):

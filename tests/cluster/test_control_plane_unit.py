@@ -339,6 +339,17 @@ def test_scale_out_while_draining_keeps_the_draining_replica(controller: Control
     assert len(backend.created) == 2 and not backend.stopped
 
 
+def test_scale_in_takes_an_operator_cordoned_replica_first(controller: Controller) -> None:
+    host, backend, client, admin = controller
+    _wait(lambda: len(_healthy(client)) == 2)
+    idle, out_of_service = backend.created
+    backend.loads[out_of_service] = _load(running=5)  # busier, but an operator took it out
+    admin.cordon(out_of_service)
+    admin.scale(1)
+    _wait(lambda: _states(admin).get(out_of_service) == "draining")
+    assert _states(admin)[idle] == "ready"
+
+
 def test_requests_and_abort_through_the_admin_api(controller: Controller) -> None:
     host, backend, client, admin = controller
     _wait(lambda: len(_healthy(client)) == 2)
