@@ -132,13 +132,15 @@ def format_status(data: dict[str, Any]) -> str:
 
 
 def format_requests(data: dict[str, Any]) -> str:
+    requests = data.get("requests", [])
+    w = max([len("request"), *(len(q["id"]) for q in requests)])  # ids are copied whole
     lines = [
-        f"{'request':40s} {'replica':10s} {'state':9s} {'prompt':>6s} {'output':>6s} "
+        f"{'request':{w}s} {'replica':10s} {'state':9s} {'prompt':>6s} {'output':>6s} "
         f"{'blocks':>6s} {'age':>7s}"
     ]
-    for q in data.get("requests", []):
+    for q in requests:
         lines.append(
-            f"{q['id'][:40]:40s} {q['replica']:10s} {q['state']:9s} {q['prompt_tokens']:>6} "
+            f"{q['id']:{w}s} {q['replica']:10s} {q['state']:9s} {q['prompt_tokens']:>6} "
             f"{q['output_tokens']:>6} {q['kv_blocks']:>6} {_duration(q['age_s']):>7s}"
         )
     if not data.get("requests"):

@@ -98,9 +98,8 @@ class ControllerCore:
             self.events.add(EventKind.CONFIG_REFUSED, str(exc).splitlines()[0])
             raise
         self.policy = policy
-        message = (
-            f"applied: dispatch policy {policy.name}, {self.desired_replicas} replicas desired"
-        )
+        n = self.desired_replicas
+        message = f"applied: dispatch policy {policy.name}, {n} replica{'s' * (n != 1)} desired"
         self.events.add(EventKind.CONFIG_APPLIED, message)
         self.state.touch()
         return message
