@@ -157,6 +157,11 @@ def test_invalid_input_abort_and_disconnect(replica: tuple) -> None:
                     assert result.body == AbortResult(found=True)
             assert seen[-1].finished and seen[-1].finish_reason == "abort"
             assert len(_tokens(seen)) < long.max_tokens
+            # A retry of that command id gets the first answer; a new id sees it gone.
+            again = await control.execute(Abort("long"), "abort-1", 10)
+            assert again.repeated and again.body == AbortResult(found=True)
+            fresh = await control.execute(Abort("long"), "abort-2", 10)
+            assert not fresh.repeated and fresh.body == AbortResult(found=False)
             # Leaving the iterator early aborts too (a client disconnect).
             stream = client.generate(GenerateSpec("dropped", (4, 5, 6), long))
             await stream.__anext__()
@@ -206,8 +211,10 @@ def test_commands_apply_once_and_a_cordon_lets_running_requests_finish(replica: 
             rest = [d async for d in running]
             assert len(_tokens([first, *rest])) == long.max_tokens
             assert rest[-1].finish_reason == "length"
-            # Uncordon; then repeating the first cordon's id must not cordon again.
+            # Uncordon (once: its repeat is the first answer); then repeating the first cordon's
+            # id must not cordon again.
             assert (await send(Uncordon(), "u1")).ok
+            assert (await send(Uncordon(), "u1")).repeated
             assert (await send(Cordon(), "c1")).repeated
             accepted = await _collect(client, GenerateSpec("cmpl-after", (1, 2), short))
             assert len(_tokens(accepted)) == short.max_tokens
@@ -215,6 +222,8 @@ def test_commands_apply_once_and_a_cordon_lets_running_requests_finish(replica: 
             assert (await send(Uncordon(), "c1")).error.kind is ErrorKind.CONFLICT
             assert (await send(Uncordon(), "")).error.field == "command_id"
             assert (await send(Abort("nope"), "a9")).body == AbortResult(found=False)
+            again = await send(Abort("nope"), "a9")
+            assert again.repeated and again.body == AbortResult(found=False)
         finally:
             await send(Uncordon(), "u-final")
             await client.close()
