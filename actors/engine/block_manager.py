@@ -201,6 +201,19 @@ class BlockManager:
             request.block_ids.append(self._take_free())
         return True
 
+    def reserve(self, num_blocks: int) -> list[int] | None:
+        """Take `num_blocks` blocks for KV that arrives from elsewhere (a migration's
+        destination); None, taking nothing, when they are not free. They belong to no request
+        until one adopts them (its block_ids) or `release_reserved` gives them back."""
+        if num_blocks < 0:
+            raise ValueError(f"num_blocks: must be >= 0, got {num_blocks}")
+        if num_blocks > self.num_free_blocks:
+            return None
+        return [self._take_free() for _ in range(num_blocks)]
+
+    def release_reserved(self, block_ids: list[int]) -> None:
+        self._release(block_ids)
+
     def free(self, request: Request) -> None:
         """Release the request's blocks (device or host); cached KV stays for reuse."""
         if request.request_id in self._swapped:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from actors.common.migration import DetokenizerState
 from actors.common.tokenizer import Tokenizer
 
 # Prompt tokens decoded in front of the first output token, so the first token decodes in context
@@ -88,6 +89,29 @@ class IncrementalDetokenizer:
     @property
     def stopped(self) -> bool:
         return self.stop_reason is not None
+
+    def export_state(self) -> DetokenizerState:
+        """Where this detokenizer stands, for a request that migrates to another replica."""
+        return DetokenizerState(
+            ids=tuple(self._ids),
+            prefix_offset=self._prefix_offset,
+            read_offset=self._read_offset,
+            output_text=self.output_text,
+            num_emitted=self._num_emitted,
+            stop_reason=self.stop_reason,
+        )
+
+    def import_state(self, state: DetokenizerState) -> None:
+        """Continue from an exported state: the next delta is exactly what the source's next
+        delta would have been."""
+        if not 0 <= state.prefix_offset <= state.read_offset <= len(state.ids):
+            raise ValueError("detokenizer: offsets outside the exported window")
+        self._ids = list(state.ids)
+        self._prefix_offset, self._read_offset = state.prefix_offset, state.read_offset
+        self._prefix_text = None
+        self.output_text = state.output_text
+        self._num_emitted = state.num_emitted
+        self.stop_reason = state.stop_reason
 
     def update(self, new_token_ids: Sequence[int], final: bool = False) -> tuple[str, str | None]:
         """Add sampled tokens; return (text delta, stop string that matched now or None).

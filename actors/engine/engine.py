@@ -12,6 +12,13 @@ Public API (the replica and the CLI code against exactly this):
     engine.generate(prompts, params) -> list[CompletionResult]   # synchronous
     engine.stats() -> EngineStats                    # running, waiting, kv blocks free/total...
     engine.list_requests() -> list[RequestInfo]      # unfinished requests, for operators
+    # live migration's seams (actors/migration drives them, on the engine's thread):
+    engine.migration_blocks(request_id) -> list[int]   # the blocks holding its computed KV now
+    engine.pause_request / resume_request(request_id) # hold it still for the last copy
+    engine.export_request(request_id) -> RequestState # everything but the KV
+    engine.release_request(request_id)                # it moved: free it, no output
+    engine.reserve_blocks(n) / release_blocks(ids)    # the destination's side
+    engine.import_request(state, block_ids)           # continue it here, exactly
 
 The engine is single-threaded: callers on other threads hand work to it through their own inbox
 (the replica does) and call these methods from the loop thread only.
@@ -26,6 +33,7 @@ from dataclasses import dataclass, replace
 
 from actors.common.commands import RequestInfo
 from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from actors.common.migration import RequestState
 from actors.common.sampling_params import SamplingParams
 from actors.common.tokenizer import Tokenizer
 from actors.engine.block_manager import BlockManager
@@ -33,7 +41,7 @@ from actors.engine.detokenizer import IncrementalDetokenizer, TokenTexts
 from actors.engine.model_runner import ModelRunner
 from actors.engine.outputs import CompletionResult, RequestOutput, SchedulerOutput
 from actors.engine.request import FINISH_REASONS, Request, RequestStatus
-from actors.engine.sampler import Sampler
+from actors.engine.sampler import Sampler, export_generator_state, import_generator_state
 from actors.engine.scheduler import Scheduler
 from actors.models.embedded import resolve_model_path
 
@@ -413,6 +421,118 @@ class LLMEngine:
                 )
             )
         return infos
+
+    # ---- migration seams -------------------------------------------------------------------
+
+    def _migratable(self, request_id: str) -> Request:
+        """The request, if it can move: in flight here, one choice, not swapped out."""
+        children = self._children.get(request_id)
+        if not children or children[0] not in self._requests:
+            raise ValueError(f"request_id: {request_id!r} is not in flight here")
+        if len(children) != 1:
+            raise ValueError(f"request_id: {request_id!r} has n > 1 choices, which do not migrate")
+        req = self._requests[request_id]
+        if req.status == RequestStatus.SWAPPED:
+            raise ValueError(f"request_id: {request_id!r} is swapped out to host memory")
+        return req
+
+    def migration_blocks(self, request_id: str) -> tuple[list[int], int]:
+        """(the blocks that hold the request's computed KV, its computed tokens), right now.
+
+        A running request's first blocks never move or change once full, so a migration may
+        copy them while it keeps decoding; waiting or preempted requests have none."""
+        req = self._migratable(request_id)
+        if req.status != RequestStatus.RUNNING:
+            return [], 0
+        return list(req.block_ids), req.num_computed_tokens
+
+    def pause_request(self, request_id: str) -> None:
+        """Hold the request still (not scheduled, not preempted) for a migration's last copy;
+        a request that is not running (waiting, preempted) is simply taken off the queue."""
+        req = self._migratable(request_id)
+        if req.status == RequestStatus.RUNNING:
+            self.scheduler.pause(request_id)
+
+    def resume_request(self, request_id: str) -> None:
+        """The migration was aborted: the request goes on here as if nothing happened."""
+        self.scheduler.resume(request_id)
+
+    def export_request(self, request_id: str) -> RequestState:
+        """Everything the request is, but its KV: call while it is paused (or not running)."""
+        req = self._migratable(request_id)
+        return RequestState(
+            request_id=request_id,
+            prompt_token_ids=tuple(req.prompt_token_ids),
+            output_token_ids=tuple(req.output_token_ids),
+            num_computed_tokens=(
+                req.num_computed_tokens if req.status == RequestStatus.RUNNING else 0
+            ),
+            sampling=req.sampling_params,
+            extra_eos_token_ids=req.extra_eos_token_ids,
+            priority=req.priority,
+            age_s=max(0.0, time.monotonic() - req.arrival_time),
+            num_preemptions=req.num_preemptions,
+            num_cached_tokens=req.num_cached_tokens,
+            generator_state=export_generator_state(req),
+            detokenizer=self._detok[request_id].export_state(),
+            eos_token_id=req.eos_token_id,
+            adapter_id=req.adapter_id,
+        )
+
+    def release_request(self, request_id: str) -> None:
+        """The request now lives on another replica: free its blocks, send no output."""
+        self.scheduler.release(request_id)
+        self._children.pop(request_id, None)
+        self._requests.pop(request_id, None)
+        self._detok.pop(request_id, None)
+
+    def reserve_blocks(self, num_blocks: int) -> list[int] | None:
+        return self.block_manager.reserve(num_blocks)
+
+    def release_blocks(self, block_ids: list[int]) -> None:
+        self.block_manager.release_reserved(block_ids)
+
+    def import_request(self, state: RequestState, block_ids: list[int]) -> None:
+        """Continue a request exported elsewhere; `block_ids` (reserved here) hold its KV."""
+        rid = state.request_id
+        if rid in self._children:
+            raise ValueError(f"request_id: {rid!r} is already in flight here")
+        bs = self.config.cache.block_size
+        if len(block_ids) != -(-state.num_computed_tokens // bs):
+            raise ValueError(
+                f"block_ids: {len(block_ids)} blocks for {state.num_computed_tokens} computed "
+                f"tokens of {bs}"
+            )
+        if state.num_tokens >= self.max_model_len:
+            raise ValueError(f"request_id: {rid!r} does not fit max_model_len here")
+        req = Request(
+            request_id=rid,
+            prompt_token_ids=list(state.prompt_token_ids),
+            sampling_params=state.sampling,
+            eos_token_id=state.eos_token_id,
+            extra_eos_token_ids=state.extra_eos_token_ids,
+            arrival_time=time.monotonic() - state.age_s,
+            priority=state.priority,
+            adapter_id=state.adapter_id,
+            output_token_ids=list(state.output_token_ids),
+            num_computed_tokens=state.num_computed_tokens,
+            block_ids=list(block_ids),
+            num_cached_tokens=state.num_cached_tokens,
+            num_preemptions=state.num_preemptions,
+        )
+        import_generator_state(req, state.generator_state)
+        detok = IncrementalDetokenizer(
+            self.tokenizer,
+            state.prompt_token_ids,
+            state.sampling.stop,
+            state.sampling.include_stop_str_in_output,
+            token_texts=self._token_texts,
+        )
+        detok.import_state(state.detokenizer)
+        self.scheduler.add_migrated(req)
+        self._requests[rid] = req
+        self._children[rid] = [rid]
+        self._detok[rid] = detok
 
     def stats(self) -> EngineStats:
         s = self.scheduler

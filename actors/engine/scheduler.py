@@ -67,6 +67,9 @@ class Scheduler:
         # A dict keeps insertion order like a list but removes in O(1) (finishes, preemptions).
         self._running: dict[str, Request] = {}
         self._first_child: dict[str, Request] = {}  # n > 1: parent id -> the index-0 child
+        # Running requests a migration holds still for its last copy: not scheduled, never
+        # preempted (their blocks are being read), released or resumed by the migration.
+        self._paused: set[str] = set()
         self.num_preemptions = 0
         self._failed: list[Request] = []  # given up on; the engine drains and reports them
 
@@ -131,6 +134,47 @@ class Scheduler:
     def get_request(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
 
+    # ---- migration -----------------------------------------------------------------------------
+
+    def pause(self, request_id: str) -> Request:
+        """Hold a running request still (a migration's last copy); ValueError if not running."""
+        req = self._requests.get(request_id)
+        if req is None or req.status != RequestStatus.RUNNING:
+            raise ValueError(f"request_id: {request_id!r} is not running here")
+        self._paused.add(request_id)
+        return req
+
+    def resume(self, request_id: str) -> None:
+        self._paused.discard(request_id)
+
+    def is_paused(self, request_id: str) -> bool:
+        return request_id in self._paused
+
+    def release(self, request_id: str) -> Request | None:
+        """The request moved elsewhere: free its blocks and forget it (no output, no status)."""
+        req = self._requests.get(request_id)
+        if req is None:
+            return None
+        self._paused.discard(request_id)
+        self._finish(req, RequestStatus.FINISHED_ABORTED)
+        return req
+
+    def add_migrated(self, request: Request) -> None:
+        """Admit a request that arrives from another replica with its counters and blocks: one
+        with computed KV joins the running batch, one without (never prefilled) the queue."""
+        rid = request.request_id
+        if rid in self._requests:
+            raise ValueError(f"request_id: {rid!r} is already scheduled")
+        self._requests[rid] = request
+        self._seq[rid] = next(self._counter)
+        self._ranks[rid] = (request.priority, request.arrival_time, self._seq[rid])
+        if request.num_computed_tokens > 0:
+            request.status = RequestStatus.RUNNING
+            self._running[rid] = request
+        else:
+            request.status = RequestStatus.WAITING
+            self._enqueue(request, front=False)
+
     # ---- schedule ------------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
@@ -146,8 +190,9 @@ class Scheduler:
     def _schedule_running(self, step: _Step) -> None:
         # Decodes (one token left) first, then chunked prefills; better priority first in each.
         ranks = self._ranks
+        paused = self._paused
         order = sorted(
-            self._running.values(),
+            (r for r in self._running.values() if r.request_id not in paused),
             key=lambda r: (r.num_tokens - r.num_computed_tokens > 1, ranks[r.request_id]),
         )
         running, block_size = RequestStatus.RUNNING, self.block_manager.block_size
@@ -165,8 +210,9 @@ class Scheduler:
 
     def _allocate_or_preempt(self, req: Request, num_new: int, step: _Step) -> bool:
         while not self.block_manager.allocate_slots(req, num_new):
-            victim = max(self._running.values(), key=self._rank)
-            if victim is req and len(self._running) == 1:
+            candidates = [r for r in self._running.values() if r.request_id not in self._paused]
+            victim = max(candidates, key=self._rank)
+            if victim is req and len(candidates) == 1:
                 # Alone with the whole cache and still no room: it can never run.
                 self._fail_too_large(req)
                 return False
@@ -319,6 +365,7 @@ class Scheduler:
             self._waiting = [(k, r) for k, r in self._waiting if r is not req]
         self.block_manager.free(req)
         req.status = status
+        self._paused.discard(rid)
         del self._requests[rid]
         self._seq.pop(rid, None)
         self._ranks.pop(rid, None)
