@@ -45,6 +45,9 @@ class ReplicaLoad:
     num_steps: int = 0
     num_preemptions: int = 0
     cordoned: bool = False  # the replica refuses new requests (ReplicaControl Cordon)
+    migrating_out: int = 0  # migrations this replica is the source of, now
+    migrating_in: int = 0  # migrations it is the destination of (reservations held), now
+    migrated_bytes: int = 0  # KV bytes it has sent for migrations since it started
     adapters_resident: frozenset[str] = frozenset()
     # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
     prefix_hashes: frozenset[str] = frozenset()

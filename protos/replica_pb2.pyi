@@ -58,12 +58,14 @@ class GenerateSpec(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., adapter_id: _Optional[str] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateCall(_message.Message):
-    __slots__ = ("spec", "abort_request_id")
+    __slots__ = ("spec", "abort_request_id", "attach_request_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ABORT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     spec: GenerateSpec
     abort_request_id: str
-    def __init__(self, spec: _Optional[_Union[GenerateSpec, _Mapping]] = ..., abort_request_id: _Optional[str] = ...) -> None: ...
+    attach_request_id: str
+    def __init__(self, spec: _Optional[_Union[GenerateSpec, _Mapping]] = ..., abort_request_id: _Optional[str] = ..., attach_request_id: _Optional[str] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token_id", "logprob", "top_token_ids", "top_logprobs")
@@ -184,19 +186,173 @@ class ListRequests(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DetokenizerState(_message.Message):
+    __slots__ = ("ids", "prefix_offset", "read_offset", "output_text", "num_emitted", "stop_reason")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    READ_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    NUM_EMITTED_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    prefix_offset: int
+    read_offset: int
+    output_text: str
+    num_emitted: int
+    stop_reason: str
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., prefix_offset: _Optional[int] = ..., read_offset: _Optional[int] = ..., output_text: _Optional[str] = ..., num_emitted: _Optional[int] = ..., stop_reason: _Optional[str] = ...) -> None: ...
+
+class RequestState(_message.Message):
+    __slots__ = ("request_id", "prompt_token_ids", "output_token_ids", "num_computed_tokens", "sampling", "extra_eos_token_ids", "priority", "age_s", "num_preemptions", "num_cached_tokens", "generator_state", "detokenizer", "eos_token_id", "adapter_id", "client_prompt_tokens", "num_resumed")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_STATE_FIELD_NUMBER: _ClassVar[int]
+    DETOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    output_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    num_computed_tokens: int
+    sampling: SamplingParams
+    extra_eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    priority: int
+    age_s: float
+    num_preemptions: int
+    num_cached_tokens: int
+    generator_state: bytes
+    detokenizer: DetokenizerState
+    eos_token_id: int
+    adapter_id: str
+    client_prompt_tokens: int
+    num_resumed: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., num_computed_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., extra_eos_token_ids: _Optional[_Iterable[int]] = ..., priority: _Optional[int] = ..., age_s: _Optional[float] = ..., num_preemptions: _Optional[int] = ..., num_cached_tokens: _Optional[int] = ..., generator_state: _Optional[bytes] = ..., detokenizer: _Optional[_Union[DetokenizerState, _Mapping]] = ..., eos_token_id: _Optional[int] = ..., adapter_id: _Optional[str] = ..., client_prompt_tokens: _Optional[int] = ..., num_resumed: _Optional[int] = ...) -> None: ...
+
+class MigrateOut(_message.Message):
+    __slots__ = ("request_id", "target_address")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    target_address: str
+    def __init__(self, request_id: _Optional[str] = ..., target_address: _Optional[str] = ...) -> None: ...
+
+class PrepareMigrateIn(_message.Message):
+    __slots__ = ("migration_id", "request_id", "num_blocks", "transport", "source_handle")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    request_id: str
+    num_blocks: int
+    transport: str
+    source_handle: bytes
+    def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., num_blocks: _Optional[int] = ..., transport: _Optional[str] = ..., source_handle: _Optional[bytes] = ...) -> None: ...
+
+class PullBlocks(_message.Message):
+    __slots__ = ("migration_id", "start", "source_block_ids")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    start: int
+    source_block_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, migration_id: _Optional[str] = ..., start: _Optional[int] = ..., source_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CommitMigrateIn(_message.Message):
+    __slots__ = ("migration_id", "state", "num_blocks")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    state: RequestState
+    num_blocks: int
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, _Mapping]] = ..., num_blocks: _Optional[int] = ...) -> None: ...
+
+class AbortMigrateIn(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class BlockChunk(_message.Message):
+    __slots__ = ("migration_id", "start", "count", "data", "dtype")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    start: int
+    count: int
+    data: bytes
+    dtype: str
+    def __init__(self, migration_id: _Optional[str] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("num_blocks",)
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    num_blocks: int
+    def __init__(self, num_blocks: _Optional[int] = ...) -> None: ...
+
+class MigrationReport(_message.Message):
+    __slots__ = ("migration_id", "request_id", "outcome", "reason", "stages", "blocks", "bytes", "downtime_ms", "duration_ms", "target")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    request_id: str
+    outcome: str
+    reason: str
+    stages: int
+    blocks: int
+    bytes: int
+    downtime_ms: float
+    duration_ms: float
+    target: str
+    def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., stages: _Optional[int] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ..., downtime_ms: _Optional[float] = ..., duration_ms: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests")
+    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests", "migrate_out", "prepare_migrate_in", "pull_blocks", "commit_migrate_in", "abort_migrate_in")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     CORDON_FIELD_NUMBER: _ClassVar[int]
     UNCORDON_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     LIST_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_OUT_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_MIGRATE_IN_FIELD_NUMBER: _ClassVar[int]
+    PULL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_MIGRATE_IN_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MIGRATE_IN_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     cordon: Cordon
     uncordon: Uncordon
     abort: Abort
     list_requests: ListRequests
-    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ...) -> None: ...
+    migrate_out: MigrateOut
+    prepare_migrate_in: PrepareMigrateIn
+    pull_blocks: PullBlocks
+    commit_migrate_in: CommitMigrateIn
+    abort_migrate_in: AbortMigrateIn
+    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ..., migrate_out: _Optional[_Union[MigrateOut, _Mapping]] = ..., prepare_migrate_in: _Optional[_Union[PrepareMigrateIn, _Mapping]] = ..., pull_blocks: _Optional[_Union[PullBlocks, _Mapping]] = ..., commit_migrate_in: _Optional[_Union[CommitMigrateIn, _Mapping]] = ..., abort_migrate_in: _Optional[_Union[AbortMigrateIn, _Mapping]] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ()
@@ -237,17 +393,21 @@ class RequestList(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[RequestInfo, _Mapping]]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "error", "repeated", "done", "abort_result", "request_list")
+    __slots__ = ("command_id", "error", "repeated", "done", "abort_result", "request_list", "reservation", "migration_report")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPEATED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ABORT_RESULT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_LIST_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_REPORT_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     error: _common_pb2.Error
     repeated: bool
     done: Done
     abort_result: AbortResult
     request_list: RequestList
-    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ...) -> None: ...
+    reservation: Reservation
+    migration_report: MigrationReport
+    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., migration_report: _Optional[_Union[MigrationReport, _Mapping]] = ...) -> None: ...

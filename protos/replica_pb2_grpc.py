@@ -201,6 +201,11 @@ class ReplicaControlStub:
                 request_serializer=protos_dot_replica__pb2.Command.SerializeToString,
                 response_deserializer=protos_dot_replica__pb2.CommandResult.FromString,
                 _registered_method=True)
+        self.PushBlocks = channel.unary_unary(
+                '/fleetlm.replica.ReplicaControl/PushBlocks',
+                request_serializer=protos_dot_replica__pb2.BlockChunk.SerializeToString,
+                response_deserializer=protos_dot_replica__pb2.CommandResult.FromString,
+                _registered_method=True)
 
 
 class ReplicaControlServicer:
@@ -215,12 +220,25 @@ class ReplicaControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushBlocks(self, request, context):
+        """The host transport of a migration: one chunk of KV blocks into the destination's
+        reservation (what `cuda_ipc` does with PullBlocks instead, without the bytes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Execute': grpc.unary_unary_rpc_method_handler(
                     servicer.Execute,
                     request_deserializer=protos_dot_replica__pb2.Command.FromString,
+                    response_serializer=protos_dot_replica__pb2.CommandResult.SerializeToString,
+            ),
+            'PushBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushBlocks,
+                    request_deserializer=protos_dot_replica__pb2.BlockChunk.FromString,
                     response_serializer=protos_dot_replica__pb2.CommandResult.SerializeToString,
             ),
     }
@@ -253,6 +271,33 @@ class ReplicaControl:
             target,
             '/fleetlm.replica.ReplicaControl/Execute',
             protos_dot_replica__pb2.Command.SerializeToString,
+            protos_dot_replica__pb2.CommandResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetlm.replica.ReplicaControl/PushBlocks',
+            protos_dot_replica__pb2.BlockChunk.SerializeToString,
             protos_dot_replica__pb2.CommandResult.FromString,
             options,
             channel_credentials,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from actors.common.errors import ReplicaError
+from actors.common.migration import MigrationReport, RequestState
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,74 @@ class ListRequests:
     """The replica's running and waiting requests."""
 
 
-Command = Union[Cordon, Uncordon, Abort, ListRequests]
-COMMANDS: tuple[type, ...] = (Cordon, Uncordon, Abort, ListRequests)
+@dataclass(frozen=True)
+class MigrateOut:
+    """To the source: move a request, KV and all, to the replica at `target_address`; the
+    answer (a MigrationReport) comes when the migration has committed or aborted. The
+    command id is the migration's id."""
+
+    request_id: str
+    target_address: str
+
+
+@dataclass(frozen=True)
+class PrepareMigrateIn:
+    """To the destination: reserve `num_blocks` KV blocks for a request that is coming."""
+
+    migration_id: str
+    request_id: str
+    num_blocks: int
+    transport: str  # host | cuda_ipc
+    source_handle: bytes = b""  # cuda_ipc: how to map the source's KV cache
+
+
+@dataclass(frozen=True)
+class PullBlocks:
+    """To the destination (cuda_ipc): copy these source blocks into the reservation."""
+
+    migration_id: str
+    start: int  # the first block's index within the migration
+    source_block_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CommitMigrateIn:
+    """To the destination: the request's state; it continues there, its KV all in place."""
+
+    migration_id: str
+    state: RequestState
+    num_blocks: int
+
+
+@dataclass(frozen=True)
+class AbortMigrateIn:
+    """To the destination: the migration is off; free its reservation (idempotent)."""
+
+    migration_id: str
+
+
+Command = Union[
+    Cordon,
+    Uncordon,
+    Abort,
+    ListRequests,
+    MigrateOut,
+    PrepareMigrateIn,
+    PullBlocks,
+    CommitMigrateIn,
+    AbortMigrateIn,
+]
+COMMANDS: tuple[type, ...] = (
+    Cordon,
+    Uncordon,
+    Abort,
+    ListRequests,
+    MigrateOut,
+    PrepareMigrateIn,
+    PullBlocks,
+    CommitMigrateIn,
+    AbortMigrateIn,
+)
 # Commands that change nothing: a repeat may run again instead of replaying a stored answer.
 QUERIES: tuple[type, ...] = (ListRequests,)
 
@@ -74,8 +141,25 @@ class RequestList:
     requests: tuple[RequestInfo, ...]
 
 
-Result = Union[Done, AbortResult, RequestList]
-RESULTS: tuple[type, ...] = (Done, AbortResult, RequestList)
+@dataclass(frozen=True)
+class Reservation:
+    num_blocks: int  # blocks the destination holds for the migration now
+
+
+@dataclass(frozen=True)
+class BlockChunk:
+    """The host transport's payload: `count` blocks' KV, as bytes of `dtype`, C order
+    [layers, 2, count, block_size, kv_heads, head_dim] (ReplicaControl.PushBlocks)."""
+
+    migration_id: str
+    start: int
+    count: int
+    data: bytes
+    dtype: str
+
+
+Result = Union[Done, AbortResult, RequestList, Reservation, MigrationReport]
+RESULTS: tuple[type, ...] = (Done, AbortResult, RequestList, Reservation, MigrationReport)
 
 
 @dataclass(frozen=True)

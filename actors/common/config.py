@@ -122,6 +122,30 @@ class ReplicaSpec:
 
 
 @dataclass(frozen=True)
+class MigrationSettings:
+    """How a replica moves requests out and takes them in (actors/migration)."""
+
+    transport: str = "auto"  # auto (cuda_ipc on GPU, else host) | host | cuda_ipc
+    # Copy while the request decodes until what is left fits this pause (at the transfer rate
+    # measured so far), or max_stages copies ran; then pause, copy the rest, commit.
+    downtime_budget_ms: float = 20.0
+    max_stages: int = 4
+    max_concurrent: int = 2  # migrations per replica at once, each direction
+    chunk_bytes: int = 32 << 20  # host transport: KV bytes per gRPC message
+    reservation_timeout_s: float = 30.0  # a destination frees blocks no commit came for
+    attach_timeout_s: float = 30.0  # ... and aborts a committed request nobody follows
+    command_timeout_s: float = 10.0  # each source -> destination call
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("auto", "host", "cuda_ipc"):
+            raise ValueError(
+                f"migration.transport: must be auto, host or cuda_ipc, got {self.transport!r}"
+            )
+        if self.max_stages < 0 or self.max_concurrent < 1 or self.chunk_bytes < 1:
+            raise ValueError("migration: max_stages >= 0, max_concurrent >= 1, chunk_bytes >= 1")
+
+
+@dataclass(frozen=True)
 class ReplicaOptions:
     """How a replica serves and reports: its gRPC bind, TLS, and where the controller is."""
 
@@ -134,6 +158,7 @@ class ReplicaOptions:
     # Where to look the controller up again when its address stops answering (it restarted).
     controller_name: str | None = None
     controller_namespace: str | None = None
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
 
     def __post_init__(self) -> None:
         if self.report_interval_s <= 0:

@@ -1,4 +1,5 @@
-"""ReplicaControlClient: the controller's one wrapper around a replica's ReplicaControl stub."""
+"""ReplicaControlClient: the one wrapper around a replica's ReplicaControl stub (the controller's
+commands, and a migration's source talking to its destination)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import asyncio
 
 import grpc
 
-from actors.common.commands import Command, CommandResult
+from actors.common.commands import BlockChunk, Command, CommandResult
 from actors.common.config import TlsFiles
 from actors.common.tls import aio_channel
-from actors.common.wire import command_to_pb, result_from_pb
+from actors.common.wire import chunk_to_pb, command_to_pb, result_from_pb
 from protos import replica_pb2_grpc
 
 
@@ -35,6 +36,11 @@ class ReplicaControlClient:
         reply = await self._ensure_stub().Execute(
             command_to_pb(command, command_id), timeout=timeout_s
         )
+        return result_from_pb(reply)
+
+    async def push_blocks(self, chunk: BlockChunk, timeout_s: float) -> CommandResult:
+        """A migration's host transport: one chunk of KV blocks (raises AioRpcError)."""
+        reply = await self._ensure_stub().PushBlocks(chunk_to_pb(chunk), timeout=timeout_s)
         return result_from_pb(reply)
 
     async def close(self) -> None:

@@ -48,3 +48,11 @@ class ReplicaError:
     @classmethod
     def internal(cls, exc: BaseException, whole_request: bool = True) -> ReplicaError:
         return cls(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}", "", whole_request)
+
+
+class CommandRefused(Exception):
+    """A command handler's typed refusal: becomes the command's `error` (not a fault)."""
+
+    def __init__(self, kind: ErrorKind, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.error = ReplicaError(kind, message, field)

@@ -89,34 +89,47 @@ class ReplicaClient:
     # ---- public API ------------------------------------------------------------------------
 
     async def generate(self, spec: GenerateSpec) -> AsyncIterator[GenerateDelta]:
-        """Stream the request's deltas until every choice finished.
+        """Stream the request's deltas until every choice finished, or it migrated.
 
         Raises ReplicaUnavailable when the replica goes away mid-request. Leaving the iterator
-        early (or cancelling the task) aborts the request on the replica.
+        early (or cancelling the task) aborts the request on the replica. A delta with
+        `migrated_to` is the last one here: the request goes on at that replica (`attach`).
         """
+        call = replica_pb2.GenerateCall(spec=spec_to_pb(spec))
+        async for delta in self._subscribe(spec.request_id, call, max(spec.sampling.n, 1)):
+            yield delta
+
+    async def attach(self, request_id: str) -> AsyncIterator[GenerateDelta]:
+        """Follow a request that migrated to this replica: its deltas from where the source's
+        stream stopped, as `generate` yields them."""
+        call = replica_pb2.GenerateCall(attach_request_id=request_id)
+        async for delta in self._subscribe(request_id, call, 1):
+            yield delta
+
+    async def _subscribe(
+        self, request_id: str, call: replica_pb2.GenerateCall, choices: int
+    ) -> AsyncIterator[GenerateDelta]:
         stream = self._ensure_stream()
-        if spec.request_id in stream.subscribers:
-            raise ValueError(f"request_id: {spec.request_id!r} is already in flight")
+        if request_id in stream.subscribers:
+            raise ValueError(f"request_id: {request_id!r} is already in flight")
         queue: asyncio.Queue = asyncio.Queue()
-        stream.subscribers[spec.request_id] = queue
-        stream.outgoing.put_nowait(replica_pb2.GenerateCall(spec=spec_to_pb(spec)))
-        choices_left = max(spec.sampling.n, 1)
+        stream.subscribers[request_id] = queue
+        stream.outgoing.put_nowait(call)
+        choices_left = choices
         try:
             while choices_left > 0:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if item.ends_request:
+                if item.ends_request or item.migrated_to is not None:
                     choices_left = 0
                 elif item.finished:
                     choices_left -= 1
         finally:
-            stream.subscribers.pop(spec.request_id, None)
+            stream.subscribers.pop(request_id, None)
             if choices_left > 0 and not stream.dead:
-                stream.outgoing.put_nowait(
-                    replica_pb2.GenerateCall(abort_request_id=spec.request_id)
-                )
+                stream.outgoing.put_nowait(replica_pb2.GenerateCall(abort_request_id=request_id))
 
     async def health(self) -> bool:
         try:

@@ -9,6 +9,7 @@ from typing import Protocol
 from actors.common.commands import (
     COMMANDS,
     RESULTS,
+    BlockChunk,
     Command,
     CommandResult,
     arm_name,
@@ -217,6 +218,14 @@ def result_from_pb(msg: replica_pb2.CommandResult) -> CommandResult:
 
 _COMMAND_ARMS = {arm_name(c): c for c in COMMANDS}
 _RESULT_ARMS = {arm_name(c): c for c in RESULTS}
+
+
+def chunk_to_pb(chunk: BlockChunk) -> replica_pb2.BlockChunk:
+    return to_pb(chunk, replica_pb2.BlockChunk())
+
+
+def chunk_from_pb(msg: replica_pb2.BlockChunk) -> BlockChunk:
+    return from_pb(msg, BlockChunk)
 
 
 def model_info_to_pb(info: ModelInfo) -> replica_pb2.ModelInfo:

@@ -447,11 +447,10 @@ class LLMEngine:
         return list(req.block_ids), req.num_computed_tokens
 
     def pause_request(self, request_id: str) -> None:
-        """Hold the request still (not scheduled, not preempted) for a migration's last copy;
-        a request that is not running (waiting, preempted) is simply taken off the queue."""
-        req = self._migratable(request_id)
-        if req.status == RequestStatus.RUNNING:
-            self.scheduler.pause(request_id)
+        """Hold the request still for a migration's last copy: a running one is not scheduled or
+        preempted, a waiting (or preempted) one is not admitted."""
+        self._migratable(request_id)
+        self.scheduler.pause(request_id)
 
     def resume_request(self, request_id: str) -> None:
         """The migration was aborted: the request goes on here as if nothing happened."""

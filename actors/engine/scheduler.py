@@ -137,10 +137,11 @@ class Scheduler:
     # ---- migration -----------------------------------------------------------------------------
 
     def pause(self, request_id: str) -> Request:
-        """Hold a running request still (a migration's last copy); ValueError if not running."""
+        """Hold a request still for a migration's last copy: a running one is not scheduled
+        (or preempted), a waiting one not admitted. ValueError if unknown or swapped out."""
         req = self._requests.get(request_id)
-        if req is None or req.status != RequestStatus.RUNNING:
-            raise ValueError(f"request_id: {request_id!r} is not running here")
+        if req is None or req.status == RequestStatus.SWAPPED:
+            raise ValueError(f"request_id: {request_id!r} is not running or waiting here")
         self._paused.add(request_id)
         return req
 
@@ -255,7 +256,7 @@ class Scheduler:
             req = self._waiting[i][1]
             if floor is not None and req.priority >= floor:
                 return  # the queue is sorted by priority: everything after is no better
-            if self._gated(req):
+            if self._gated(req) or req.request_id in self._paused:
                 i += 1
                 continue
             hit_blocks, num_hit = bm.get_computed_blocks(req)

@@ -42,6 +42,7 @@ class ReplicaActor:
             tls=options.tls,
             node_id=node_id,
             incarnation=self.incarnation,
+            migration=options.migration,
         )
         self._reporter: LoadReporter | None = None
         if controller_address is not None:

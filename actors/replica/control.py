@@ -1,4 +1,5 @@
-"""The replica's ReplicaControl service: typed commands from the controller, each id applied once.
+"""The replica's ReplicaControl service: typed commands (from the controller, and from peers during
+a migration), each id applied once.
 
 A command runs on the engine thread through EngineLoop.call, so it never interleaves with a step.
 Results are remembered by command id (the most recent MAX_REMEMBERED): a repeat of an id, even
@@ -28,8 +29,9 @@ from actors.common.commands import (
     Result,
     Uncordon,
 )
-from actors.common.errors import ErrorKind, ReplicaError
-from actors.common.wire import command_from_pb, result_to_pb
+from actors.common.errors import CommandRefused, ErrorKind, ReplicaError
+from actors.common.wire import chunk_from_pb, command_from_pb, result_to_pb
+from actors.migration.service import MigrationCommands
 from actors.replica.loop import EngineLoop
 from protos import replica_pb2, replica_pb2_grpc
 
@@ -37,21 +39,26 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_REMEMBERED = 4096
+Handler = Callable[[Any, str], Awaitable[Result]]
 
 
 class CommandExecutor:
     """Runs commands against one engine loop; lives on the replica's gRPC event loop."""
 
-    def __init__(self, engine_loop: EngineLoop) -> None:
+    def __init__(self, engine_loop: EngineLoop, migration: MigrationCommands | None = None) -> None:
         self._engine_loop = engine_loop
         self._done: OrderedDict[str, tuple[Command, CommandResult]] = OrderedDict()
         self._running: dict[str, tuple[Command, asyncio.Task[CommandResult]]] = {}
-        self._handlers: dict[type, Callable[[Any], Awaitable[Result]]] = {
+        # Each handler takes (command, command id) and returns a result body, or raises
+        # CommandRefused with a typed error.
+        self._handlers: dict[type, Handler] = {
             Cordon: self._cordon,
             Uncordon: self._uncordon,
             Abort: self._abort,
             ListRequests: self._list_requests,
         }
+        if migration is not None:
+            self._handlers.update(migration.handlers())
 
     async def execute(self, command_id: str, command: Command | None) -> CommandResult:
         if not command_id:
@@ -89,7 +96,9 @@ class CommandExecutor:
 
     async def _run(self, command_id: str, command: Command) -> CommandResult:
         try:
-            body = await self._handlers[type(command)](command)
+            body = await self._handlers[type(command)](command, command_id)
+        except CommandRefused as exc:
+            return CommandResult(command_id, error=exc.error)
         except Exception as exc:  # a failed command is an answer, never a dead servicer
             logger.exception("command %s (%s) failed", command_id, type(command).__name__)
             return CommandResult(command_id, error=ReplicaError.internal(exc))
@@ -101,19 +110,19 @@ class CommandExecutor:
 
     # ---- handlers: one per command type ------------------------------------------------------
 
-    async def _cordon(self, command: Cordon) -> Result:
+    async def _cordon(self, command: Cordon, command_id: str) -> Result:
         await self._on_engine(lambda: self._engine_loop.set_cordoned(True))
         return Done()
 
-    async def _uncordon(self, command: Uncordon) -> Result:
+    async def _uncordon(self, command: Uncordon, command_id: str) -> Result:
         await self._on_engine(lambda: self._engine_loop.set_cordoned(False))
         return Done()
 
-    async def _abort(self, command: Abort) -> Result:
+    async def _abort(self, command: Abort, command_id: str) -> Result:
         found = await self._on_engine(lambda: self._engine_loop.abort_now(command.request_id))
         return AbortResult(found)
 
-    async def _list_requests(self, command: ListRequests) -> Result:
+    async def _list_requests(self, command: ListRequests, command_id: str) -> Result:
         infos = await self._on_engine(self._engine_loop.list_requests)
         return RequestList(tuple(infos))
 
@@ -123,11 +132,26 @@ def _refused(command_id: str, kind: ErrorKind, message: str, field: str = "") ->
 
 
 class ReplicaControlServicer(replica_pb2_grpc.ReplicaControlServicer):
-    def __init__(self, executor: CommandExecutor) -> None:
+    def __init__(
+        self, executor: CommandExecutor, migration: MigrationCommands | None = None
+    ) -> None:
         self._executor = executor
+        self._migration = migration
 
     async def Execute(
         self, request: replica_pb2.Command, context: object
     ) -> replica_pb2.CommandResult:
         result = await self._executor.execute(request.command_id, command_from_pb(request))
         return result_to_pb(result)
+
+    async def PushBlocks(
+        self, request: replica_pb2.BlockChunk, context: object
+    ) -> replica_pb2.CommandResult:
+        chunk = chunk_from_pb(request)
+        if self._migration is None:
+            return result_to_pb(_refused("", ErrorKind.UNKNOWN_COMMAND, "no migration here"))
+        try:
+            body = await self._migration.push(chunk)
+        except CommandRefused as exc:
+            return result_to_pb(CommandResult("", error=exc.error))
+        return result_to_pb(CommandResult("", body))

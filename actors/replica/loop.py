@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar, Union
 
 from actors.common.commands import RequestInfo
 from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.migration import RequestState
 from actors.common.types import GenerateDelta, GenerateSpec, LoadReport
 from actors.common.wire import batch_to_pb
 from actors.engine.engine import LLMEngine
@@ -99,6 +100,14 @@ class Detach:
 
 
 @dataclass(frozen=True)
+class Attach:
+    """A connection follows a request that migrated here: its deltas go there from now on."""
+
+    request_id: str
+    sink: DeltaSink
+
+
+@dataclass(frozen=True)
 class RunOnEngine:
     """Run `fn` on the engine thread between steps; its result or exception lands in `future`."""
 
@@ -106,7 +115,18 @@ class RunOnEngine:
     future: Future
 
 
-InboxItem = Union[Submit, AbortRequest, Detach, RunOnEngine]
+InboxItem = Union[Submit, AbortRequest, Detach, Attach, RunOnEngine]
+
+
+class _ParkingSink:
+    """Where a migrated-in request's messages wait until its client's ingress attaches (the
+    source told the ingress where it went only after the commit; the request runs meanwhile)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[replica_pb2.DeltaBatch, list[GenerateDelta]]] = []
+
+    def put_batch(self, batch: replica_pb2.DeltaBatch, whole: list[GenerateDelta]) -> None:
+        self.batches.append((batch, whole))
 
 
 class EngineLoop:
@@ -121,10 +141,15 @@ class EngineLoop:
         self._live: dict[str, _Live] = {}
         self._outboxes: dict[DeltaSink, _Outbox] = {}  # engine thread only
         self._cordoned = False  # engine thread writes; snapshots read it
+        # Kept by actors/migration (the replica's event-loop thread); snapshots read them.
+        self.migrating_out = 0
+        self.migrating_in = 0
+        self.migrated_bytes = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             Submit: self._submit,
             AbortRequest: self._abort,
             Detach: self._detach,
+            Attach: self._attach,
             RunOnEngine: self._run_fn,
         }
         self._stopped = False
@@ -149,6 +174,10 @@ class EngineLoop:
         """A connection went away: abort every request it carried."""
         self._post(Detach(sink))
 
+    def attach(self, request_id: str, sink: DeltaSink) -> None:
+        """Send a migrated-in request's deltas to this connection (its ingress followed it)."""
+        self._post(Attach(request_id, sink))
+
     def call(self, fn: Callable[[], T]) -> Future[T]:
         """Run `fn` on the engine thread between two steps; the future holds what it returns.
 
@@ -164,6 +193,15 @@ class EngineLoop:
         with self._cond:
             self._seq += 1
             return replace(self._snapshot, seq=self._seq)
+
+    @property
+    def engine(self) -> LLMEngine:
+        """The engine: touch it only inside a function run through call()."""
+        return self._engine
+
+    @property
+    def cordoned(self) -> bool:
+        return self._cordoned
 
     @property
     def alive(self) -> bool:
@@ -232,6 +270,26 @@ class EngineLoop:
             if live.outbox is outbox:
                 self._engine.abort_request(rid)
 
+    def _attach(self, item: Attach) -> None:
+        outbox = self._outbox(item.sink)
+        live = self._live.get(item.request_id)
+        parking = live.outbox.sink if live is not None else None
+        if live is None or not isinstance(parking, _ParkingSink):
+            error = ReplicaError(
+                ErrorKind.NOT_FOUND,
+                f"no migrated request {item.request_id!r} waits here",
+                whole_request=True,
+            )
+            outbox.add_whole(GenerateDelta(item.request_id, 0, (), "", True, "error", error=error))
+            return
+        # What the request produced while nobody followed it goes first, in order.
+        parked = self._outboxes.pop(parking, None)
+        if parked is not None and (parked.outs or parked.whole):
+            parking.put_batch(*parked.take())
+        for batch, whole in parking.batches:
+            item.sink.put_batch(batch, whole)
+        live.outbox = outbox
+
     @staticmethod
     def _run_fn(item: RunOnEngine) -> None:
         if not item.future.set_running_or_notify_cancel():
@@ -253,6 +311,63 @@ class EngineLoop:
         found = request_id in self._live
         self._engine.abort_request(request_id)
         return found
+
+    # ---- engine thread only: migration (actors/migration, through call()) ------------------
+
+    def pause_for_migration(self, request_id: str) -> tuple[list[int], RequestState]:
+        """Hold the request still; its blocks now and its whole state (replica fields too)."""
+        live = self._live.get(request_id)
+        if live is None:
+            raise ValueError(f"request_id: {request_id!r} is not in flight here")
+        self._engine.pause_request(request_id)
+        blocks, _ = self._engine.migration_blocks(request_id)
+        state = replace(
+            self._engine.export_request(request_id),
+            client_prompt_tokens=live.num_prompt_tokens,
+            num_resumed=live.num_resumed,
+        )
+        return blocks, state
+
+    def finish_migration_out(self, request_id: str, target_address: str) -> bool:
+        """The destination committed: drop the request here and tell its connection where it
+        went (after every delta it produced here). False: it ended meanwhile (client abort)."""
+        live = self._live.get(request_id)
+        if live is None:
+            return False
+        self._engine.release_request(request_id)
+        with self._cond:
+            del self._live[request_id]
+        moved = GenerateDelta(
+            request_id,
+            0,
+            (),
+            "",
+            False,
+            num_prompt_tokens=live.num_prompt_tokens,
+            migrated_to=target_address,
+        )
+        live.outbox.add_whole(moved)
+        return True
+
+    def adopt_migrated(self, state: RequestState, block_ids: list[int]) -> None:
+        """Continue a request that migrated here; its deltas wait for its ingress to attach."""
+        self._engine.import_request(state, block_ids)
+        parking = _ParkingSink()
+        outbox = self._outboxes[parking] = _Outbox(parking)
+        with self._cond:
+            live = _Live(outbox, 1, state.client_prompt_tokens, state.num_resumed)
+            self._live[state.request_id] = live
+
+    def abort_if_unattached(self, request_id: str) -> bool:
+        """Nobody followed a migrated-in request in time: abort it (True if it was so)."""
+        live = self._live.get(request_id)
+        if live is None or not isinstance(live.outbox.sink, _ParkingSink):
+            return False
+        self._engine.abort_request(request_id)
+        self._outboxes.pop(live.outbox.sink, None)
+        with self._cond:
+            del self._live[request_id]
+        return True
 
     def list_requests(self) -> list[RequestInfo]:
         """The running and waiting requests, counted as the client sees them (resumed tokens
@@ -394,6 +509,9 @@ class EngineLoop:
             num_steps=s.num_steps,
             num_preemptions=s.num_preemptions,
             cordoned=self._cordoned,
+            migrating_out=self.migrating_out,
+            migrating_in=self.migrating_in,
+            migrated_bytes=self.migrated_bytes,
             prefix_hashes=frozenset(s.prefix_hashes),
         )
         return LoadReport(self._identity, seq=0, load=load)

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import grpc
 
-from actors.common.config import TlsFiles
+from actors.common.config import MigrationSettings, TlsFiles
 from actors.common.tls import add_port
 from actors.common.tokenizer import read_tokenizer_files
 from actors.common.types import GenerateDelta, ModelInfo
 from actors.common.wire import model_info_to_pb, spec_from_pb
 from actors.engine.engine import LLMEngine
+from actors.migration.service import MigrationCommands
 from actors.replica.control import CommandExecutor, ReplicaControlServicer
 from actors.replica.loop import EngineLoop
 from policies.cluster_view import ReplicaIdentity
@@ -95,6 +96,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
                     self._engine_loop.submit(spec, sink)
                 elif call.HasField("abort_request_id"):
                     self._engine_loop.abort(call.abort_request_id)
+                elif call.HasField("attach_request_id"):
+                    open_requests.setdefault(call.attach_request_id, 1)
+                    self._engine_loop.attach(call.attach_request_id, sink)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             return
         finally:
@@ -118,6 +122,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
 
 def _close_finished(whole: list[GenerateDelta], open_requests: dict[str, int]) -> None:
     for d in whole:
+        if d.migrated_to is not None:  # it left: its stream goes on elsewhere
+            open_requests.pop(d.request_id, None)
+            continue
         if not d.finished or d.request_id not in open_requests:
             continue
         left = open_requests[d.request_id] - 1
@@ -153,6 +160,7 @@ class ReplicaServer:
         tls: TlsFiles | None = None,
         node_id: str = "",
         incarnation: str = "",
+        migration: MigrationSettings | None = None,
     ) -> None:
         self._aio_loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._aio_loop.run_forever, name="replica-grpc")
@@ -176,7 +184,11 @@ class ReplicaServer:
         self.engine_loop = EngineLoop(engine, self.identity)
         servicer = ReplicaServicer(self.engine_loop, self.identity, model_info(engine))
         replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, self._server)
-        control = ReplicaControlServicer(CommandExecutor(self.engine_loop))
+        migrations = MigrationCommands(
+            self.engine_loop, migration or MigrationSettings(), self.identity.address, tls
+        )
+        executor = CommandExecutor(self.engine_loop, migrations)
+        control = ReplicaControlServicer(executor, migrations)
         replica_pb2_grpc.add_ReplicaControlServicer_to_server(control, self._server)
         self.engine_loop.start()
         self._call(self._server.start())

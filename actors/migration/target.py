@@ -1,0 +1,199 @@
+"""The destination's side of a migration: reserve blocks, take them in, commit (or abort).
+
+A reservation is blocks of this replica's KV pool that belong to no request yet; the stages
+write into them (PushBlocks for the host transport, PullBlocks for cuda_ipc); the commit hands
+them to the imported request, which joins the running batch and waits for its ingress to attach
+(its deltas are parked until then). A reservation that sees no commit within
+reservation_timeout_s (its source died mid-copy) is freed; a committed request nobody attaches
+to within attach_timeout_s is aborted. Every command is idempotent: the replica's command table
+answers a repeated id with its first answer, and an abort of an unknown migration is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from actors.common.commands import (
+    AbortMigrateIn,
+    BlockChunk,
+    CommitMigrateIn,
+    Done,
+    PrepareMigrateIn,
+    PullBlocks,
+    Reservation,
+)
+from actors.common.config import MigrationSettings
+from actors.common.errors import CommandRefused, ErrorKind
+from actors.migration.transport import from_bytes
+from actors.replica.loop import EngineLoop
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _refused(kind: ErrorKind, message: str, field_name: str = "") -> CommandRefused:
+    return CommandRefused(kind, message, field_name)
+
+
+@dataclass
+class _Incoming:
+    request_id: str
+    transport: str
+    block_ids: list[int]
+    created: float = field(default_factory=time.monotonic)
+    source: Any = None  # cuda_ipc: the source's KV cache, mapped here
+
+
+class MigrationTarget:
+    """One replica's incoming migrations; runs on the replica's gRPC event loop."""
+
+    def __init__(
+        self,
+        engine_loop: EngineLoop,
+        settings: MigrationSettings,
+        map_source: Callable[[bytes], Any] | None = None,
+    ) -> None:
+        self._loop = engine_loop
+        self._settings = settings
+        self._map_source = map_source  # cuda_ipc: handle -> the source's KV cache tensor
+        self._incoming: dict[str, _Incoming] = {}
+        self._janitor: asyncio.Task[None] | None = None
+
+    async def _on_engine(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._loop.call(fn))
+
+    def _get(self, migration_id: str) -> _Incoming:
+        incoming = self._incoming.get(migration_id)
+        if incoming is None:
+            raise _refused(
+                ErrorKind.NOT_FOUND, f"no migration {migration_id!r} here", "migration_id"
+            )
+        return incoming
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    async def prepare(self, cmd: PrepareMigrateIn) -> Reservation:
+        if cmd.migration_id in self._incoming:
+            return Reservation(len(self._incoming[cmd.migration_id].block_ids))
+        if len(self._incoming) >= self._settings.max_concurrent:
+            raise _refused(ErrorKind.OVERLOADED, f"{len(self._incoming)} migrations coming in")
+        if self._loop.cordoned:
+            raise _refused(ErrorKind.UNAVAILABLE, "this replica is cordoned")
+        source = None
+        if cmd.transport == "cuda_ipc":
+            if self._map_source is None:
+                raise _refused(ErrorKind.INVALID_ARGUMENT, "no cuda_ipc here", "transport")
+            source = await asyncio.to_thread(self._map_source, cmd.source_handle)
+        elif cmd.transport != "host":
+            raise _refused(ErrorKind.INVALID_ARGUMENT, f"unknown {cmd.transport!r}", "transport")
+        engine = self._loop.engine
+        block_ids = await self._on_engine(lambda: engine.reserve_blocks(cmd.num_blocks))
+        if block_ids is None:
+            raise _refused(ErrorKind.OVERLOADED, f"{cmd.num_blocks} KV blocks are not free here")
+        self._incoming[cmd.migration_id] = _Incoming(
+            cmd.request_id, cmd.transport, block_ids, source=source
+        )
+        self._loop.migrating_in = len(self._incoming)
+        self._start_janitor()
+        return Reservation(len(block_ids))
+
+    async def push(self, chunk: BlockChunk) -> Done:
+        """Host transport: write `chunk`'s blocks into the reservation."""
+        incoming = self._get(chunk.migration_id)
+        ids = await self._room(incoming, chunk.start + chunk.count)
+        runner = self._loop.engine.runner
+        shape = tuple(runner.kv_cache.shape)
+        shape = (*shape[:2], chunk.count, *shape[3:])
+        try:
+            data = await asyncio.to_thread(from_bytes, chunk.data, chunk.dtype, shape)
+        except ValueError as exc:
+            raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "data") from exc
+        dst = ids[chunk.start : chunk.start + chunk.count]
+        await self._on_engine(lambda: runner.import_blocks(dst, data))
+        return Done()
+
+    async def pull(self, cmd: PullBlocks) -> Done:
+        """cuda_ipc: copy the source's blocks from its mapped cache into the reservation."""
+        incoming = self._get(cmd.migration_id)
+        if incoming.source is None:
+            raise _refused(ErrorKind.INVALID_ARGUMENT, "not a cuda_ipc migration", "migration_id")
+        ids = await self._room(incoming, cmd.start + len(cmd.source_block_ids))
+        dst = ids[cmd.start : cmd.start + len(cmd.source_block_ids)]
+        runner, source = self._loop.engine.runner, incoming.source
+        src = list(cmd.source_block_ids)
+        await self._on_engine(lambda: runner.copy_blocks_from(source, src, dst))
+        return Done()
+
+    async def commit(self, cmd: CommitMigrateIn) -> Done:
+        incoming = self._get(cmd.migration_id)
+        if len(incoming.block_ids) < cmd.num_blocks:
+            raise _refused(ErrorKind.CONFLICT, "the commit names blocks never written")
+        ids, extra = incoming.block_ids[: cmd.num_blocks], incoming.block_ids[cmd.num_blocks :]
+        engine = self._loop.engine
+
+        def adopt() -> None:
+            engine.release_blocks(extra)
+            self._loop.adopt_migrated(cmd.state, ids)
+
+        try:
+            await self._on_engine(adopt)
+        except ValueError as exc:
+            raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "state") from exc
+        del self._incoming[cmd.migration_id]  # the request owns the blocks now
+        self._loop.migrating_in = len(self._incoming)
+        rid = cmd.state.request_id
+        asyncio.get_running_loop().call_later(
+            self._settings.attach_timeout_s, lambda: asyncio.ensure_future(self._unfollowed(rid))
+        )
+        logger.info("migration %s: %s now runs here", cmd.migration_id, rid)
+        return Done()
+
+    async def abort(self, cmd: AbortMigrateIn) -> Done:
+        await self._release(cmd.migration_id, "aborted by the source")
+        return Done()
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    async def _room(self, incoming: _Incoming, needed: int) -> list[int]:
+        """The reservation, grown (the request kept decoding) to at least `needed` blocks."""
+        more = needed - len(incoming.block_ids)
+        if more > 0:
+            engine = self._loop.engine
+            ids = await self._on_engine(lambda: engine.reserve_blocks(more))
+            if ids is None:
+                raise _refused(ErrorKind.OVERLOADED, f"{more} more KV blocks are not free here")
+            incoming.block_ids.extend(ids)
+        return incoming.block_ids
+
+    async def _release(self, migration_id: str, why: str) -> None:
+        incoming = self._incoming.pop(migration_id, None)
+        self._loop.migrating_in = len(self._incoming)
+        if incoming is None:
+            return
+        engine = self._loop.engine
+        await self._on_engine(lambda: engine.release_blocks(incoming.block_ids))
+        logger.info("migration %s: reservation freed (%s)", migration_id, why)
+
+    async def _unfollowed(self, request_id: str) -> None:
+        if await self._on_engine(lambda: self._loop.abort_if_unattached(request_id)):
+            logger.warning("migrated request %s: nobody followed it; aborted", request_id)
+
+    def _start_janitor(self) -> None:
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.ensure_future(self._expire())
+
+    async def _expire(self) -> None:
+        """Free reservations whose source went silent (it died mid-copy)."""
+        timeout = self._settings.reservation_timeout_s
+        while self._incoming:
+            await asyncio.sleep(min(timeout, 1.0))  # paces the check; nothing to compute
+            now = time.monotonic()
+            for mid, incoming in list(self._incoming.items()):
+                if now - incoming.created > timeout:
+                    await self._release(mid, f"no commit within {timeout:.0f}s")
