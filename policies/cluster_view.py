@@ -20,7 +20,8 @@ class ReplicaState(str, enum.Enum):
     STARTING = "starting"  # created, not registered yet
     READY = "ready"  # takes new requests
     CORDONED = "cordoned"  # takes no new requests; its running ones finish
-    DRAINING = "draining"  # cordoned to be stopped once its requests finished (scale-in)
+    DRAINING = "draining"  # cordoned; its requests move away (or finish), then it is drained
+    DRAINED = "drained"  # an operator's drain is done: it holds no request, takes none
     DEAD = "dead"  # stopped reporting
 
 

@@ -15,11 +15,13 @@ class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLICA_STATE_CORDONED: _ClassVar[ReplicaState]
     REPLICA_STATE_DRAINING: _ClassVar[ReplicaState]
     REPLICA_STATE_DEAD: _ClassVar[ReplicaState]
+    REPLICA_STATE_DRAINED: _ClassVar[ReplicaState]
 REPLICA_STATE_STARTING: ReplicaState
 REPLICA_STATE_READY: ReplicaState
 REPLICA_STATE_CORDONED: ReplicaState
 REPLICA_STATE_DRAINING: ReplicaState
 REPLICA_STATE_DEAD: ReplicaState
+REPLICA_STATE_DRAINED: ReplicaState
 
 class RegisterRequest(_message.Message):
     __slots__ = ("report",)

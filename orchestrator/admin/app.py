@@ -12,7 +12,10 @@ errors have the OpenAI shape `{"error": {"message", "type", ...}}`.
     GET  /admin/v1/replicas/{id}
     POST /admin/v1/replicas/{id}/cordon      take no new requests (running ones finish)
     POST /admin/v1/replicas/{id}/uncordon
+    POST /admin/v1/replicas/{id}/drain       its requests move away by live migration
     POST /admin/v1/scale                     {"replicas": N}
+    POST /admin/v1/migrate                   {"request_id", "target_replica"?}: answers when done
+    GET  /admin/v1/migrations                the most recent migrations, newest last
     GET  /admin/v1/requests                  every running/waiting request, with its replica
     GET  /admin/v1/requests/{id}
     POST /admin/v1/requests/{id}/abort
@@ -35,12 +38,14 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.commands import Abort, CommandResult, RequestInfo
+from actors.common.migration import MigrationReport
 from orchestrator.admin import PREFIX
 from orchestrator.admin.token import token_matches
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.config.errors import ConfigError
 from orchestrator.controller.events import Event
+from orchestrator.controller.migrations import MigrationRefused
 from orchestrator.controller.service import ControllerCore, ReplicaNotFound, StateConflict
 from orchestrator.controller.state import ReplicaRecord
 from policies.cluster_view import LOAD_FIELDS
@@ -79,7 +84,10 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
     app.get(f"{PREFIX}/replicas/{{replica_id}}")(api.replica)
     app.post(f"{PREFIX}/replicas/{{replica_id}}/cordon")(api.cordon)
     app.post(f"{PREFIX}/replicas/{{replica_id}}/uncordon")(api.uncordon)
+    app.post(f"{PREFIX}/replicas/{{replica_id}}/drain")(api.drain)
     app.post(f"{PREFIX}/scale")(api.scale)
+    app.post(f"{PREFIX}/migrate")(api.migrate)
+    app.get(f"{PREFIX}/migrations")(api.migrations)
     app.get(f"{PREFIX}/requests")(api.requests)
     app.get(f"{PREFIX}/requests/{{request_id}}")(api.request)
     app.post(f"{PREFIX}/requests/{{request_id}}/abort")(api.abort)
@@ -121,9 +129,17 @@ class AdminRoutes:
     async def uncordon(self, replica_id: str) -> dict[str, Any]:
         return await self._set_cordon(replica_id, False)
 
-    async def _set_cordon(self, replica_id: str, cordoned: bool) -> dict[str, Any]:
+    async def drain(self, replica_id: str) -> dict[str, Any]:
+        return await self._set_cordon(replica_id, True, drain=True)
+
+    async def _set_cordon(
+        self, replica_id: str, cordoned: bool, drain: bool = False
+    ) -> dict[str, Any]:
         try:
-            result = await self._core.cordon(replica_id, cordoned)
+            if drain:
+                result = await self._core.drain(replica_id)
+            else:
+                result = await self._core.cordon(replica_id, cordoned)
         except ReplicaNotFound as exc:
             raise APIError(404, str(exc), code="replica_not_found") from exc
         except StateConflict as exc:
@@ -142,6 +158,25 @@ class AdminRoutes:
         except ConfigError as exc:
             raise _config_error(exc) from exc
         return {"desired_replicas": self._core.desired_replicas, "message": message}
+
+    async def migrate(self, request: Request) -> dict[str, Any]:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise errors.invalid("body", "must be a JSON object")
+        request_id, target = body.get("request_id"), body.get("target_replica")
+        if not isinstance(request_id, str) or not request_id:
+            raise errors.invalid("request_id", "must be a non-empty string")
+        if target is not None and not isinstance(target, str):
+            raise errors.invalid("target_replica", "must be a replica id (string) or absent")
+        try:
+            report = await self._core.migrations.migrate(request_id, target)
+        except MigrationRefused as exc:
+            raise APIError(exc.status, str(exc), code="migration_refused") from exc
+        return migration_json(report)
+
+    async def migrations(self, limit: int = 100) -> dict[str, Any]:
+        recent = list(self._core.migrations.recent)[-max(limit, 1) :]
+        return {"migrations": [migration_json(m) for m in recent]}
 
     def _record(self, replica_id: str) -> ReplicaRecord:
         try:
@@ -220,6 +255,7 @@ def replica_json(record: ReplicaRecord) -> dict[str, Any]:
         "managed": record.managed,
         "cordoned_by_operator": record.cordoned_by_operator,
         "draining": record.draining,
+        "stop_when_empty": record.stop_when_empty,
     }
     if report is not None:
         for name in LOAD_FIELDS:
@@ -241,6 +277,13 @@ def request_json(replica_id: str, info: RequestInfo, now: float) -> dict[str, An
 def event_json(event: Event) -> dict[str, Any]:
     out = {k: v for k, v in asdict(event).items() if v is not None}
     out["kind"] = event.kind.value
+    return out
+
+
+def migration_json(report: MigrationReport) -> dict[str, Any]:
+    out = asdict(report)
+    out["downtime_ms"] = round(report.downtime_ms, 3)
+    out["duration_ms"] = round(report.duration_ms, 3)
     return out
 
 

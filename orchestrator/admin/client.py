@@ -50,6 +50,18 @@ class AdminClient:
     def uncordon(self, replica_id: str) -> dict[str, Any]:
         return self._call("POST", f"/replicas/{replica_id}/uncordon")
 
+    def drain(self, replica_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/replicas/{replica_id}/drain")
+
+    def migrate(self, request_id: str, target_replica: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"request_id": request_id}
+        if target_replica is not None:
+            body["target_replica"] = target_replica
+        return self._call("POST", "/migrate", json=body)
+
+    def migrations(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._call("GET", "/migrations", params={"limit": limit})["migrations"]
+
     def scale(self, replicas: int) -> dict[str, Any]:
         return self._call("POST", "/scale", json={"replicas": replicas})
 

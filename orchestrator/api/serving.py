@@ -56,6 +56,8 @@ class RouterLike(Protocol):
 
     def release(self, replica_id: str) -> None: ...
 
+    def replica_id_at(self, address: str) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -261,6 +263,14 @@ class OpenAIServing:
         task.add_done_callback(self._background.discard)
 
 
+@dataclass(frozen=True)
+class _Followed:
+    """Where a migrated request went (the router never dispatched it there)."""
+
+    replica_id: str
+    address: str
+
+
 class Relay:
     """A request's deltas across (re-)dispatches; close() releases and aborts what is left."""
 
@@ -268,6 +278,7 @@ class Relay:
         self._serving = serving
         self._prep = prep
         self._route: RouteLike | None = None
+        self._counted = False  # the router counts this request on _route (release it once)
         self._gen: AsyncIterator[GenerateDelta] | None = None
         self._first: GenerateDelta | None = None
         self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
@@ -287,6 +298,7 @@ class Relay:
     async def _dispatch(self) -> None:
         prep = self._prep
         self._route = await self._serving._route(prep, frozenset(self._failed))
+        self._counted = True
         resume = tuple(self._sent.get(0, ()))
         spec = GenerateSpec(
             request_id=prep.request_id,
@@ -306,6 +318,9 @@ class Relay:
             except ReplicaUnavailable as exc:
                 await self._redispatch(exc)
                 continue
+            if d.migrated_to is not None:
+                self._follow(d.migrated_to)  # every delta it made there came before this one
+                continue
             if d.error is not None:
                 if d.error.kind is ErrorKind.UNAVAILABLE and not self._sent:
                     await self._reroute(d.error)  # cordoned: nothing generated, go elsewhere
@@ -315,6 +330,15 @@ class Relay:
             if d.finished:
                 self._left -= 1
             return d
+
+    def _follow(self, address: str) -> None:
+        """The request migrated: its stream goes on at `address`, from the very next token."""
+        logger.info("request %s: migrated to %s; following it", self._prep.request_id, address)
+        self._release()
+        replica_id = self._serving.router.replica_id_at(address) or address
+        self._route = _Followed(replica_id, address)
+        client = self._serving.pool.get(address)
+        self._gen = client.attach(self._prep.request_id).__aiter__()
 
     async def _reroute(self, refusal: ReplicaError) -> None:
         """The replica refused to take the request (cordoned): route it to another one."""
@@ -371,9 +395,9 @@ class Relay:
         self._serving.spawn(_aclose_quietly(gen))
 
     def _release(self) -> None:
-        if self._route is not None:
+        if self._route is not None and self._counted:
             self._serving.router.release(self._route.replica_id)
-            self._route = None
+        self._route, self._counted = None, False
 
     def close(self) -> None:
         """Idempotent and synchronous: safe in a cancelled task's finally block."""

@@ -1,4 +1,5 @@
-"""`fleetlm status | requests | events | cordon | uncordon | scale`: the admin API from a shell.
+"""`fleetlm status | requests | events | cordon | uncordon | drain | migrate | migrations |
+scale`: the admin API from a shell.
 
 They find the admin API at --url, else $FLEETLM_ADMIN_URL, else the URL the last `fleetlm serve`
 on this machine recorded, else http://127.0.0.1:8080; the token at --token, else
@@ -42,6 +43,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         c.add_argument("replica", help="replica id (see `fleetlm status`)")
         _common(c)
         c.set_defaults(func=run_cordon, verb=verb)
+
+    d = subparsers.add_parser("drain", help="empty a replica: its requests move to others")
+    d.add_argument("replica", help="replica id (see `fleetlm status`)")
+    d.add_argument(
+        "--wait", type=float, default=300.0, help="seconds to wait for 'drained' (0: do not)"
+    )
+    _common(d)
+    d.set_defaults(func=run_drain)
+
+    m = subparsers.add_parser("migrate", help="move a running request to another replica")
+    m.add_argument("request", help="the request id (the OpenAI response's id)")
+    m.add_argument("target", nargs="?", default=None, help="replica id (default: the best)")
+    _common(m)
+    m.set_defaults(func=run_migrate)
+
+    h = subparsers.add_parser("migrations", help="the most recent migrations")
+    h.add_argument("--limit", type=int, default=20)
+    _common(h)
+    h.set_defaults(func=run_migrations)
 
     n = subparsers.add_parser("scale", help="set the desired number of replicas")
     n.add_argument("replicas", type=int)
@@ -102,6 +122,50 @@ def run_cordon(args: argparse.Namespace) -> int:
         return line
 
     return _run(args, lambda c: getattr(c, verb)(args.replica), show)
+
+
+def run_drain(args: argparse.Namespace) -> int:
+    def drain(client: AdminClient) -> dict[str, Any]:
+        data = client.drain(args.replica)
+        deadline = time.monotonic() + args.wait
+        while data["replica"]["state"] == "draining" and time.monotonic() < deadline:
+            time.sleep(0.5)  # polls the admin API while requests move away
+            data = {**data, "replica": client.replica(args.replica)}
+        return data
+
+    def show(data: dict[str, Any]) -> str:
+        replica = data["replica"]
+        line = f"replica {replica['id']}: {replica['state']}"
+        if replica["state"] == "draining":
+            line += f" ({replica.get('running', 0)} running, {replica.get('waiting', 0)} waiting)"
+        return line
+
+    return _run(args, drain, show)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    def show(m: dict[str, Any]) -> str:
+        if m["outcome"] != "committed":
+            return f"{m['request_id']}: not moved ({m['reason']})"
+        return (
+            f"{m['request_id']} -> {m['target']}: committed in {m['duration_ms']:.0f} ms "
+            f"({m['stages']} stages, {m['bytes']} bytes, downtime {m['downtime_ms']:.1f} ms)"
+        )
+
+    return _run(args, lambda c: c.migrate(args.request, args.target), show)
+
+
+def run_migrations(args: argparse.Namespace) -> int:
+    def show(data: dict[str, Any]) -> str:
+        lines = [
+            f"{m['migration_id']}  {m['request_id']} -> {m['target'] or '?'}  {m['outcome']}  "
+            f"downtime {m['downtime_ms']:.1f} ms  {m['bytes']} bytes"
+            + (f"  ({m['reason']})" if m["reason"] else "")
+            for m in data["migrations"]
+        ]
+        return "\n".join(lines) or "(no migrations yet)"
+
+    return _run(args, lambda c: {"migrations": c.migrations(args.limit)}, show)
 
 
 def run_scale(args: argparse.Namespace) -> int:

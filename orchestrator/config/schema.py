@@ -102,6 +102,18 @@ class DispatchSection(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class MigrationSection(Section):
+    """Live migration of running requests (actors/migration); fixed for a running deployment."""
+
+    enabled: bool = True  # false: no migration at all (drain and scale-in wait for requests)
+    transport: Literal["auto", "host", "cuda_ipc"] = "auto"  # auto: cuda_ipc on GPU, else host
+    downtime_budget_ms: float = Field(default=20.0, ge=0)
+    max_stages: int = Field(default=4, ge=0)
+    max_concurrent_per_replica: int = Field(default=2, ge=1)
+    reservation_timeout_s: float = Field(default=30.0, gt=0)
+    attach_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class ServerSection(Section):
     host: str = "127.0.0.1"
     http_port: Port = 8000
@@ -137,6 +149,7 @@ class DeploymentConfig(Section):
     replicas: ReplicasSection = ReplicasSection(count=2)
     engine: EngineSection = EngineSection()
     dispatch: DispatchSection = DispatchSection()
+    migration: MigrationSection = MigrationSection()
     server: ServerSection = ServerSection()
     security: SecuritySection = SecuritySection()
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import grpc
 
-from actors.common.commands import QUERIES, Command, CommandResult
+from actors.common.commands import QUERIES, Command, CommandResult, MigrateOut
 from actors.common.config import TlsFiles
 from actors.common.control_client import ReplicaControlClient
 from actors.common.errors import ErrorKind, ReplicaError
@@ -121,7 +121,8 @@ class ReplicaCommander:
         return client
 
     def _log(self, replica_id: str, command: Command, result: CommandResult) -> CommandResult:
-        if isinstance(command, QUERIES) or result.repeated:
+        # A migration is logged by whoever started it, with its report (migrations.py).
+        if isinstance(command, (*QUERIES, MigrateOut)) or result.repeated:
             return result
         name = type(command).__name__
         message = name if result.ok else f"{name} failed: {result.error}"

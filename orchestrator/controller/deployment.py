@@ -9,6 +9,7 @@ import yaml
 from actors.common.config import (
     CacheConfig,
     EngineConfig,
+    MigrationSettings,
     ModelConfig,
     ReplicaOptions,
     ReplicaSpec,
@@ -55,6 +56,18 @@ def replica_spec(cfg: DeploymentConfig) -> ReplicaSpec:
     return ReplicaSpec(engine=engine, tensor_parallel_size=cfg.model.tensor_parallel_size)
 
 
+def migration_settings(cfg: DeploymentConfig) -> MigrationSettings:
+    m = cfg.migration
+    return MigrationSettings(
+        transport=m.transport,
+        downtime_budget_ms=m.downtime_budget_ms,
+        max_stages=m.max_stages,
+        max_concurrent=m.max_concurrent_per_replica,
+        reservation_timeout_s=m.reservation_timeout_s,
+        attach_timeout_s=m.attach_timeout_s,
+    )
+
+
 def settings_from_config(
     cfg: DeploymentConfig,
     *,
@@ -76,6 +89,7 @@ def settings_from_config(
         tls=tls,
         controller_name=CONTROLLER_NAME,
         controller_namespace=NAMESPACE,
+        migration=migration_settings(cfg),
     )
     return ControllerSettings(
         spec=replica_spec(cfg),
@@ -90,6 +104,8 @@ def settings_from_config(
         admin_host=server.admin_host,
         admin_port=server.admin_port if admin_port is None else admin_port,
         admin_token_digest=admin_token_digest,
+        migration_enabled=cfg.migration.enabled,
+        migration_concurrency=cfg.migration.max_concurrent_per_replica,
         unhealthy_after_s=server.unhealthy_after_s,
         tls=tls,
     )

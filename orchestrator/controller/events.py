@@ -31,6 +31,7 @@ class EventKind(str, enum.Enum):
     CONFIG_APPLIED = "config_applied"
     CONFIG_REFUSED = "config_refused"
     COMMAND = "command"  # a command sent to a replica, with its result
+    MIGRATION = "migration"  # a request moved (or not) between replicas: stages, bytes, downtime
 
 
 @dataclass(frozen=True)

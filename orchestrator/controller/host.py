@@ -21,6 +21,7 @@ from actors.common.tls import add_port
 from orchestrator.admin.app import build_admin_app
 from orchestrator.controller.commander import ControlClient, ReplicaCommander
 from orchestrator.controller.deployment import WILDCARD_HOSTS, ConfigUpdater
+from orchestrator.controller.migrations import Migrations
 from orchestrator.controller.reconciler import Reconciler, ReplicaBackend
 from orchestrator.controller.service import ControllerCore, ControllerServicer
 from orchestrator.controller.settings import ControllerSettings
@@ -47,8 +48,13 @@ class ControllerHost:
         self._thread.start()
         self.state = ControllerState(settings.unhealthy_after_s)
         self.commander = ReplicaCommander(self.state, settings.tls, connect=connect)
+        self.migrations = Migrations(self.state, self.commander, lambda: self.settings)
         self.core = ControllerCore(
-            self.state, config, self.commander, settings.replica_options.report_interval_s
+            self.state,
+            config,
+            self.commander,
+            self.migrations,
+            settings.replica_options.report_interval_s,
         )
         self._server = self.call(self._start_server())
         self.address = f"{advertise_host or settings.grpc_host}:{self._bound_port}"
@@ -56,6 +62,7 @@ class ControllerHost:
             self.state,
             backend,
             self.commander,
+            self.migrations,
             lambda: self.settings,
             lambda: self.core.desired_replicas,
             self.address,
@@ -113,6 +120,7 @@ class ControllerHost:
         async def shutdown() -> None:
             self._stop.set()
             await self._reconcile_task
+            await self.migrations.close()
             await self._admin.stop()
             await self._server.stop(0.5)
             await self.commander.close()

@@ -7,9 +7,9 @@ follow the desired one (through the commander). Each tick is independent: an exc
 logged and the next tick tries again.
 
 Scale-in never loses a request: the replicas to remove are cordoned (routers stop sending them
-requests; one that still arrives is refused and the ingress routes it elsewhere), and each is
-stopped only once two consecutive load reports show it empty. Live migration will make this
-faster; it will not change the order.
+requests; one that still arrives is refused and the ingress routes it elsewhere), their requests
+move to other replicas by live migration (those that cannot move finish where they are), and each
+is stopped only once two consecutive load reports show it empty.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Protocol
 from actors.common.commands import CommandResult, Cordon, Uncordon
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
+from orchestrator.controller.migrations import Migrations
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 
@@ -72,12 +73,33 @@ async def apply_cordon(commander: ReplicaCommander, record: ReplicaRecord) -> Co
     return result
 
 
+def set_drain(
+    state: ControllerState, record: ReplicaRecord, on: bool, stop_when_empty: bool = False
+) -> None:
+    """Start (or call off) emptying a replica: it is cordoned, and its requests move away by
+    migration (or finish where they are); `stop_when_empty` (scale-in) then stops it."""
+    was_cordoned = record.wants_cordon
+    record.draining, record.stop_when_empty = on, on and stop_when_empty
+    record.drained_seq = None
+    if record.wants_cordon != was_cordoned:
+        record.cordon_epoch += 1
+    if not on:
+        kind, why = EventKind.REPLICA_UNDRAINED, "takes requests again"
+    elif stop_when_empty:
+        kind, why = EventKind.REPLICA_DRAINING, "scale-in: emptied, then stopped"
+    else:
+        kind, why = EventKind.REPLICA_DRAINING, "drain: no new requests, running ones move away"
+    state.events.add(kind, why, record.replica_id)
+    state.touch(record)
+
+
 class Reconciler:
     def __init__(
         self,
         state: ControllerState,
         backend: ReplicaBackend,
         commander: ReplicaCommander,
+        migrations: Migrations,
         settings: Callable[[], ControllerSettings],
         desired_replicas: Callable[[], int],
         controller_address: str,
@@ -85,6 +107,7 @@ class Reconciler:
         self._state = state
         self._backend = backend
         self._commander = commander
+        self._migrations = migrations
         self._settings = settings
         self._desired = desired_replicas
         self._address = controller_address
@@ -117,6 +140,7 @@ class Reconciler:
         await self._reap_dead()
         await self._converge_count()
         await self._converge_cordons()
+        self._migrations.evacuate()  # draining replicas: their requests move away
         await self._finish_drains()
 
     async def _blocking(self, fn: Callable, *args: object) -> object:
@@ -175,7 +199,7 @@ class Reconciler:
         managed = [r for r in self._state.records.values() if r.managed]
         if any(r.registered for r in managed):
             self.start_failures = 0  # replicas can start: the backoff is over
-        active = [r for r in managed if not r.draining]
+        active = [r for r in managed if not r.stop_when_empty]
         missing = desired - len(active)
         if missing > 0:
             missing -= self._undrain(managed, missing)
@@ -190,8 +214,8 @@ class Reconciler:
         for record in managed:
             if kept == wanted:
                 break
-            if record.draining and record.reporting:
-                self._set_drain(record, False)
+            if record.stop_when_empty and record.reporting:
+                set_drain(self._state, record, False)
                 kept += 1
         return kept
 
@@ -220,22 +244,9 @@ class Reconciler:
 
         for record in sorted(active, key=cost)[:count]:
             if record.registered and record.reporting:
-                self._set_drain(record, True)
+                set_drain(self._state, record, True, stop_when_empty=True)
             else:
                 await self._remove(record, "scale-in (was not serving yet)", kill=True)
-
-    def _set_drain(self, record: ReplicaRecord, draining: bool) -> None:
-        was_cordoned = record.wants_cordon
-        record.draining = draining
-        record.drained_seq = None
-        if record.wants_cordon != was_cordoned:
-            record.cordon_epoch += 1
-        if draining:
-            kind, why = EventKind.REPLICA_DRAINING, "scale-in: no new requests, stop once empty"
-        else:
-            kind, why = EventKind.REPLICA_UNDRAINED, "scale-out: kept instead of a new one"
-        self._state.events.add(kind, why, record.replica_id)
-        self._state.touch(record)
 
     # ---- cordons ---------------------------------------------------------------------------
 
@@ -252,7 +263,7 @@ class Reconciler:
 
     async def _finish_drains(self) -> None:
         for record in list(self._state.records.values()):
-            if not record.draining or record.report is None or not record.reporting:
+            if not record.stop_when_empty or record.report is None or not record.reporting:
                 continue
             report = record.report
             if not (report.load.cordoned and record.idle):

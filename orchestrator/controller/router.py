@@ -205,6 +205,13 @@ class Router:
     async def route(self, meta: RequestMeta) -> RouteResult | None:
         return self.decide_now(meta).result
 
+    def replica_id_at(self, address: str) -> str | None:
+        """The replica serving at `address` in the current view (where a request migrated)."""
+        view = self.view
+        if view is None:
+            return None
+        return next((r.replica_id for r in view.replicas if r.address == address), None)
+
     def release(self, replica_id: str) -> None:
         """A request routed here ended before the replica's next report counted it."""
         count = self._since_report.get(replica_id, 0)

@@ -26,7 +26,8 @@ from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.events import EventKind
-from orchestrator.controller.reconciler import apply_cordon
+from orchestrator.controller.migrations import Migrations
+from orchestrator.controller.reconciler import apply_cordon, set_drain
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 from orchestrator.controller.wire import ViewUpdate, update_to_pb
 from policies.cluster_view import ReplicaState
@@ -66,12 +67,14 @@ class ControllerCore:
         state: ControllerState,
         config: ConfigUpdater,
         commander: ReplicaCommander,
+        migrations: Migrations,
         report_interval_s: float,
     ) -> None:
         self.state = state
         self.events = state.events
         self.config = config
         self.commander = commander
+        self.migrations = migrations
         self.policy = ActivePolicy.of(config.current)
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
@@ -115,15 +118,28 @@ class ControllerCore:
         """Record the operator's cordon and send it now; the reconciler re-sends it until the
         replica follows (e.g. after a restart)."""
         record = self.record(replica_id)
-        if not cordoned and record.draining:
+        if not cordoned and record.stop_when_empty:
             raise StateConflict(
                 f"replica {replica_id} is draining for scale-in; scale out to keep it"
             )
+        if not cordoned and record.draining:
+            set_drain(self.state, record, False)  # uncordon ends an operator's drain too
         was = record.wants_cordon
         record.cordoned_by_operator = cordoned
         if record.wants_cordon != was:
             record.cordon_epoch += 1
         self.state.touch(record)
+        return await self._apply_cordon(record)
+
+    async def drain(self, replica_id: str) -> CommandResult:
+        """Empty a replica: it takes no new request, and its requests move to others by live
+        migration (the reconciler keeps at it); it reads "drained" once it holds none."""
+        record = self.record(replica_id)
+        if not record.draining:
+            set_drain(self.state, record, True)
+        return await self._apply_cordon(record)
+
+    async def _apply_cordon(self, record: ReplicaRecord) -> CommandResult:
         if record.report is None:
             later = ReplicaError(ErrorKind.UNAVAILABLE, "not registered yet: applied once it is")
             return CommandResult("", error=later)

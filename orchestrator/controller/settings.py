@@ -35,6 +35,9 @@ class ControllerSettings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8080  # 0: any free port (ControllerActor.admin_url() tells which)
     admin_token_digest: str = ""  # SHA-256 hex of the admin token; "" refuses every request
+    migration_enabled: bool = True  # drain and scale-in move requests away (else they wait)
+    migration_timeout_s: float = 120.0  # a MigrateOut answers when the migration has ended
+    migration_concurrency: int = 2  # migrations out of one replica at once (drains)
     unhealthy_after_s: float = 2.0
     reconcile_interval_s: float = 0.5
     # A replica that never registered within this long is given up and replaced.

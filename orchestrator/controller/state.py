@@ -31,7 +31,8 @@ class ReplicaRecord:
     managed: bool = True  # created or adopted by the reconciler (vs. registered on its own)
     # Desired state, set by operators and the reconciler; commands make the replica follow.
     cordoned_by_operator: bool = False
-    draining: bool = False  # scale-in: cordoned, stopped once its requests finished
+    draining: bool = False  # cordoned; its requests move away by migration (or finish)
+    stop_when_empty: bool = False  # scale-in: a draining replica is stopped once empty
     cordon_epoch: int = 0  # bumped whenever the desired cordon flips (part of the command id)
     cordon_applied: tuple[str, int] | None = None  # (incarnation, epoch) the replica confirmed
     drained_seq: int | None = None  # the report seq at which a draining replica was first empty
@@ -51,7 +52,8 @@ class ReplicaRecord:
         if not self.reporting:
             return ReplicaState.DEAD
         if self.draining:
-            return ReplicaState.DRAINING
+            done = not self.stop_when_empty and self.report.load.cordoned and self.idle
+            return ReplicaState.DRAINED if done else ReplicaState.DRAINING
         if self.wants_cordon or self.report.load.cordoned:
             return ReplicaState.CORDONED  # wanted or not yet lifted: routers keep away
         return ReplicaState.READY

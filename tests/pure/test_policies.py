@@ -385,3 +385,18 @@ def test_random_views_never_yield_an_unhealthy_or_full_replica(name: str) -> Non
         else:
             assert decision.replica_id is None
             assert decision.overloaded == any(r.healthy for r in replicas)
+
+
+def test_migration_target_has_room_and_is_not_the_source() -> None:
+    from policies.migration import pick_target
+
+    v = view(
+        replica("r0", kv_blocks_free=900, running=1),  # the source
+        replica("r1", kv_blocks_free=50, running=10),  # room for 39 more blocks
+        replica("r2", kv_blocks_free=400, running=2),
+        replica("r3", kv_blocks_free=990, healthy=False),
+    )
+    assert pick_target(v, "r0", 10) == "r2"
+    assert pick_target(v, "r2", 10) == "r0"
+    assert pick_target(v, "r2", 1000) is None  # nobody has room
+    assert pick_target(v, "r0", 39) == "r2" and pick_target(v, "r1", 398) == "r0"

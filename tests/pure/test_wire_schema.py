@@ -15,17 +15,25 @@ from actors.common.commands import (
     COMMANDS,
     RESULTS,
     Abort,
+    AbortMigrateIn,
     AbortResult,
+    BlockChunk,
     CommandResult,
+    CommitMigrateIn,
     Cordon,
     Done,
     ListRequests,
+    MigrateOut,
+    PrepareMigrateIn,
+    PullBlocks,
     RequestInfo,
     RequestList,
+    Reservation,
     Uncordon,
     arm_name,
 )
 from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.migration import DetokenizerState, MigrationReport, RequestState
 from actors.common.sampling_params import SamplingParams
 from actors.common.types import GenerateSpec, LoadReport, ModelInfo
 from actors.common.wire import (
@@ -49,6 +57,16 @@ from protos import common_pb2, controller_pb2, replica_pb2
 from protos.convert import check_mirror, enum_prefix
 
 PAIRS = [
+    (RequestState, replica_pb2.RequestState),
+    (DetokenizerState, replica_pb2.DetokenizerState),
+    (MigrationReport, replica_pb2.MigrationReport),
+    (MigrateOut, replica_pb2.MigrateOut),
+    (PrepareMigrateIn, replica_pb2.PrepareMigrateIn),
+    (PullBlocks, replica_pb2.PullBlocks),
+    (CommitMigrateIn, replica_pb2.CommitMigrateIn),
+    (AbortMigrateIn, replica_pb2.AbortMigrateIn),
+    (Reservation, replica_pb2.Reservation),
+    (BlockChunk, replica_pb2.BlockChunk),
     (ReplicaLoad, common_pb2.ReplicaLoad),
     (ReplicaIdentity, common_pb2.ReplicaIdentity),
     (LoadReport, common_pb2.LoadReport),
@@ -102,7 +120,26 @@ def test_every_command_and_result_has_its_oneof_arm() -> None:
     assert result_arms == {arm_name(c) for c in RESULTS}
 
 
-@pytest.mark.parametrize("command", [Cordon(), Uncordon(), Abort("cmpl-1"), ListRequests()])
+STATE = RequestState(
+    "cmpl-1", (1, 2), (3,), 2, SamplingParams(seed=5), (9,), -1, 0.5, 0, 0, b"\x01\x02",
+    DetokenizerState((1, 2, 3), 0, 2, "ab", 1, None), eos_token_id=None, adapter_id="x",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        Cordon(),
+        Uncordon(),
+        Abort("cmpl-1"),
+        ListRequests(),
+        MigrateOut("cmpl-1", "h:1"),
+        PrepareMigrateIn("m1", "cmpl-1", 3, "host"),
+        PullBlocks("m1", 2, (5, 6)),
+        CommitMigrateIn("m1", STATE, 2),
+        AbortMigrateIn("m1"),
+    ],
+)
 def test_commands_round_trip_even_with_no_fields(command: object) -> None:
     msg = replica_pb2.Command.FromString(command_to_pb(command, "id-7").SerializeToString())
     assert msg.command_id == "id-7" and command_from_pb(msg) == command
@@ -120,6 +157,8 @@ def test_an_unknown_command_arm_is_none_not_an_error() -> None:
         CommandResult("c", RequestList(())),
         CommandResult("d", RequestList((RequestInfo("r", "waiting", 2, 3, 0, 0, -1, 5.0, "x"),))),
         CommandResult("e", error=ReplicaError(ErrorKind.CONFLICT, "no", "command_id")),
+        CommandResult("f", Reservation(4)),
+        CommandResult("g", MigrationReport("m", "r", "committed", stages=2, downtime_ms=1.5)),
     ],
 )
 def test_results_round_trip(result: CommandResult) -> None:

@@ -1,0 +1,175 @@
+"""The controller's side of live migration: one request moved on an operator's word, and draining
+replicas emptied by moving their requests away.
+
+A migration is one `MigrateOut` command to the source replica (actors/migration does the rest);
+its id is the migration's id, so a retry after a lost reply is the same migration, never a second
+one. The answer comes when the migration has ended, committed or aborted; either way it becomes an
+event. Draining replicas (an operator's drain, scale-in) are emptied by the reconciler calling
+`evacuate` every tick: each one's requests move, fewest KV blocks first, up to the migration
+concurrency at once, to the replicas policies.migration.pick_target chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+from actors.common.commands import ListRequests, MigrateOut, RequestInfo, RequestList
+from actors.common.migration import MigrationReport
+from orchestrator.controller.commander import ReplicaCommander
+from orchestrator.controller.events import EventKind
+from orchestrator.controller.settings import ControllerSettings
+from orchestrator.controller.state import ControllerState, ReplicaRecord
+from policies.cluster_view import ReplicaState
+from policies.migration import pick_target
+
+logger = logging.getLogger(__name__)
+
+RECENT = 200  # migration reports kept in memory (the admin API and dashboard read them)
+RETRY_AFTER_S = 2.0  # a drain round that moved nothing waits this long before the next
+
+
+class MigrationRefused(RuntimeError):
+    """A migration the controller will not start; `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Migrations:
+    def __init__(
+        self,
+        state: ControllerState,
+        commander: ReplicaCommander,
+        settings: Callable[[], ControllerSettings],
+    ) -> None:
+        self._state = state
+        self._commander = commander
+        self._settings = settings
+        self.recent: deque[MigrationReport] = deque(maxlen=RECENT)
+        self._evacuations: dict[str, asyncio.Task[None]] = {}
+        self._quiet_until: dict[str, float] = {}
+
+    # ---- one migration ---------------------------------------------------------------------
+
+    async def migrate(self, request_id: str, target_id: str | None = None) -> MigrationReport:
+        """Move a running or waiting request (its OpenAI id) to `target_id` (or the best)."""
+        if not self._settings().migration_enabled:
+            raise MigrationRefused(409, "migration is off (migration.enabled: false)")
+        source_id, info = await self._find(request_id)
+        if target_id is None:
+            target_id = pick_target(self._state.view(), source_id, info.kv_blocks)
+            if target_id is None:
+                raise MigrationRefused(503, "no other ready replica has room for it")
+        target = self._state.records.get(target_id)
+        if target is None or target.report is None:
+            raise MigrationRefused(404, f"no replica {target_id!r}")
+        if target_id == source_id:
+            raise MigrationRefused(409, f"request {request_id!r} already runs on {target_id}")
+        if target.state is not ReplicaState.READY:
+            raise MigrationRefused(409, f"replica {target_id} is {target.state.value}")
+        return await self.move(source_id, request_id, target_id)
+
+    async def move(self, source_id: str, request_id: str, target_id: str) -> MigrationReport:
+        """Send the MigrateOut and wait for how it ended; never raises for the replicas."""
+        target = self._state.records[target_id]
+        assert target.report is not None
+        migration_id = f"mig-{uuid.uuid4().hex[:16]}"
+        command = MigrateOut(request_id, target.report.identity.address)
+        timeout = self._settings().migration_timeout_s
+        result = await self._commander.send(source_id, command, migration_id, timeout_s=timeout)
+        report = result.body
+        if not isinstance(report, MigrationReport):
+            reason = str(result.error) if result.error else "no report"
+            report = MigrationReport(migration_id, request_id, "aborted", reason)
+        self.recent.append(report)
+        self._state.events.add(
+            EventKind.MIGRATION,
+            _describe(report, source_id, target_id),
+            source_id,
+            command_id=migration_id,
+            ok=report.committed,
+        )
+        return report
+
+    async def _find(self, request_id: str) -> tuple[str, RequestInfo]:
+        """The replica that runs `request_id`, asked of the replicas themselves."""
+        asked = [
+            r.replica_id
+            for r in self._state.records.values()
+            if r.report is not None and r.state is not ReplicaState.DEAD
+        ]
+        results = await self._commander.send_all(asked, ListRequests(), timeout_s=2.0)
+        for replica_id, result in results.items():
+            if isinstance(result.body, RequestList):
+                for info in result.body.requests:
+                    if info.request_id == request_id:
+                        return replica_id, info
+        raise MigrationRefused(404, f"no running or waiting request {request_id!r}")
+
+    # ---- draining replicas -----------------------------------------------------------------
+
+    def evacuate(self) -> None:
+        """(Each reconciler tick) keep one emptying round going per draining replica."""
+        if not self._settings().migration_enabled:
+            return
+        now = time.monotonic()
+        for record in list(self._state.records.values()):
+            rid = record.replica_id
+            if not _evacuating(record) or now < self._quiet_until.get(rid, 0.0):
+                continue
+            task = self._evacuations.get(rid)
+            if task is None or task.done():
+                self._evacuations[rid] = asyncio.ensure_future(self._empty(record))
+
+    async def _empty(self, record: ReplicaRecord) -> None:
+        source_id = record.replica_id
+        listed = await self._commander.send(source_id, ListRequests(), timeout_s=2.0)
+        if not isinstance(listed.body, RequestList):
+            return
+        # Fewest blocks first: the quickest to move frees a slot soonest; n > 1 cannot move.
+        infos = sorted((i for i in listed.body.requests if i.n == 1), key=lambda i: i.kv_blocks)
+        slots = asyncio.Semaphore(self._settings().migration_concurrency)
+
+        async def one(info: RequestInfo) -> bool:
+            async with slots:
+                target = pick_target(self._state.view(), source_id, info.kv_blocks)
+                if target is None:
+                    return False
+                return (await self.move(source_id, info.request_id, target)).committed
+
+        moved = await asyncio.gather(*(one(i) for i in infos))
+        if infos and not all(moved):
+            self._quiet_until[source_id] = time.monotonic() + RETRY_AFTER_S
+
+    async def close(self) -> None:
+        tasks = [t for t in self._evacuations.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _evacuating(record: ReplicaRecord) -> bool:
+    report = record.report
+    return (
+        record.draining
+        and report is not None
+        and record.reporting
+        and report.load.cordoned  # the cordon is in place: nothing new arrives meanwhile
+        and not record.idle
+    )
+
+
+def _describe(report: MigrationReport, source_id: str, target_id: str) -> str:
+    head = f"{report.request_id} {source_id} -> {target_id}: {report.outcome}"
+    if not report.committed:
+        return f"{head} ({report.reason})"
+    return (
+        f"{head} in {report.duration_ms:.0f} ms, {report.stages} stages, "
+        f"{report.bytes} bytes, downtime {report.downtime_ms:.1f} ms"
+    )
