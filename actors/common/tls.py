@@ -37,6 +37,15 @@ def add_port(server: grpc.Server | grpc.aio.Server, address: str, tls: TlsFiles 
     return server.add_secure_port(address, server_credentials(tls))
 
 
+# Clients ping every 10 s (below) so a dead peer is noticed on an idle stream; servers must
+# accept that, or gRPC's default (5 min between pings without data) answers the third ping with
+# GOAWAY "too_many_pings" and kills every stream of an idle connection.
+SERVER_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 64 << 20),
+)
+
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),

@@ -3,9 +3,9 @@
 A reservation is blocks of this replica's KV pool that belong to no request yet; the stages
 write into them (PushBlocks for the host transport, PullBlocks for cuda_ipc); the commit hands
 them to the imported request, which joins the running batch and waits for its ingress to attach
-(its deltas are parked until then). A reservation that sees no commit within
-reservation_timeout_s (its source died mid-copy) is freed; a committed request nobody attaches
-to within attach_timeout_s is aborted. Every command is idempotent: the replica's command table
+(its deltas are parked until then). A reservation whose source sends nothing for
+reservation_timeout_s (it died mid-copy) is freed; a committed request nobody attaches to within
+attach_timeout_s is aborted. Every command is idempotent: the replica's command table
 answers a repeated id with its first answer, and an abort of an unknown migration is a no-op.
 """
 
@@ -46,8 +46,11 @@ class _Incoming:
     request_id: str
     transport: str
     block_ids: list[int]
-    created: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)  # the source's last sign of life
     source: Any = None  # cuda_ipc: the source's KV cache, mapped here
+    # False once it is committed or released: a block write still queued for the engine
+    # thread then skips, rather than write into blocks that may belong to someone else now.
+    live: bool = True
 
 
 class MigrationTarget:
@@ -74,6 +77,14 @@ class MigrationTarget:
             raise _refused(
                 ErrorKind.NOT_FOUND, f"no migration {migration_id!r} here", "migration_id"
             )
+        incoming.touched = time.monotonic()
+        return incoming
+
+    def _pop(self, migration_id: str) -> _Incoming | None:
+        incoming = self._incoming.pop(migration_id, None)
+        if incoming is not None:
+            incoming.live = False
+        self._loop.migrating_in = len(self._incoming)
         return incoming
 
     # ---- commands ----------------------------------------------------------------------------
@@ -115,7 +126,7 @@ class MigrationTarget:
         except ValueError as exc:
             raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "data") from exc
         dst = ids[chunk.start : chunk.start + chunk.count]
-        await self._on_engine(lambda: runner.import_blocks(dst, data))
+        await self._write(incoming, lambda: runner.import_blocks(dst, data))
         return Done()
 
     async def pull(self, cmd: PullBlocks) -> Done:
@@ -127,26 +138,29 @@ class MigrationTarget:
         dst = ids[cmd.start : cmd.start + len(cmd.source_block_ids)]
         runner, source = self._loop.engine.runner, incoming.source
         src = list(cmd.source_block_ids)
-        await self._on_engine(lambda: runner.copy_blocks_from(source, src, dst))
+        await self._write(incoming, lambda: runner.copy_blocks_from(source, src, dst))
         return Done()
 
     async def commit(self, cmd: CommitMigrateIn) -> Done:
         incoming = self._get(cmd.migration_id)
         if len(incoming.block_ids) < cmd.num_blocks:
             raise _refused(ErrorKind.CONFLICT, "the commit names blocks never written")
+        self._pop(cmd.migration_id)  # from here the request (or, on failure, nobody) owns them
         ids, extra = incoming.block_ids[: cmd.num_blocks], incoming.block_ids[cmd.num_blocks :]
         engine = self._loop.engine
 
         def adopt() -> None:
             engine.release_blocks(extra)
-            self._loop.adopt_migrated(cmd.state, ids)
+            try:
+                self._loop.adopt_migrated(cmd.state, ids)
+            except ValueError:
+                engine.release_blocks(ids)
+                raise
 
         try:
             await self._on_engine(adopt)
         except ValueError as exc:
             raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "state") from exc
-        del self._incoming[cmd.migration_id]  # the request owns the blocks now
-        self._loop.migrating_in = len(self._incoming)
         rid = cmd.state.request_id
         asyncio.get_running_loop().call_later(
             self._settings.attach_timeout_s, lambda: asyncio.ensure_future(self._unfollowed(rid))
@@ -160,20 +174,35 @@ class MigrationTarget:
 
     # ---- helpers -----------------------------------------------------------------------------
 
+    async def _write(self, incoming: _Incoming, write: Callable[[], None]) -> None:
+        """Run a block write on the engine thread, unless the reservation ended meanwhile."""
+
+        def guarded() -> bool:
+            if incoming.live:
+                write()
+            return incoming.live
+
+        if not await self._on_engine(guarded):
+            raise _refused(ErrorKind.NOT_FOUND, "the migration ended while its blocks arrived")
+
     async def _room(self, incoming: _Incoming, needed: int) -> list[int]:
         """The reservation, grown (the request kept decoding) to at least `needed` blocks."""
         more = needed - len(incoming.block_ids)
         if more > 0:
             engine = self._loop.engine
-            ids = await self._on_engine(lambda: engine.reserve_blocks(more))
-            if ids is None:
+
+            def grow() -> list[int] | None:
+                ids = engine.reserve_blocks(more) if incoming.live else None
+                if ids is not None:
+                    incoming.block_ids.extend(ids)  # on the engine thread: a release sees them
+                return ids
+
+            if await self._on_engine(grow) is None:
                 raise _refused(ErrorKind.OVERLOADED, f"{more} more KV blocks are not free here")
-            incoming.block_ids.extend(ids)
         return incoming.block_ids
 
     async def _release(self, migration_id: str, why: str) -> None:
-        incoming = self._incoming.pop(migration_id, None)
-        self._loop.migrating_in = len(self._incoming)
+        incoming = self._pop(migration_id)
         if incoming is None:
             return
         engine = self._loop.engine
@@ -195,5 +224,5 @@ class MigrationTarget:
             await asyncio.sleep(min(timeout, 1.0))  # paces the check; nothing to compute
             now = time.monotonic()
             for mid, incoming in list(self._incoming.items()):
-                if now - incoming.created > timeout:
-                    await self._release(mid, f"no commit within {timeout:.0f}s")
+                if now - incoming.touched > timeout:
+                    await self._release(mid, f"no word from its source for {timeout:.0f}s")

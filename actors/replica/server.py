@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from actors.common.config import MigrationSettings, TlsFiles
-from actors.common.tls import add_port
+from actors.common.tls import SERVER_OPTIONS, add_port
 from actors.common.tokenizer import read_tokenizer_files
 from actors.common.types import GenerateDelta, ModelInfo
 from actors.common.wire import model_info_to_pb, spec_from_pb
@@ -200,7 +200,7 @@ class ReplicaServer:
 
     @staticmethod
     async def _make_server() -> grpc.aio.Server:
-        return grpc.aio.server()
+        return grpc.aio.server(options=SERVER_OPTIONS)
 
     def _call(self, coro: object) -> object:
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._aio_loop)

@@ -17,7 +17,7 @@ import grpc
 
 from actors.common.config import TlsFiles
 from actors.common.control_client import ReplicaControlClient
-from actors.common.tls import add_port
+from actors.common.tls import SERVER_OPTIONS, add_port
 from orchestrator.admin.app import build_admin_app
 from orchestrator.controller.commander import ControlClient, ReplicaCommander
 from orchestrator.controller.deployment import WILDCARD_HOSTS, ConfigUpdater
@@ -76,7 +76,7 @@ class ControllerHost:
         logger.info("controller serving on %s, admin API on %s", self.address, self.admin_url)
 
     async def _start_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         servicer = ControllerServicer(self.core, self.settings.watch_min_interval_s)
         controller_pb2_grpc.add_ControllerServicer_to_server(servicer, server)
         bind = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
