@@ -239,12 +239,16 @@ class RequestState(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., num_computed_tokens: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., extra_eos_token_ids: _Optional[_Iterable[int]] = ..., priority: _Optional[int] = ..., age_s: _Optional[float] = ..., num_preemptions: _Optional[int] = ..., num_cached_tokens: _Optional[int] = ..., generator_state: _Optional[bytes] = ..., detokenizer: _Optional[_Union[DetokenizerState, _Mapping]] = ..., eos_token_id: _Optional[int] = ..., adapter_id: _Optional[str] = ..., client_prompt_tokens: _Optional[int] = ..., num_resumed: _Optional[int] = ...) -> None: ...
 
 class MigrateOut(_message.Message):
-    __slots__ = ("request_id", "target_address")
+    __slots__ = ("request_id", "target_address", "transport", "max_stages")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    MAX_STAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     target_address: str
-    def __init__(self, request_id: _Optional[str] = ..., target_address: _Optional[str] = ...) -> None: ...
+    transport: str
+    max_stages: int
+    def __init__(self, request_id: _Optional[str] = ..., target_address: _Optional[str] = ..., transport: _Optional[str] = ..., max_stages: _Optional[int] = ...) -> None: ...
 
 class PrepareMigrateIn(_message.Message):
     __slots__ = ("migration_id", "request_id", "num_blocks", "transport", "source_handle")

@@ -47,6 +47,8 @@ class MigrateOut:
 
     request_id: str
     target_address: str
+    transport: str = ""  # "": the replica's migration.transport; else host | cuda_ipc
+    max_stages: int | None = None  # None: the replica's migration.max_stages; 0: one-shot
 
 
 @dataclass(frozen=True)

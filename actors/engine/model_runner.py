@@ -273,6 +273,21 @@ class ModelRunner:
             raise ValueError(f"data: shape {tuple(data.shape)} must be {expected}")
         self.kv_cache[:, :, idx] = data.to(self._device, self._dtype, non_blocking=True)
 
+    def copy_blocks_from(
+        self, source: torch.Tensor, source_ids: list[int], block_ids: list[int]
+    ) -> None:
+        """Copy blocks of another KV cache of this layout (a migration's source, mapped through
+        CUDA IPC) into `block_ids`: [L, 2, n, block_size, Hkv, D] device to device."""
+        cache = self.kv_cache
+        if source.dtype != cache.dtype or source.shape[:2] != cache.shape[:2]:
+            raise ValueError("source: another layout than this KV cache")
+        if source.shape[3:] != cache.shape[3:] or len(source_ids) != len(block_ids):
+            raise ValueError("source: another block shape, or source_ids and block_ids differ")
+        if any(not 0 <= b < source.shape[2] for b in source_ids):
+            raise ValueError(f"source_ids: block ids must be in [0, {source.shape[2]})")
+        src = torch.tensor(source_ids, dtype=torch.int64, device=source.device)
+        cache[:, :, self._block_index(block_ids, "block_ids")] = source[:, :, src].to(self._device)
+
     def _block_index(self, block_ids: list[int], name: str) -> torch.Tensor:
         if any(not 0 <= b < self.num_blocks for b in block_ids):
             raise ValueError(f"{name}: block ids must be in [0, {self.num_blocks})")

@@ -52,7 +52,8 @@ class MigrationCommands:
         self._own_address = own_address
         self._tls = tls
         self.source = MigrationSource(engine_loop, settings)
-        self.target = MigrationTarget(engine_loop, settings)
+        on_cuda = engine_loop.engine.runner.device.type == "cuda"
+        self.target = MigrationTarget(engine_loop, settings, _open_handle if on_cuda else None)
         self._peers: dict[str, ReplicaControlClient] = {}
 
     def handlers(self) -> dict[type, Callable[[Any, str], Awaitable[Any]]]:
@@ -75,17 +76,43 @@ class MigrationCommands:
         peer = self._peer(command.target_address)
         send = self._sender(peer)
         return await self.source.migrate(
-            command_id, command.request_id, command.target_address, send, self._transport(peer)
+            command_id,
+            command.request_id,
+            command.target_address,
+            send,
+            self._transports(peer, command.transport or self._settings.transport),
+            command.max_stages,
         )
 
-    def _transport(self, peer: ReplicaControlClient) -> Transport:
-        timeout = self._settings.command_timeout_s
-        on_engine = self.source.on_engine
+    def _transports(self, peer: ReplicaControlClient, choice: str) -> list[Transport]:
+        """The transports to offer the destination, best first (auto: cuda_ipc on a GPU)."""
+        if choice not in ("auto", "host", "cuda_ipc"):
+            raise CommandRefused(
+                ErrorKind.INVALID_ARGUMENT, f"unknown transport {choice!r}", "transport"
+            )
+        runner = self._loop.engine.runner
+        on_cuda = runner.device.type == "cuda"
+        offered: list[Transport] = []
+        if choice == "cuda_ipc" or (choice == "auto" and on_cuda):
+            if not on_cuda:
+                raise CommandRefused(
+                    ErrorKind.INVALID_ARGUMENT, "cuda_ipc needs a replica on a GPU", "transport"
+                )
+            from actors.migration.cuda_ipc import CudaIpcTransport
 
-        async def push(chunk: BlockChunk) -> CommandResult:
-            return await _retrying(lambda: peer.push_blocks(chunk, timeout), chunk.migration_id)
+            offered.append(CudaIpcTransport(runner.kv_cache, self._sender(peer)))
+        if choice != "cuda_ipc":
+            timeout = self._settings.command_timeout_s
 
-        return HostTransport(self._loop.engine, on_engine, push, self._settings.chunk_bytes)
+            async def push(chunk: BlockChunk) -> CommandResult:
+                return await _retrying(lambda: peer.push_blocks(chunk, timeout), chunk.migration_id)
+
+            offered.append(
+                HostTransport(
+                    self._loop.engine, self.source.on_engine, push, self._settings.chunk_bytes
+                )
+            )
+        return offered
 
     def _sender(
         self, peer: ReplicaControlClient
@@ -102,6 +129,18 @@ class MigrationCommands:
         if peer is None:
             peer = self._peers[address] = ReplicaControlClient(address, self._tls)
         return peer
+
+
+def _open_handle(handle: bytes) -> Any:
+    """cuda_ipc: the source's KV cache, mapped here (torch and CUDA only where it is used)."""
+    from actors.migration.cuda_ipc import open_handle
+
+    try:
+        return open_handle(handle)
+    except Exception as exc:  # another node, another GPU numbering: the source falls back
+        raise CommandRefused(
+            ErrorKind.INVALID_ARGUMENT, f"cannot map the source's KV cache: {exc}", "transport"
+        ) from exc
 
 
 async def _retrying(call: Callable[[], Awaitable[CommandResult]], command_id: str) -> CommandResult:

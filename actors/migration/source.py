@@ -23,26 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from actors.common.commands import (
     Abort,
     AbortMigrateIn,
-    Command,
-    CommandResult,
     CommitMigrateIn,
     PrepareMigrateIn,
 )
 from actors.common.config import MigrationSettings
+from actors.common.errors import ErrorKind
 from actors.common.migration import MigrationReport
-from actors.migration.transport import Transport
+from actors.migration.transport import SendCommand, Transport
 from actors.replica.loop import EngineLoop
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SendCommand = Callable[[Command, str], Awaitable[CommandResult]]
 
 
 class MigrationAborted(Exception):
@@ -67,22 +65,28 @@ class MigrationSource:
         request_id: str,
         target_address: str,
         send: SendCommand,
-        transport: Transport,
+        transports: list[Transport],
+        max_stages: int | None = None,
     ) -> MigrationReport:
-        """Move `request_id` to the replica at `target_address`; never raises."""
+        """Move `request_id` to the replica at `target_address`; never raises. `transports` in
+        order of preference: a destination that cannot use one (cuda_ipc from another node)
+        refuses it at the reservation, and the next is tried."""
         run = _Run(migration_id, request_id, target_address)
+        run.max_stages = self._settings.max_stages if max_stages is None else max_stages
         if self.active >= self._settings.max_concurrent:
             return run.aborted(f"this replica already runs {self.active} outgoing migrations")
         self.active += 1
         self._loop.migrating_out += 1
         try:
-            return await self._migrate(run, send, transport)
+            return await self._migrate(run, send, transports)
         finally:
             self.active -= 1
             self._loop.migrating_out -= 1
             self._loop.migrated_bytes += run.bytes
 
-    async def _migrate(self, run: _Run, send: SendCommand, transport: Transport) -> MigrationReport:
+    async def _migrate(
+        self, run: _Run, send: SendCommand, transports: list[Transport]
+    ) -> MigrationReport:
         mid, rid = run.migration_id, run.request_id
         engine = self._loop.engine
         bs = engine.config.cache.block_size
@@ -90,12 +94,17 @@ class MigrationSource:
             blocks, _ = await self.on_engine(lambda: engine.migration_blocks(rid))
         except ValueError as exc:
             return run.aborted(str(exc))
-        prepare = PrepareMigrateIn(
-            mid, rid, len(blocks) + 1, transport.name, transport.source_handle()
-        )
-        reserved = await send(prepare, f"{mid}:prepare")
-        if reserved.error is not None:
-            return run.aborted(f"destination: {reserved.error}")
+        error = None
+        for transport in transports:
+            prepare = PrepareMigrateIn(
+                mid, rid, len(blocks) + 1, transport.name, transport.source_handle()
+            )
+            error = (await send(prepare, f"{mid}:prepare:{transport.name}")).error
+            if error is None or error.kind is not ErrorKind.INVALID_ARGUMENT:
+                break  # reserved, or refused for a reason another transport does not change
+        if error is not None:
+            return run.aborted(f"destination: {error}")
+        run.transport = transport.name
         paused = False
         try:
             await self._stages(run, transport, bs)
@@ -130,7 +139,7 @@ class MigrationSource:
         budget_s = self._settings.downtime_budget_ms / 1e3
         block_bytes = engine.runner.kv_block_bytes
         rate: float | None = None  # bytes per second, measured by the stages themselves
-        while run.stages < self._settings.max_stages:
+        while run.stages < run.max_stages:
             blocks, computed = await self.on_engine(lambda: engine.migration_blocks(run.request_id))
             if blocks[: len(run.sent)] != run.sent:
                 raise MigrationAborted("its blocks were freed meanwhile (preempted)")
@@ -162,6 +171,8 @@ class _Run:
         self.blocks = 0
         self.bytes = 0
         self.paused_at: float | None = None
+        self.transport = ""
+        self.max_stages = 0
 
     def _report(self, outcome: str, reason: str = "", **kw: Any) -> MigrationReport:
         now = time.perf_counter()

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from actors.common.commands import BlockChunk, CommandResult
+from actors.common.commands import BlockChunk, Command, CommandResult
 from actors.engine.engine import LLMEngine
 
 OnEngine = Callable[[Callable[[], Any]], Awaitable[Any]]
+SendCommand = Callable[[Command, str], Awaitable[CommandResult]]  # (command, command id)
 
 
 class TransportError(RuntimeError):

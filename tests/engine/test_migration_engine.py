@@ -148,3 +148,25 @@ def test_a_paused_request_is_neither_scheduled_nor_preempted(
     a.resume_request("p")  # an aborted migration: it goes on here
     outs = _finish(a)["p"]
     assert outs[-1].finished and outs[-1].num_output_tokens == GREEDY.max_tokens
+
+
+def test_blocks_copied_from_a_mapped_source_cache(engines: tuple[LLMEngine, LLMEngine]) -> None:
+    """cuda_ipc's destination side: blocks read straight from the source's cache tensor (here
+    the same process's, as CUDA IPC maps it on a GPU) make the request continue exactly."""
+    a, b = engines
+    reference = a.generate([PROMPT], GREEDY)[0]
+    a.add_request("ipc", PROMPT, GREEDY)
+    outs: dict[str, list] = {}
+    for _ in range(6):
+        _run(a, "ipc", outs)
+    a.pause_request("ipc")
+    blocks, computed = a.migration_blocks("ipc")
+    ids = b.reserve_blocks(len(blocks))
+    assert ids is not None
+    b.runner.copy_blocks_from(a.runner.kv_cache, blocks, ids)
+    b.import_request(a.export_request("ipc"), ids)
+    a.release_request("ipc")
+    outs["ipc"] += _finish(b)["ipc"]
+    assert [t for o in outs["ipc"] for t in o.new_token_ids] == reference.token_ids[0]
+    with pytest.raises(ValueError, match="source_ids"):
+        b.runner.copy_blocks_from(a.runner.kv_cache, [10**6], [0])

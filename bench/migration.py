@@ -1,0 +1,281 @@
+"""Live-migration benchmark on one GPU: two replica actors share it (Llama-3-8B shape, dummy bf16
+weights), a long request moves between them while others decode (run on a GPU host; not a test).
+
+  python bench/migration.py [--lengths 1024,4096,8192,16384,32768] [--out migration.json]
+
+Per context length L, a request with an L-token prompt decodes on replica A; after 16 tokens it
+moves to replica B and the client (a ReplicaClient, as the ingress) follows it. Modes:
+
+  cuda_ipc        multi-stage copy, B maps A's KV cache through CUDA IPC (the default on a GPU)
+  cuda_ipc-1shot  max_stages 0: pause at once, copy everything, commit (a blocking copy)
+  host            multi-stage copy through host memory over gRPC
+  host-1shot      host, max_stages 0
+  recompute       no KV moves: the request is aborted on A and re-submitted to B with the tokens
+                  generated so far (B prefills L + generated tokens)
+
+Downtime = the request's longest inter-token gap around the move minus its median gap before it
+(what its client sees). Also: the replica's own pause-to-commit time, stages, bytes, the
+effective copy bandwidth against the device copy bandwidth (cuda_ipc) and pinned host bandwidth
+(host), and the co-running requests' step time during migrations vs just before (their slowdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.engine import SHAPES, copy_bandwidth, make_model_dir
+
+BLOCKS_PER_REPLICA = 18_000  # 2 MiB each for this shape: ~36 GB of KV per replica
+STEADY_TOKENS = 16  # tokens decoded before the move (the median gap comes from them)
+AFTER_TOKENS = 16  # tokens after the move before the request is dropped
+BACKGROUND = 4  # co-running requests per replica (512-token prompts), decoding throughout
+
+
+def pinned_bandwidth() -> float:
+    """Bytes/s of a 1 GiB device -> pinned host copy."""
+    dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
+    host.copy_(dev)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        host.copy_(dev)
+    torch.cuda.synchronize()
+    rate = 3 * (1 << 30) / (time.perf_counter() - t0)
+    del dev, host
+    torch.cuda.empty_cache()
+    return rate
+
+
+def start_replicas(model_dir: Path, max_len: int) -> list[tuple[Any, str]]:
+    import ray
+
+    from actors.common.config import (
+        CacheConfig,
+        EngineConfig,
+        MigrationSettings,
+        ModelConfig,
+        ReplicaOptions,
+        ReplicaSpec,
+        SchedulerConfig,
+    )
+    from actors.replica.actor import ReplicaActor
+
+    engine = EngineConfig(
+        model=ModelConfig(
+            model=str(model_dir), dtype="bfloat16", max_model_len=max_len, load_format="dummy"
+        ),
+        cache=CacheConfig(num_gpu_blocks_override=BLOCKS_PER_REPLICA),
+        scheduler=SchedulerConfig(max_num_batched_tokens=8192, max_num_seqs=64),
+        device="cuda",
+    )
+    options = ReplicaOptions(migration=MigrationSettings(downtime_budget_ms=10.0, max_stages=4))
+    actors = [
+        ray.remote(ReplicaActor)
+        .options(num_gpus=0.5, num_cpus=1)
+        .remote(f"bench-{i}", ReplicaSpec(engine), None, options)
+        for i in range(2)
+    ]
+    addresses = ray.get([a.address.remote() for a in actors], timeout=600)
+    return list(zip(actors, addresses, strict=True))
+
+
+class Background:
+    """Co-running requests on both replicas; their token times give the step time."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.times: list[float] = []
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        from actors.common.replica_client import ReplicaClient
+        from actors.common.sampling_params import SamplingParams
+        from actors.common.types import GenerateSpec
+
+        params = SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True)
+        rng = random.Random(1)
+        self.clients = [ReplicaClient(a) for a in self.addresses]
+
+        async def run(client: Any, i: int) -> None:
+            prompt = tuple(rng.randrange(1000, 100_000) for _ in range(512))
+            async for d in client.generate(GenerateSpec(f"bg-{i}", prompt, params)):
+                if d.token_ids:
+                    self.times.append(time.perf_counter())
+
+        for i in range(BACKGROUND * len(self.clients)):
+            self.tasks.append(asyncio.create_task(run(self.clients[i % 2], i)))
+
+    def step_ms(self, t0: float, t1: float) -> float | None:
+        """Mean time per token of one co-running request within [t0, t1]."""
+        n = sum(1 for t in self.times if t0 <= t <= t1)
+        per_request = n / (BACKGROUND * len(self.addresses))
+        return (t1 - t0) * 1e3 / per_request if per_request >= 2 else None
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for c in self.clients:
+            await c.close()
+
+
+async def measure(
+    replicas: list[tuple[Any, str]], length: int, mode: str, bg: Background, seq: int
+) -> dict[str, Any]:
+    from actors.common.commands import MigrateOut
+    from actors.common.control_client import ReplicaControlClient
+    from actors.common.replica_client import ReplicaClient
+    from actors.common.sampling_params import SamplingParams
+    from actors.common.types import GenerateSpec
+
+    (_, a), (_, b) = replicas
+    rng = random.Random(length + seq)
+    prompt = tuple(rng.randrange(1000, 100_000) for _ in range(length))
+    params = SamplingParams(
+        temperature=0.0, max_tokens=STEADY_TOKENS + AFTER_TOKENS + 64, ignore_eos=True
+    )
+    rid = f"mig-{mode}-{length}-{seq}"
+    ca, cb, control = ReplicaClient(a), ReplicaClient(b), ReplicaControlClient(a)
+    times: list[float] = []
+    tokens: list[int] = []
+    report = None
+    moved_at = done_at = 0.0
+    try:
+        stream = ca.generate(GenerateSpec(rid, prompt, params))
+        async for d in stream:
+            if d.token_ids:
+                times.append(time.perf_counter())
+                tokens.extend(d.token_ids)
+            if len(tokens) >= STEADY_TOKENS:
+                break
+        moved_at = time.perf_counter()
+        if mode == "recompute":
+            await stream.aclose()  # aborts it on A
+            resumed = GenerateSpec(rid, prompt, params, resume_token_ids=tuple(tokens))
+            follow = cb.generate(resumed)
+        else:
+            transport, _, oneshot = mode.partition("-")
+            command = MigrateOut(rid, b, transport, 0 if oneshot else None)
+            moving = asyncio.create_task(control.execute(command, f"m-{rid}", 300))
+            async for d in stream:
+                if d.token_ids:
+                    times.append(time.perf_counter())
+                    tokens.extend(d.token_ids)
+                if d.migrated_to is not None:
+                    break
+            report = (await moving).body
+            done_at = time.perf_counter()
+            follow = cb.attach(rid)
+        async for d in follow:
+            if d.token_ids:
+                times.append(time.perf_counter())
+                tokens.extend(d.token_ids)
+            if len(tokens) >= STEADY_TOKENS + AFTER_TOKENS:
+                break
+        await follow.aclose()
+    finally:
+        for c in (ca, cb, control):
+            await c.close()
+    gaps = [(t1 - t0) * 1e3 for t0, t1 in zip(times, times[1:], strict=False)]
+    before = gaps[: STEADY_TOKENS - 1]
+    normal = statistics.median(before[2:] or before)
+    out: dict[str, Any] = {
+        "mode": mode,
+        "context": length,
+        "normal_gap_ms": round(normal, 3),
+        "longest_gap_ms": round(max(gaps[STEADY_TOKENS - 2 :]), 3),
+        "downtime_ms": round(max(gaps[STEADY_TOKENS - 2 :]) - normal, 3),
+    }
+    if report is not None:
+        out.update(
+            outcome=report.outcome,
+            reason=report.reason,
+            stages=report.stages,
+            bytes=report.bytes,
+            replica_pause_ms=round(report.downtime_ms, 3),
+            duration_ms=round(report.duration_ms, 3),
+            effective_gbps=round(report.bytes / max(report.duration_ms, 1e-3) / 1e6, 2),
+        )
+        window = bg.step_ms(moved_at, done_at)
+        calm = bg.step_ms(times[2], moved_at)  # the same load, the long request decoding
+        if window and calm:
+            out["corunning_step_ms"] = round(window, 3)
+            out["corunning_step_ms_before"] = round(calm, 3)
+    return out
+
+
+async def run_all(replicas: list[tuple[Any, str]], lengths: list[int]) -> list[dict[str, Any]]:
+    bg = Background([addr for _, addr in replicas])
+    await bg.start()
+    await asyncio.sleep(3.0)  # the co-running requests are decoding
+    results = []
+    modes_at = {
+        "cuda_ipc": lengths,
+        "cuda_ipc-1shot": lengths,
+        "host": lengths,
+        "host-1shot": [n for n in lengths if n in (1024, 8192)],
+        "recompute": [n for n in lengths if n in (1024, 8192)],
+    }
+    seq = 0
+    for length in lengths:
+        for mode, at in modes_at.items():
+            if length not in at:
+                continue
+            seq += 1
+            result = await measure(replicas, length, mode, bg, seq)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    await bg.stop()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-shape", default="llama3-8b", choices=["llama3-8b"])
+    ap.add_argument("--lengths", default="1024,4096,8192,16384,32768")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "migration.json"))
+    args = ap.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    import ray
+
+    device_bw = copy_bandwidth(torch.device("cuda"))
+    host_bw = pinned_bandwidth()
+    torch.cuda.empty_cache()
+    SHAPES[args.model_shape]["max_position_embeddings"] = 131072
+    model_dir = make_model_dir(args.model_shape)
+    ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
+    t0 = time.perf_counter()
+    replicas = start_replicas(model_dir, max(lengths) + 2048)
+    started_s = time.perf_counter() - t0
+    results = asyncio.run(run_all(replicas, lengths))
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": torch.cuda.get_device_name(0),
+        "shape": args.model_shape,
+        "command": " ".join(["python3", *sys.argv]),
+        "device_copy_GBps": round(device_bw / 1e9, 1),
+        "pinned_d2h_GBps": round(host_bw / 1e9, 1),
+        "replicas_started_s": round(started_s, 1),
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "results"}))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
