@@ -29,6 +29,7 @@ from actors.shard.sharding import check_tensor_parallel, shard_model
 
 LOGITS_ATOL = 1e-4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+MIGRATING = SamplingParams(temperature=0.7, seed=3, max_tokens=20, ignore_eos=True)
 TIMEOUT_S = 120
 KV_BLOCKS = [0, 1, 2]  # hold the requests' KV; TP1 and TP2 schedule (and allocate) alike
 MOVED_BLOCKS = [3, 4, 5]  # overwritten by the import once every request finished
@@ -78,8 +79,13 @@ def _forward_logits(model: torch.nn.Module, kv_heads: int, token_ids: list[int])
         return model.compute_logits(hidden)  # [T, V]
 
 
-def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: Any) -> None:
-    """One shard's process: logits checks, then the engine (rank 0) or the follower loop."""
+def _rank_main(
+    rank: int, port: int, path: str, knobs: dict[str, Any], queue: Any, migrate: bool = False
+) -> None:
+    """One shard's process: logits checks, then the engine (rank 0) or the follower loop.
+
+    `migrate`: rank 0 instead runs one request a few steps, then exports it as a migration's
+    source does (paused, state, KV of all heads) and releases it."""
     from actors.shard.context import init_shard_group
     from actors.shard.loader import load_sharded_model
     from actors.shard.parallel import ShardParallel
@@ -100,7 +106,19 @@ def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: An
             (_forward_logits(m, heads, ids) - want).abs().max().item() for m in (passed, sliced)
         ]
         config = engine_config(Path(path), **knobs)
-        if rank == 0:
+        if rank == 0 and migrate:
+            runner = ShardedRunner(config, ctx)
+            engine = LLMEngine(config, runner=runner)
+            engine.add_request("moving", prompts()[1], MIGRATING)
+            produced = [t for _ in range(5) for o in engine.step() for t in o.new_token_ids]
+            engine.pause_request("moving")
+            blocks, _ = engine.migration_blocks("moving")
+            state = engine.export_request("moving")
+            kv = runner.export_blocks(blocks)  # all heads, gathered from both ranks
+            engine.release_request("moving")
+            runner.close()
+            queue.put(("ok", rank, diffs, (state, kv.numpy(), produced), None))
+        elif rank == 0:
             runner = ShardedRunner(config, ctx)
             engine = LLMEngine(config, runner=runner)
             tokens = [r.token_ids[0] for r in engine.generate(prompts(), GREEDY)]
@@ -122,12 +140,13 @@ def _rank_main(rank: int, port: int, path: str, knobs: dict[str, Any], queue: An
         raise
 
 
-def run_tp2(path: Path, **knobs: Any) -> dict[int, tuple]:
+def run_tp2(path: Path, migrate: bool = False, **knobs: Any) -> dict[int, tuple]:
     spawn = mp.get_context("spawn")
     queue = spawn.Queue()
     port = _free_port()
     procs = [
-        spawn.Process(target=_rank_main, args=(r, port, str(path), knobs, queue)) for r in (0, 1)
+        spawn.Process(target=_rank_main, args=(r, port, str(path), knobs, queue, migrate))
+        for r in (0, 1)
     ]
     for p in procs:
         p.start()
@@ -190,6 +209,24 @@ def test_tp2_matches_tp1(
     cfg = load_arch_config(path)
     assert kv_shape[4] == cfg.num_kv_heads // 2  # [L, 2, blocks, block_size, Hkv / N, D]
     assert results[1][1] > 0  # the follower ran the steps
+
+
+def test_a_request_migrates_from_tp2_to_tp1(tiny_checkpoint: Callable[[str], Path]) -> None:
+    """Migration across tensor-parallel sizes: the source (TP 2, gloo) gathers each rank's heads,
+    the destination (one shard) takes the whole KV; seeded sampling continues exactly."""
+    path = tiny_checkpoint("llama")
+    reference = LLMEngine(engine_config(path))
+    want = reference.generate([prompts()[1]], MIGRATING)[0].token_ids[0]
+    state, kv_array, produced = run_tp2(path, migrate=True)[0][1]
+    dst = LLMEngine(engine_config(path))
+    blocks = dst.reserve_blocks(kv_array.shape[2])
+    assert blocks is not None
+    dst.runner.import_blocks(blocks, torch.from_numpy(kv_array))
+    dst.import_request(state, blocks)
+    rest = []
+    while dst.has_unfinished_requests():
+        rest += [t for o in dst.step() for t in o.new_token_ids]
+    assert produced + rest == want
 
 
 def test_sharding_rejects_sizes_that_do_not_divide(tiny_checkpoint: Callable[[str], Path]) -> None:
