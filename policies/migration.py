@@ -1,12 +1,15 @@
-"""Where a migrating request goes: pure decisions on the ClusterView (no torch, ray or grpc).
+"""Which requests move where: pure decisions on the ClusterView (no torch, ray or grpc).
 
-The controller asks these when an operator migrates a request without naming a target, and when
-it empties a replica (drain, scale-in). A destination must be ready, not the source, and have
-room: the request's KV blocks plus one block of growth per request it runs already (Llumnix's
-"virtual usage": a replica's running requests keep claiming blocks).
+The controller asks `pick_target` when an operator migrates a request without naming a target
+and when it empties a replica (drain, scale-in), and `rebalance_moves` every rebalance round. A
+destination must be ready, not the source, and have room: the request's KV blocks plus one block
+of growth per request it runs already (Llumnix's "virtual usage": running requests keep claiming
+blocks).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from policies.cluster_view import ClusterView, ReplicaView
 
@@ -33,3 +36,53 @@ def pick_target(view: ClusterView, source_id: str, blocks_needed: int) -> str | 
         key=lambda r: (-headroom(r) / max(1, r.kv_blocks_total), r.load, r.replica_id),
     )
     return best.replica_id
+
+
+@dataclass(frozen=True)
+class RebalanceParams:
+    """When the controller moves requests between replicas on its own (migration.rebalance)."""
+
+    high_kv_usage: float = 0.90  # a replica above this (counting growth) sheds requests...
+    low_kv_usage: float = 0.60  # ...to replicas below this with nothing waiting
+    max_moves: int = 2  # migrations started per round, at most one per source
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low_kv_usage < self.high_kv_usage <= 1.0:
+            raise ValueError(
+                "migration.rebalance: need 0 <= low_kv_usage < high_kv_usage <= 1, got "
+                f"{self.low_kv_usage} and {self.high_kv_usage}"
+            )
+        if self.max_moves < 1:
+            raise ValueError(f"migration.rebalance.max_moves: must be >= 1, got {self.max_moves}")
+
+
+def virtual_usage(r: ReplicaView) -> float:
+    """KV usage once every running request grew one more block (Llumnix's virtual usage)."""
+    if r.kv_blocks_total <= 0:
+        return 1.0
+    return 1.0 - max(0, headroom(r)) / r.kv_blocks_total
+
+
+def rebalance_moves(view: ClusterView, params: RebalanceParams) -> list[tuple[str, str]]:
+    """(source, destination) pairs for this round, the most pressed source with the idlest
+    destination first. A source is pressed when its virtual usage is above `high_kv_usage` or
+    requests wait in its queue (moving a small running one away makes room for the queue: what
+    defragmentation is for); a destination is below `low_kv_usage` with an empty queue."""
+    ready = [r for r in view.replicas if r.healthy]
+    sources = sorted(
+        (
+            r
+            for r in ready
+            if r.running > 0 and (virtual_usage(r) > params.high_kv_usage or r.waiting)
+        ),
+        key=lambda r: (-virtual_usage(r), -r.waiting, r.replica_id),
+    )
+    targets = sorted(
+        (r for r in ready if r.waiting == 0 and virtual_usage(r) < params.low_kv_usage),
+        key=lambda r: (virtual_usage(r), r.replica_id),
+    )
+    moves: list[tuple[str, str]] = []
+    for source, target in zip(sources, targets, strict=False):
+        if source.replica_id != target.replica_id and len(moves) < params.max_moves:
+            moves.append((source.replica_id, target.replica_id))
+    return moves

@@ -102,6 +102,16 @@ class DispatchSection(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class RebalanceSection(Section):
+    """The controller moves requests from pressed replicas to idle ones on its own."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=1.0, gt=0)  # between rounds
+    high_kv_usage: float = Field(default=0.90, ge=0, le=1)  # counting each request's growth
+    low_kv_usage: float = Field(default=0.60, ge=0, le=1)
+    max_moves: int = Field(default=2, ge=1)  # migrations started per round
+
+
 class MigrationSection(Section):
     """Live migration of running requests (actors/migration); fixed for a running deployment."""
 
@@ -112,6 +122,7 @@ class MigrationSection(Section):
     max_concurrent_per_replica: int = Field(default=2, ge=1)
     reservation_timeout_s: float = Field(default=30.0, gt=0)
     attach_timeout_s: float = Field(default=30.0, gt=0)
+    rebalance: RebalanceSection = RebalanceSection()
 
 
 class ServerSection(Section):
@@ -199,6 +210,7 @@ def section_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
         issues += _replica_issues(sections["replicas"], sections["model"])
     checks = (
         ("engine", _engine_issues),
+        ("migration", _migration_issues),
         ("dispatch", _dispatch_issues),
         ("server", _server_issues),
         ("security", _security_issues),
@@ -257,6 +269,18 @@ def _engine_issues(e: EngineSection) -> list[tuple[str, str]]:
             )
         )
     return issues
+
+
+def _migration_issues(m: MigrationSection) -> list[tuple[str, str]]:
+    r = m.rebalance
+    if r.low_kv_usage >= r.high_kv_usage:
+        return [
+            (
+                "migration.rebalance.low_kv_usage",
+                f"must be < high_kv_usage ({r.high_kv_usage:g}), got {r.low_kv_usage:g}",
+            )
+        ]
+    return []
 
 
 def _dispatch_issues(d: DispatchSection) -> list[tuple[str, str]]:

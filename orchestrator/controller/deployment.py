@@ -23,6 +23,7 @@ from orchestrator.controller.settings import (
     ControllerSettings,
     ReplicaResources,
 )
+from policies.migration import RebalanceParams
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -68,6 +69,13 @@ def migration_settings(cfg: DeploymentConfig) -> MigrationSettings:
     )
 
 
+def rebalance_params(cfg: DeploymentConfig) -> RebalanceParams | None:
+    r = cfg.migration.rebalance
+    if not (cfg.migration.enabled and r.enabled):
+        return None
+    return RebalanceParams(r.high_kv_usage, r.low_kv_usage, r.max_moves)
+
+
 def settings_from_config(
     cfg: DeploymentConfig,
     *,
@@ -106,6 +114,8 @@ def settings_from_config(
         admin_token_digest=admin_token_digest,
         migration_enabled=cfg.migration.enabled,
         migration_concurrency=cfg.migration.max_concurrent_per_replica,
+        rebalance=rebalance_params(cfg),
+        rebalance_interval_s=cfg.migration.rebalance.interval_s,
         unhealthy_after_s=server.unhealthy_after_s,
         tls=tls,
     )

@@ -1,12 +1,14 @@
-"""The controller's side of live migration: one request moved on an operator's word, and draining
-replicas emptied by moving their requests away.
+"""The controller's side of live migration: one request moved on an operator's word, draining
+replicas emptied by moving their requests away, and load rebalanced between replicas.
 
 A migration is one `MigrateOut` command to the source replica (actors/migration does the rest);
 its id is the migration's id, so a retry after a lost reply is the same migration, never a second
 one. The answer comes when the migration has ended, committed or aborted; either way it becomes an
 event. Draining replicas (an operator's drain, scale-in) are emptied by the reconciler calling
 `evacuate` every tick: each one's requests move, fewest KV blocks first, up to the migration
-concurrency at once, to the replicas policies.migration.pick_target chooses.
+concurrency at once, to the replicas policies.migration.pick_target chooses. Rebalancing (also
+each tick, every migration.rebalance.interval_s) moves the smallest running request of each
+replica policies.migration.rebalance_moves finds pressed to the idle one it pairs it with.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from orchestrator.controller.events import EventKind
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 from policies.cluster_view import ReplicaState
-from policies.migration import pick_target
+from policies.migration import can_take, pick_target, rebalance_moves
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Migrations:
         self.recent: deque[MigrationReport] = deque(maxlen=RECENT)
         self._evacuations: dict[str, asyncio.Task[None]] = {}
         self._quiet_until: dict[str, float] = {}
+        self._shedding: dict[str, asyncio.Task[None]] = {}  # rebalance: one per source
+        self._next_round = 0.0
 
     # ---- one migration ---------------------------------------------------------------------
 
@@ -147,8 +151,37 @@ class Migrations:
         if infos and not all(moved):
             self._quiet_until[source_id] = time.monotonic() + RETRY_AFTER_S
 
+    # ---- rebalancing -----------------------------------------------------------------------
+
+    def rebalance(self) -> None:
+        """(Each reconciler tick, every rebalance interval) move one request from each pressed
+        replica to an idle one, as policies.migration.rebalance_moves pairs them."""
+        settings = self._settings()
+        params = settings.rebalance
+        now = time.monotonic()
+        if params is None or not settings.migration_enabled or now < self._next_round:
+            return
+        self._next_round = now + settings.rebalance_interval_s
+        for source_id, target_id in rebalance_moves(self._state.view(), params):
+            task = self._shedding.get(source_id)
+            if task is None or task.done():
+                self._shedding[source_id] = asyncio.ensure_future(self._shed(source_id, target_id))
+
+    async def _shed(self, source_id: str, target_id: str) -> None:
+        listed = await self._commander.send(source_id, ListRequests(), timeout_s=2.0)
+        if not isinstance(listed.body, RequestList):
+            return
+        # The smallest running request: the cheapest move that frees a running slot.
+        running = [i for i in listed.body.requests if i.n == 1 and i.state == "running"]
+        if not running:
+            return
+        info = min(running, key=lambda i: (i.kv_blocks, i.request_id))
+        target = self._state.view().get(target_id)
+        if target is not None and can_take(target, info.kv_blocks):
+            await self.move(source_id, info.request_id, target_id)
+
     async def close(self) -> None:
-        tasks = [t for t in self._evacuations.values() if not t.done()]
+        tasks = [t for t in (*self._evacuations.values(), *self._shedding.values()) if not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -141,6 +141,7 @@ class Reconciler:
         await self._converge_count()
         await self._converge_cordons()
         self._migrations.evacuate()  # draining replicas: their requests move away
+        self._migrations.rebalance()  # pressed replicas shed a request to idle ones
         await self._finish_drains()
 
     async def _blocking(self, fn: Callable, *args: object) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.common.config import ReplicaOptions, ReplicaSpec, TlsFiles
+from policies.migration import RebalanceParams
 
 CONTROLLER_NAME = "fleetlm-controller"
 NAMESPACE = "fleetlm"
@@ -38,6 +39,8 @@ class ControllerSettings:
     migration_enabled: bool = True  # drain and scale-in move requests away (else they wait)
     migration_timeout_s: float = 120.0  # a MigrateOut answers when the migration has ended
     migration_concurrency: int = 2  # migrations out of one replica at once (drains)
+    rebalance: RebalanceParams | None = None  # None: the controller never moves on its own
+    rebalance_interval_s: float = 1.0
     unhealthy_after_s: float = 2.0
     reconcile_interval_s: float = 0.5
     # A replica that never registered within this long is given up and replaced.

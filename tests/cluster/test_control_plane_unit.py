@@ -26,11 +26,13 @@ from actors.common.commands import (
     Cordon,
     Done,
     ListRequests,
+    MigrateOut,
     RequestInfo,
     RequestList,
     Uncordon,
 )
 from actors.common.config import TlsFiles
+from actors.common.migration import MigrationReport
 from actors.common.types import LoadReport
 from actors.replica.reporter import ControllerLink, LoadReporter
 from orchestrator.admin.client import AdminClient, AdminError
@@ -148,6 +150,20 @@ class FakeControlClient:
             return CommandResult(command_id, Done())
         if isinstance(command, ListRequests):
             return CommandResult(command_id, RequestList(tuple(b.requests[rid])))
+        if isinstance(command, MigrateOut):  # moves the listed request and its blocks over
+            target = next(r for r in b.reporters if b.address(r) == command.target_address)
+            info = next(q for q in b.requests[rid] if q.request_id == command.request_id)
+            b.requests[rid].remove(info)
+            b.requests[target].append(info)
+            for who, sign in ((rid, 1), (target, -1)):
+                load = b.loads[who]
+                b.loads[who] = dataclasses.replace(
+                    load,
+                    running=load.running - sign,
+                    kv_blocks_free=load.kv_blocks_free + sign * info.kv_blocks,
+                )
+            report = MigrationReport(command_id, info.request_id, "committed", stages=1)
+            return CommandResult(command_id, report)
         assert isinstance(command, Abort)
         found = any(q.request_id == command.request_id for q in b.requests[rid])
         return CommandResult(command_id, AbortResult(found))
@@ -348,6 +364,29 @@ def test_scale_in_takes_an_operator_cordoned_replica_first(controller: Controlle
     admin.scale(1)
     _wait(lambda: _states(admin).get(out_of_service) == "draining")
     assert _states(admin)[idle] == "ready"
+
+
+def test_a_pressed_replica_sheds_its_smallest_request_to_an_idle_one(
+    controller: Controller,
+) -> None:
+    host, backend, client, admin = controller
+    _wait(lambda: len(_healthy(client)) == 2)
+    pressed, idle = backend.created
+    backend.requests[pressed] = [
+        RequestInfo(f"cmpl-{i}", "running", 1, 10, 5, blocks, 0, time.time())
+        for i, blocks in enumerate((400, 30, 500))
+    ]
+    # 90 free blocks, 3 running: 91 % used counting growth, above the 90 % threshold.
+    backend.loads[pressed] = dataclasses.replace(_load(running=3), kv_blocks_free=90)
+    _wait(lambda: any(m["outcome"] == "committed" for m in admin.migrations()))
+    first = admin.migrations()[0]
+    assert first["request_id"] == "cmpl-1"  # the smallest running request moved first
+    assert [q.request_id for q in backend.requests[idle]][0] == "cmpl-1"
+    events = [e for e in admin.events(limit=1000) if e["kind"] == "migration"]
+    assert events and events[0]["ok"] and "cmpl-1" in events[0]["message"]
+    # 120 free, 2 running: 88 %, no longer pressed; a few rounds later nothing else moved.
+    time.sleep(2.5)  # rebalance rounds run every second; none of them may move anything
+    assert len(admin.migrations()) == 1
 
 
 def test_requests_and_abort_through_the_admin_api(controller: Controller) -> None:

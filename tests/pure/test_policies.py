@@ -400,3 +400,22 @@ def test_migration_target_has_room_and_is_not_the_source() -> None:
     assert pick_target(v, "r2", 10) == "r0"
     assert pick_target(v, "r2", 1000) is None  # nobody has room
     assert pick_target(v, "r0", 39) == "r2" and pick_target(v, "r1", 398) == "r0"
+
+
+def test_rebalance_moves_from_pressed_to_idle_replicas() -> None:
+    from policies.migration import RebalanceParams, rebalance_moves
+
+    p = RebalanceParams(high_kv_usage=0.9, low_kv_usage=0.6, max_moves=2)
+    v = view(
+        replica("r0", kv_blocks_free=50, running=10),  # 94 % used counting growth: pressed
+        replica("r1", kv_blocks_free=900, running=2),  # idle
+        replica("r2", kv_blocks_free=600, running=4, waiting=3),  # a queue: pressed
+        replica("r3", kv_blocks_free=700, running=1),  # idle
+        replica("r4", kv_blocks_free=990, healthy=False),  # dead: never a destination
+    )
+    assert rebalance_moves(v, p) == [("r0", "r1"), ("r2", "r3")]
+    assert rebalance_moves(v, RebalanceParams(max_moves=1)) == [("r0", "r1")]
+    calm = view(replica("r0", kv_blocks_free=500, running=3), replica("r1", kv_blocks_free=900))
+    assert rebalance_moves(calm, p) == []
+    with pytest.raises(ValueError, match="low_kv_usage"):
+        RebalanceParams(high_kv_usage=0.5, low_kv_usage=0.6)
