@@ -85,3 +85,60 @@ def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> N
 
 async def _tokens(client: ReplicaClient, spec: GenerateSpec) -> list[int]:
     return [t async for d in client.generate(spec) for t in d.token_ids]
+
+
+def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> None:
+    """A drain across nodes: the requests on one node's replica move to the other's (the host
+    transport), their streams follow them, and every token is what an unmoved run gives."""
+    params = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
+    prompts = [(7, 8, 9, i + 10) for i in range(3)]
+    with two_nodes.admin() as admin:
+        source, target = admin.replicas()["replicas"]
+
+    async def follow(spec: GenerateSpec, started: asyncio.Event) -> list[int]:
+        clients = {source["address"]: ReplicaClient(source["address"])}
+        tokens: list[int] = []
+        try:
+            stream = clients[source["address"]].generate(spec)
+            while True:
+                moved_to = None
+                async for d in stream:
+                    tokens.extend(d.token_ids)
+                    if len(tokens) >= 3:
+                        started.set()
+                    moved_to = d.migrated_to or moved_to
+                if moved_to is None:
+                    return tokens
+                client = clients.setdefault(moved_to, ReplicaClient(moved_to))
+                stream = client.attach(spec.request_id)
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    async def run() -> tuple[list[list[int]], list[list[int]]]:
+        reference_client = ReplicaClient(target["address"])
+        reference: list[list[int]] = []
+        try:
+            for i, p in enumerate(prompts):
+                spec = GenerateSpec(f"ref{i}", p, params)
+                reference.append(
+                    [t async for d in reference_client.generate(spec) for t in d.token_ids]
+                )
+        finally:
+            await reference_client.close()
+        started = asyncio.Event()
+        streams = [
+            asyncio.create_task(follow(GenerateSpec(f"mn-drain-{i}", p, params), started))
+            for i, p in enumerate(prompts)
+        ]
+        await started.wait()
+        with two_nodes.admin() as admin:
+            await asyncio.to_thread(admin.drain, source["id"])
+        return await asyncio.gather(*streams), reference
+
+    got, reference = asyncio.run(run())
+    assert got == reference
+    with two_nodes.admin() as admin:
+        moved = [m for m in admin.migrations() if m["outcome"] == "committed"]
+        assert moved and all(m["target"] == target["address"] for m in moved)
+        admin.uncordon(source["id"])
