@@ -2,6 +2,8 @@
 weights), a long request moves between them while others decode (run on a GPU host; not a test).
 
   python bench/migration.py [--lengths 1024,4096,8192,16384,32768] [--out migration.json]
+  python bench/migration.py --smoke      # the embedded tiny model on CPU, host only (checks
+                                         # the script itself; its figures mean nothing)
 
 Per context length L, a request with an L-token prompt decodes on replica A; after 16 tokens it
 moves to replica B and the client (a ReplicaClient, as the ingress) follows it. Modes:
@@ -60,7 +62,7 @@ def pinned_bandwidth() -> float:
     return rate
 
 
-def start_replicas(model_dir: Path, max_len: int) -> list[tuple[Any, str]]:
+def start_replicas(model_dir: Path, max_len: int, smoke: bool) -> list[tuple[Any, str]]:
     import ray
 
     from actors.common.config import (
@@ -76,16 +78,19 @@ def start_replicas(model_dir: Path, max_len: int) -> list[tuple[Any, str]]:
 
     engine = EngineConfig(
         model=ModelConfig(
-            model=str(model_dir), dtype="bfloat16", max_model_len=max_len, load_format="dummy"
+            model=str(model_dir),
+            dtype="float32" if smoke else "bfloat16",
+            max_model_len=max_len,
+            load_format="auto" if smoke else "dummy",
         ),
-        cache=CacheConfig(num_gpu_blocks_override=BLOCKS_PER_REPLICA),
+        cache=CacheConfig(num_gpu_blocks_override=512 if smoke else BLOCKS_PER_REPLICA),
         scheduler=SchedulerConfig(max_num_batched_tokens=8192, max_num_seqs=64),
-        device="cuda",
+        device="cpu" if smoke else "cuda",
     )
     options = ReplicaOptions(migration=MigrationSettings(downtime_budget_ms=10.0, max_stages=4))
     actors = [
         ray.remote(ReplicaActor)
-        .options(num_gpus=0.5, num_cpus=1)
+        .options(num_gpus=0 if smoke else 0.5, num_cpus=1)
         .remote(f"bench-{i}", ReplicaSpec(engine), None, options)
         for i in range(2)
     ]
@@ -96,8 +101,10 @@ def start_replicas(model_dir: Path, max_len: int) -> list[tuple[Any, str]]:
 class Background:
     """Co-running requests on both replicas; their token times give the step time."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], vocab: int, prompt_len: int) -> None:
         self.addresses = addresses
+        self.vocab = vocab
+        self.prompt_len = prompt_len
         self.times: list[float] = []
         self.tasks: list[asyncio.Task] = []
 
@@ -111,7 +118,7 @@ class Background:
         self.clients = [ReplicaClient(a) for a in self.addresses]
 
         async def run(client: Any, i: int) -> None:
-            prompt = tuple(rng.randrange(1000, 100_000) for _ in range(512))
+            prompt = tuple(rng.randrange(4, self.vocab) for _ in range(self.prompt_len))
             async for d in client.generate(GenerateSpec(f"bg-{i}", prompt, params)):
                 if d.token_ids:
                     self.times.append(time.perf_counter())
@@ -134,7 +141,7 @@ class Background:
 
 
 async def measure(
-    replicas: list[tuple[Any, str]], length: int, mode: str, bg: Background, seq: int
+    replicas: list[tuple[Any, str]], length: int, mode: str, bg: Background, seq: int, vocab: int
 ) -> dict[str, Any]:
     from actors.common.commands import MigrateOut
     from actors.common.control_client import ReplicaControlClient
@@ -144,7 +151,7 @@ async def measure(
 
     (_, a), (_, b) = replicas
     rng = random.Random(length + seq)
-    prompt = tuple(rng.randrange(1000, 100_000) for _ in range(length))
+    prompt = tuple(rng.randrange(4, vocab) for _ in range(length))
     params = SamplingParams(
         temperature=0.0, max_tokens=STEADY_TOKENS + AFTER_TOKENS + 64, ignore_eos=True
     )
@@ -218,17 +225,21 @@ async def measure(
     return out
 
 
-async def run_all(replicas: list[tuple[Any, str]], lengths: list[int]) -> list[dict[str, Any]]:
-    bg = Background([addr for _, addr in replicas])
+async def run_all(
+    replicas: list[tuple[Any, str]], lengths: list[int], smoke: bool
+) -> list[dict[str, Any]]:
+    vocab = 260 if smoke else 100_000
+    bg = Background([addr for _, addr in replicas], vocab, 16 if smoke else 512)
     await bg.start()
     await asyncio.sleep(3.0)  # the co-running requests are decoding
     results = []
+    some = [n for n in lengths if n in (1024, 8192)] or lengths[:1]
     modes_at = {
-        "cuda_ipc": lengths,
-        "cuda_ipc-1shot": lengths,
+        "cuda_ipc": [] if smoke else lengths,
+        "cuda_ipc-1shot": [] if smoke else lengths,
         "host": lengths,
-        "host-1shot": [n for n in lengths if n in (1024, 8192)],
-        "recompute": [n for n in lengths if n in (1024, 8192)],
+        "host-1shot": some,
+        "recompute": some,
     }
     seq = 0
     for length in lengths:
@@ -236,7 +247,7 @@ async def run_all(replicas: list[tuple[Any, str]], lengths: list[int]) -> list[d
             if length not in at:
                 continue
             seq += 1
-            result = await measure(replicas, length, mode, bg, seq)
+            result = await measure(replicas, length, mode, bg, seq, vocab)
             print(json.dumps(result), flush=True)
             results.append(result)
     await bg.stop()
@@ -247,24 +258,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-shape", default="llama3-8b", choices=["llama3-8b"])
     ap.add_argument("--lengths", default="1024,4096,8192,16384,32768")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, host transport")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "migration.json"))
     args = ap.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = [64, 256] if args.smoke else [int(x) for x in args.lengths.split(",")]
     import ray
 
-    device_bw = copy_bandwidth(torch.device("cuda"))
-    host_bw = pinned_bandwidth()
-    torch.cuda.empty_cache()
-    SHAPES[args.model_shape]["max_position_embeddings"] = 131072
-    model_dir = make_model_dir(args.model_shape)
-    ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
+    if args.smoke:
+        device_bw = host_bw = 0.0
+        model_dir = make_model_dir("tiny")
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    else:
+        device_bw = copy_bandwidth(torch.device("cuda"))
+        host_bw = pinned_bandwidth()
+        torch.cuda.empty_cache()
+        SHAPES[args.model_shape]["max_position_embeddings"] = 131072
+        model_dir = make_model_dir(args.model_shape)
+        ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    replicas = start_replicas(model_dir, max(lengths) + 2048)
+    replicas = start_replicas(model_dir, max(lengths) + (512 if args.smoke else 2048), args.smoke)
     started_s = time.perf_counter() - t0
-    results = asyncio.run(run_all(replicas, lengths))
+    results = asyncio.run(run_all(replicas, lengths, args.smoke))
     out = {
         "date": time.strftime("%Y-%m-%d"),
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu": "none (smoke run)" if args.smoke else torch.cuda.get_device_name(0),
         "shape": args.model_shape,
         "command": " ".join(["python3", *sys.argv]),
         "device_copy_GBps": round(device_bw / 1e9, 1),
