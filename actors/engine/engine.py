@@ -9,6 +9,7 @@ Public API (the replica and the CLI code against exactly this):
     engine.abort_request(request_id)                 # idempotent; unknown ids are ignored
     outputs = engine.step()                          # list[RequestOutput] deltas
     engine.has_unfinished_requests() -> bool
+    engine.has_work() -> bool                        # a step would do something (not all paused)
     engine.generate(prompts, params) -> list[CompletionResult]   # synchronous
     engine.stats() -> EngineStats                    # running, waiting, kv blocks free/total...
     engine.list_requests() -> list[RequestInfo]      # unfinished requests, for operators
@@ -237,6 +238,11 @@ class LLMEngine:
             self._forget(child_id)
 
     # ---- the loop --------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Whether step() would do anything: outputs to hand out, or a request that is not
+        paused (a loop waits instead of stepping while a migration holds its only request)."""
+        return bool(self._pending) or self.scheduler.has_runnable()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._pending) or self.scheduler.has_unfinished()

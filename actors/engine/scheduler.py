@@ -112,6 +112,10 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
+    def has_runnable(self) -> bool:
+        """Whether a step could do anything: an unfinished request that is not paused."""
+        return len(self._requests) > len(self._paused)
+
     @property
     def num_running(self) -> int:
         return len(self._running)

@@ -235,9 +235,9 @@ class EngineLoop:
             try:
                 for item in items:
                     self._handlers[type(item)](item)
-                if self._engine.has_unfinished_requests():
+                if self._engine.has_work():
                     self._step()
-                self._refresh_snapshot(force=not self._engine.has_unfinished_requests())
+                self._refresh_snapshot(force=not self._engine.has_work())
             except Exception:  # the loop must outlive any one bad command or step
                 logger.exception("engine loop iteration failed; continuing")
             self._publish()
@@ -245,7 +245,7 @@ class EngineLoop:
     def _wait_for_work(self) -> list[InboxItem] | None:
         with self._cond:
             while not self._stopped and not self._inbox:
-                if self._engine.has_unfinished_requests():
+                if self._engine.has_work():  # a paused request alone is no work: wait
                     break
                 self._cond.wait()
             if self._stopped:

@@ -131,3 +131,29 @@ def test_resume_and_abort(loop: EngineLoop, offline: LLMEngine) -> None:
     aborted = _choice(got, "long")
     assert aborted[-1].finish_reason == "abort"
     assert sum(len(d.token_ids) for d in aborted) < long.max_tokens
+
+
+def test_a_loop_whose_only_request_is_paused_waits_instead_of_spinning(loop: EngineLoop) -> None:
+    """A migration pauses a request for its last copy; with nothing else to run, the loop must
+    block (a spinning engine thread would hold the GIL the copy and its RPCs need)."""
+    engine = loop.engine
+    calls = 0
+    real_step = engine.step
+
+    def counting_step() -> list:
+        nonlocal calls
+        calls += 1
+        return real_step()
+
+    engine.step = counting_step  # type: ignore[method-assign]
+    sink = RecordingSink()
+    loop.submit(GenerateSpec("held", (1, 2, 3), GREEDY), sink)
+    with sink.cond:
+        assert sink.cond.wait_for(lambda: sink.batches, 30)
+    loop.call(lambda: engine.pause_request("held")).result(10)
+    before = calls
+    threading.Event().wait(0.3)  # what a spinning loop would fill with step() calls
+    assert calls - before <= 2
+    loop.call(lambda: engine.resume_request("held")).result(10)
+    loop.abort("held")  # wakes the loop: it steps again
+    assert sink.wait_finished(1)[-1].finish_reason in ("abort", "length")
