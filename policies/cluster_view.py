@@ -46,6 +46,7 @@ class ReplicaLoad:
     num_steps: int = 0
     num_preemptions: int = 0
     cordoned: bool = False  # the replica refuses new requests (ReplicaControl Cordon)
+    high_priority_running: int = 0  # running requests with priority < 0 (served first)
     migrating_out: int = 0  # migrations this replica is the source of, now
     migrating_in: int = 0  # migrations it is the destination of (reservations held), now
     migrated_bytes: int = 0  # KV bytes it has sent for migrations since it started

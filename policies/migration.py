@@ -45,6 +45,9 @@ class RebalanceParams:
     high_kv_usage: float = 0.90  # a replica above this (counting growth) sheds requests...
     low_kv_usage: float = 0.60  # ...to replicas below this with nothing waiting
     max_moves: int = 2  # migrations started per round, at most one per source
+    # A replica running high-priority requests (priority < 0) keeps this share of its KV free
+    # for them: below it, it sheds normal-priority requests (0 turns this off).
+    priority_headroom: float = 0.10
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_kv_usage < self.high_kv_usage <= 1.0:
@@ -54,6 +57,11 @@ class RebalanceParams:
             )
         if self.max_moves < 1:
             raise ValueError(f"migration.rebalance.max_moves: must be >= 1, got {self.max_moves}")
+        if not 0.0 <= self.priority_headroom < 1.0:
+            raise ValueError(
+                "migration.rebalance.priority_headroom: must be in [0, 1), got "
+                f"{self.priority_headroom}"
+            )
 
 
 def virtual_usage(r: ReplicaView) -> float:
@@ -63,23 +71,39 @@ def virtual_usage(r: ReplicaView) -> float:
     return 1.0 - max(0, headroom(r)) / r.kv_blocks_total
 
 
+def needs_priority_headroom(r: ReplicaView, params: RebalanceParams) -> bool:
+    """It runs high-priority requests and has less free KV (counting growth) than they keep."""
+    return (
+        r.high_priority_running > 0
+        and r.running > r.high_priority_running  # something of normal priority can leave
+        and 1.0 - virtual_usage(r) < params.priority_headroom
+    )
+
+
 def rebalance_moves(view: ClusterView, params: RebalanceParams) -> list[tuple[str, str]]:
     """(source, destination) pairs for this round, the most pressed source with the idlest
-    destination first. A source is pressed when its virtual usage is above `high_kv_usage` or
-    requests wait in its queue (moving a small running one away makes room for the queue: what
-    defragmentation is for); a destination is below `low_kv_usage` with an empty queue."""
+    destination first. A source is pressed when its virtual usage is above `high_kv_usage`,
+    when requests wait in its queue (moving a small running one away makes room for the queue:
+    what defragmentation is for), or when it runs high-priority requests with less headroom
+    than `priority_headroom`; a destination is below `low_kv_usage` with an empty queue and, for
+    a priority move, no high-priority requests of its own."""
     ready = [r for r in view.replicas if r.healthy]
     sources = sorted(
         (
             r
             for r in ready
-            if r.running > 0 and (virtual_usage(r) > params.high_kv_usage or r.waiting)
+            if r.running > 0
+            and (
+                virtual_usage(r) > params.high_kv_usage
+                or r.waiting
+                or needs_priority_headroom(r, params)
+            )
         ),
         key=lambda r: (-virtual_usage(r), -r.waiting, r.replica_id),
     )
     targets = sorted(
         (r for r in ready if r.waiting == 0 and virtual_usage(r) < params.low_kv_usage),
-        key=lambda r: (virtual_usage(r), r.replica_id),
+        key=lambda r: (r.high_priority_running, virtual_usage(r), r.replica_id),
     )
     moves: list[tuple[str, str]] = []
     for source, target in zip(sources, targets, strict=False):

@@ -61,6 +61,7 @@ class EngineStats:
     num_steps: int
     num_preemptions: int
     prefix_hashes: tuple[str, ...]
+    num_high_priority_running: int = 0  # running requests with priority < 0
 
 
 # A request's state as operators read it: its most advanced choice's, first in this order.
@@ -553,4 +554,5 @@ class LLMEngine:
             num_steps=self._num_steps,
             num_preemptions=s.num_preemptions,
             prefix_hashes=tuple(self.block_manager.cached_prefix_hashes(256)),
+            num_high_priority_running=sum(1 for r in running if r.priority < 0),
         )

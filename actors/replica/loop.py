@@ -509,6 +509,7 @@ class EngineLoop:
             num_steps=s.num_steps,
             num_preemptions=s.num_preemptions,
             cordoned=self._cordoned,
+            high_priority_running=s.num_high_priority_running,
             migrating_out=self.migrating_out,
             migrating_in=self.migrating_in,
             migrated_bytes=self.migrated_bytes,

@@ -110,6 +110,8 @@ class RebalanceSection(Section):
     high_kv_usage: float = Field(default=0.90, ge=0, le=1)  # counting each request's growth
     low_kv_usage: float = Field(default=0.60, ge=0, le=1)
     max_moves: int = Field(default=2, ge=1)  # migrations started per round
+    # KV share a replica running high-priority requests (priority < 0) keeps free (0: off).
+    priority_headroom: float = Field(default=0.10, ge=0, lt=1)
 
 
 class MigrationSection(Section):

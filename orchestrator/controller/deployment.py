@@ -73,7 +73,7 @@ def rebalance_params(cfg: DeploymentConfig) -> RebalanceParams | None:
     r = cfg.migration.rebalance
     if not (cfg.migration.enabled and r.enabled):
         return None
-    return RebalanceParams(r.high_kv_usage, r.low_kv_usage, r.max_moves)
+    return RebalanceParams(r.high_kv_usage, r.low_kv_usage, r.max_moves, r.priority_headroom)
 
 
 def settings_from_config(

@@ -171,11 +171,12 @@ class Migrations:
         listed = await self._commander.send(source_id, ListRequests(), timeout_s=2.0)
         if not isinstance(listed.body, RequestList):
             return
-        # The smallest running request: the cheapest move that frees a running slot.
+        # The smallest running request of normal priority (a high-priority one moves only when
+        # nothing else can): the cheapest move that frees room for the others.
         running = [i for i in listed.body.requests if i.n == 1 and i.state == "running"]
         if not running:
             return
-        info = min(running, key=lambda i: (i.kv_blocks, i.request_id))
+        info = min(running, key=lambda i: (i.priority < 0, i.kv_blocks, i.request_id))
         target = self._state.view().get(target_id)
         if target is not None and can_take(target, info.kv_blocks):
             await self.move(source_id, info.request_id, target_id)

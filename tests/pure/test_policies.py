@@ -419,3 +419,22 @@ def test_rebalance_moves_from_pressed_to_idle_replicas() -> None:
     assert rebalance_moves(calm, p) == []
     with pytest.raises(ValueError, match="low_kv_usage"):
         RebalanceParams(high_kv_usage=0.5, low_kv_usage=0.6)
+
+
+def test_high_priority_requests_keep_their_headroom() -> None:
+    from policies.migration import RebalanceParams, rebalance_moves
+
+    p = RebalanceParams(priority_headroom=0.2)
+    # 15 % free counting growth, 1 high-priority request among 4: normal ones must leave.
+    v = view(
+        replica("r0", kv_blocks_free=154, running=4, high_priority_running=1),
+        replica("r1", kv_blocks_free=800, running=1, high_priority_running=1),
+        replica("r2", kv_blocks_free=700, running=2),
+    )
+    assert rebalance_moves(v, p) == [("r0", "r2")]  # to the idle one with no priority work
+    only_urgent = view(
+        replica("r0", kv_blocks_free=154, running=4, high_priority_running=4),
+        replica("r2", kv_blocks_free=700, running=2),
+    )
+    assert rebalance_moves(only_urgent, p) == []  # nothing of normal priority to move
+    assert rebalance_moves(v, RebalanceParams(priority_headroom=0.0)) == []
