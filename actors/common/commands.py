@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Union, get_args
 
 from actors.common.errors import ReplicaError
 from actors.common.migration import MigrationReport, RequestState
@@ -98,17 +98,7 @@ Command = Union[
     CommitMigrateIn,
     AbortMigrateIn,
 ]
-COMMANDS: tuple[type, ...] = (
-    Cordon,
-    Uncordon,
-    Abort,
-    ListRequests,
-    MigrateOut,
-    PrepareMigrateIn,
-    PullBlocks,
-    CommitMigrateIn,
-    AbortMigrateIn,
-)
+COMMANDS: tuple[type, ...] = get_args(Command)  # the Union above is the one list
 # Commands that change nothing: a repeat may run again instead of replaying a stored answer.
 QUERIES: tuple[type, ...] = (ListRequests,)
 
@@ -161,7 +151,7 @@ class BlockChunk:
 
 
 Result = Union[Done, AbortResult, RequestList, Reservation, MigrationReport]
-RESULTS: tuple[type, ...] = (Done, AbortResult, RequestList, Reservation, MigrationReport)
+RESULTS: tuple[type, ...] = get_args(Result)
 
 
 @dataclass(frozen=True)
