@@ -85,7 +85,8 @@ class ReplicasSection(Section):
 
 
 class EngineSection(Section):
-    """Mirrors actors.common.config CacheConfig and SchedulerConfig, field for field."""
+    """Mirrors actors.common.config CacheConfig and SchedulerConfig, field for field
+    (num_kv_blocks is CacheConfig.num_gpu_blocks_override)."""
 
     block_size: int = Field(default=16, ge=1, le=1024)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -95,6 +96,10 @@ class EngineSection(Section):
     max_num_batched_tokens: int = Field(default=2048, ge=1)
     max_num_seqs: int = Field(default=256, ge=1)
     preemption_mode: Literal["recompute", "swap"] = "recompute"
+    # A fixed KV cache size in blocks instead of sizing it from gpu_memory_utilization: what
+    # replicas that share one GPU (num_gpus < 1) need, since each one would otherwise count the
+    # others' memory as taken.
+    num_kv_blocks: int | None = Field(default=None, ge=1)
 
 
 class DispatchSection(Section):
@@ -191,6 +196,7 @@ class DeploymentConfig(Section):
                 "cpu_kv_cache_bytes": e.cpu_kv_cache_bytes,
                 "swap_space_bytes": e.swap_space_bytes,
                 "enable_prefix_caching": e.enable_prefix_caching,
+                "num_gpu_blocks_override": e.num_kv_blocks,
             },
             "scheduler": {
                 "max_num_batched_tokens": e.max_num_batched_tokens,

@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -113,8 +114,9 @@ async def _stream_all(stack: object, prompts: list[str], n: int, started: asynci
 
 def test_drain_under_load_moves_every_request(stack: object) -> None:
     prompts = [f"stream number {i} keeps going" for i in range(16)]
-    n = 160
-    expected = [_reference(stack, p, n) for p in prompts]
+    n = 400  # long enough to be running still when the drain's cordon lands
+    with ThreadPoolExecutor(8) as pool:
+        expected = list(pool.map(lambda p: _reference(stack, p, n), prompts))
     with stack.cluster.admin() as admin:
         victim = _ready(admin)[0]["id"]
 
@@ -146,7 +148,8 @@ def test_drain_under_load_moves_every_request(stack: object) -> None:
 def test_scale_in_moves_requests_instead_of_waiting_for_them(stack: object) -> None:
     prompts = [f"scale in while this one runs {i}" for i in range(4)]
     n = 1200
-    expected = [_reference(stack, p, n) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        expected = list(pool.map(lambda p: _reference(stack, p, n), prompts))
     with stack.cluster.admin() as admin:
 
         async def run() -> tuple[list, float]:

@@ -90,7 +90,8 @@ async def _tokens(client: ReplicaClient, spec: GenerateSpec) -> list[int]:
 def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> None:
     """A drain across nodes: the requests on one node's replica move to the other's (the host
     transport), their streams follow them, and every token is what an unmoved run gives."""
-    params = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
+    # Long enough to be running still when the drain's cordon lands (reports every 0.25 s).
+    params = SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True)
     prompts = [(7, 8, 9, i + 10) for i in range(3)]
     with two_nodes.admin() as admin:
         source, target = admin.replicas()["replicas"]
@@ -117,13 +118,13 @@ def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> Non
 
     async def run() -> tuple[list[list[int]], list[list[int]]]:
         reference_client = ReplicaClient(target["address"])
-        reference: list[list[int]] = []
+
+        async def unmoved(i: int, p: tuple[int, ...]) -> list[int]:
+            spec = GenerateSpec(f"ref{i}", p, params)
+            return [t async for d in reference_client.generate(spec) for t in d.token_ids]
+
         try:
-            for i, p in enumerate(prompts):
-                spec = GenerateSpec(f"ref{i}", p, params)
-                reference.append(
-                    [t async for d in reference_client.generate(spec) for t in d.token_ids]
-                )
+            reference = await asyncio.gather(*(unmoved(i, p) for i, p in enumerate(prompts)))
         finally:
             await reference_client.close()
         started = asyncio.Event()
