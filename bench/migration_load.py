@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.serving import run_stack
-from orchestrator.cli.loadgen import WorkloadSpec, build_workload, format_summary
+from bench.serving import add_deployment_args, deployment_yaml, run_stack, workload
+from orchestrator.cli.loadgen import format_summary
 
 MODES = {
     "migration": ("llumnix", True),
@@ -38,33 +38,17 @@ MODES = {
 
 
 def deployment(model_dir: Path, args: argparse.Namespace, policy: str, migration: bool) -> str:
-    gpu = not args.smoke
-    return f"""
-model:
-  path: {model_dir}
-  served_model_name: bench-model
-  dtype: {"bfloat16" if gpu else "float32"}
-  load_format: {"dummy" if gpu else "auto"}
-  max_model_len: {args.max_model_len}
-replicas:
-  count: {args.replicas}
-  resources:
-    num_cpus: 1
-    num_gpus: {round(1 / args.replicas, 4) if gpu else 0}
-engine:
-  num_kv_blocks: {args.kv_blocks}
-  max_num_batched_tokens: {args.max_num_batched_tokens}
-  max_num_seqs: {args.max_num_seqs}
-dispatch:
-  policy: {policy}
-migration:
-  enabled: {str(migration).lower()}
-server:
-  http_port: {args.port}
-  controller_grpc_port: 0
-  admin_port: 0
-  max_queue_per_replica: 100000
-"""
+    """bench/serving.py's deployment, its replicas sharing one GPU with a fixed KV size each."""
+    gpus = 0 if args.smoke else 1
+    share = round(1 / args.replicas, 4) if gpus else 0
+    overrides = {
+        "replicas": {"resources": {"num_gpus": share}},
+        "engine": {"num_kv_blocks": args.kv_blocks},
+        "dispatch": {"policy": policy},
+        "migration": {"enabled": migration},
+        "server": {"admin_port": 0},
+    }
+    return deployment_yaml(model_dir, args, gpus, overrides)
 
 
 def main() -> None:
@@ -72,19 +56,14 @@ def main() -> None:
     from orchestrator.config.load import parse_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model-shape", default="llama3-8b")
+    add_deployment_args(ap)
+    ap.set_defaults(input_mean=600.0, output_mean=300.0, max_model_len=8192, max_num_seqs=128)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--rate", type=float, default=8.0)
     ap.add_argument("--burstiness", type=float, default=0.25)
     ap.add_argument("--num-requests", type=int, default=400)
-    ap.add_argument("--input-mean", type=float, default=600.0)
-    ap.add_argument("--output-mean", type=float, default=300.0)
-    ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--kv-blocks", type=int, default=6000, help="per replica (16 tokens each)")
-    ap.add_argument("--max-num-seqs", type=int, default=128)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument(
         "--out", default=os.path.join(os.environ.get("OUT", "."), "migration_load.json")
@@ -96,18 +75,8 @@ def main() -> None:
         args.max_num_seqs, args.max_num_batched_tokens = 16, 512
 
     model_dir = make_model_dir(args.model_shape)
-    vocab = 260 if args.smoke else 128_000
-    trace = build_workload(
-        WorkloadSpec(
-            num_requests=args.num_requests,
-            rate=args.rate,
-            arrival="gamma",
-            burstiness=args.burstiness,
-            input_mean=args.input_mean,
-            output_mean=args.output_mean,
-            max_model_len=args.max_model_len,
-            vocab_size=vocab,
-        )
+    trace = workload(
+        args, model_dir, args.rate, args.num_requests, arrival="gamma", burstiness=args.burstiness
     )
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

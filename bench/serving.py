@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.cli.loadgen import (
@@ -46,32 +48,45 @@ def parse_scenarios(text: str) -> list[tuple[float, int]]:
     return out
 
 
-def deployment_yaml(model_dir: Path, args: argparse.Namespace, gpus: int) -> str:
-    """The deployment under test: one GPU per replica (or CPU replicas on a CPU machine)."""
+def deployment_yaml(
+    model_dir: Path, args: argparse.Namespace, gpus: int, overrides: dict[str, Any] | None = None
+) -> str:
+    """The deployment under test: one GPU per replica (or CPU replicas on a CPU machine), with
+    `overrides` merged in section by section (bench/migration_load.py's shared GPU, policy)."""
     dummy = args.model_shape != "tiny"
-    return f"""
-model:
-  path: {model_dir}
-  served_model_name: bench-model
-  dtype: {"bfloat16" if gpus else "float32"}
-  load_format: {"dummy" if dummy else "auto"}
-  max_model_len: {args.max_model_len}
-replicas:
-  count: {args.replicas}
-  resources:
-    num_cpus: 1
-    num_gpus: {1 if gpus else 0}
-engine:
-  gpu_memory_utilization: {args.gpu_memory_utilization}
-  max_num_batched_tokens: {args.max_num_batched_tokens}
-  max_num_seqs: {args.max_num_seqs}
-dispatch:
-  policy: least_load
-server:
-  http_port: {args.port}
-  controller_grpc_port: 0
-  max_queue_per_replica: 100000
-"""
+    doc = {
+        "model": {
+            "path": str(model_dir),
+            "served_model_name": "bench-model",
+            "dtype": "bfloat16" if gpus else "float32",
+            "load_format": "dummy" if dummy else "auto",
+            "max_model_len": args.max_model_len,
+        },
+        "replicas": {
+            "count": args.replicas,
+            "resources": {"num_cpus": 1, "num_gpus": 1 if gpus else 0},
+        },
+        "engine": {
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
+            "max_num_seqs": args.max_num_seqs,
+        },
+        "dispatch": {"policy": "least_load"},
+        "server": {
+            "http_port": args.port,
+            "controller_grpc_port": 0,
+            "max_queue_per_replica": 100000,
+        },
+    }
+    return yaml.safe_dump(_merged(doc, overrides or {}), sort_keys=False)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        inner = out.get(key)
+        out[key] = _merged(inner, value) if isinstance(inner, dict) else value
+    return out
 
 
 def run_stack(
@@ -160,7 +175,8 @@ def compare(stack: dict[str, Any], offline: dict[str, Any]) -> dict[str, float]:
 
 
 def add_deployment_args(ap: argparse.ArgumentParser) -> None:
-    """The deployment and workload knobs bench/serving.py and bench/scaling.py share."""
+    """The deployment and workload knobs bench/serving.py, scaling.py and migration_load.py
+    share."""
     from bench.engine import SHAPES
 
     ap.add_argument("--model-shape", default="llama3-8b", choices=sorted(SHAPES))
@@ -173,8 +189,11 @@ def add_deployment_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, default=8000)
 
 
-def workload(args: argparse.Namespace, model_dir: Path, rate: float, n: int) -> list[RequestPlan]:
-    """The open-loop trace of one scenario, with prompts valid for the model's tokenizer."""
+def workload(
+    args: argparse.Namespace, model_dir: Path, rate: float, n: int, **spec: Any
+) -> list[RequestPlan]:
+    """The open-loop trace of one scenario, with prompts valid for the model's tokenizer
+    (`spec`: more WorkloadSpec fields, e.g. a bursty arrival)."""
     from actors.common.tokenizer import Tokenizer
 
     # The dummy shapes borrow the embedded tokenizer: keep ids inside both vocabularies.
@@ -182,15 +201,17 @@ def workload(args: argparse.Namespace, model_dir: Path, rate: float, n: int) -> 
         Tokenizer.from_dir(model_dir).vocab_size,
         json.loads((model_dir / "config.json").read_text())["vocab_size"],
     )
-    spec = WorkloadSpec(
-        num_requests=n,
-        rate=rate,
-        input_mean=args.input_mean,
-        output_mean=args.output_mean,
-        max_model_len=args.max_model_len,
-        vocab_size=vocab,
+    return build_workload(
+        WorkloadSpec(
+            num_requests=n,
+            rate=rate,
+            input_mean=args.input_mean,
+            output_mean=args.output_mean,
+            max_model_len=args.max_model_len,
+            vocab_size=vocab,
+            **spec,
+        )
     )
-    return build_workload(spec)
 
 
 def main() -> None:

@@ -488,9 +488,7 @@ class LLMEngine:
     def release_request(self, request_id: str) -> None:
         """The request now lives on another replica: free its blocks, send no output."""
         self.scheduler.release(request_id)
-        self._children.pop(request_id, None)
-        self._requests.pop(request_id, None)
-        self._detok.pop(request_id, None)
+        self._forget(request_id)  # only a request of one choice moves: its id is its child's
 
     def reserve_blocks(self, num_blocks: int) -> list[int] | None:
         return self.block_manager.reserve(num_blocks)

@@ -117,7 +117,7 @@ class AdminRoutes:
         return {
             "replicas": [replica_json(r) for r in records],
             "desired_replicas": self._core.desired_replicas,
-            "policy": {"name": self._core.policy.name, "params": self._core.policy.params},
+            "policy": {"name": self._core.policy_name, "params": self._core.policy_params()},
         }
 
     async def replica(self, replica_id: str) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class AdminRoutes:
         try:
             report = await self._core.migrations.migrate(request_id, target)
         except MigrationRefused as exc:
-            raise APIError(exc.status, str(exc), code="migration_refused") from exc
+            raise APIError(errors.STATUS_OF[exc.kind], str(exc), code="migration_refused") from exc
         return migration_json(report)
 
     async def migrations(self, limit: int = 100) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class AdminRoutes:
     # ---- requests --------------------------------------------------------------------------
 
     async def requests(self) -> dict[str, Any]:
-        found, unreachable = await self._core.requests()
+        found, unreachable = await self._core.commander.list_requests()
         now = time.time()
         return {
             "requests": [request_json(replica_id, info, now) for replica_id, info in found],
@@ -206,10 +206,9 @@ class AdminRoutes:
         return {"request": request_id, "replica": replica_id, "command": command_json(result)}
 
     async def _find_request(self, request_id: str) -> tuple[str, RequestInfo]:
-        found, _ = await self._core.requests()
-        for replica_id, info in found:
-            if info.request_id == request_id:
-                return replica_id, info
+        found = await self._core.commander.find_request(request_id)
+        if found is not None:
+            return found
         raise APIError(404, f"no running or waiting request {request_id!r}", code="not_found")
 
     # ---- events and config -----------------------------------------------------------------

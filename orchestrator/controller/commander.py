@@ -16,17 +16,28 @@ from typing import Protocol
 
 import grpc
 
-from actors.common.commands import QUERIES, Command, CommandResult, MigrateOut
+from actors.common.commands import (
+    QUERIES,
+    Command,
+    CommandResult,
+    ListRequests,
+    MigrateOut,
+    RequestInfo,
+    RequestList,
+)
 from actors.common.config import TlsFiles
 from actors.common.control_client import ReplicaControlClient
 from actors.common.errors import ErrorKind, ReplicaError
 from orchestrator.controller.events import EventKind
 from orchestrator.controller.state import ControllerState
+from policies.cluster_view import ReplicaState
 
 logger = logging.getLogger(__name__)
 
 # gRPC codes after which the same command id is sent again.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Per attempt, for a question someone waits on: a hung replica is reported, not waited for.
+QUERY_TIMEOUT_S = 2.0
 
 
 class ControlClient(Protocol):
@@ -89,6 +100,32 @@ class ReplicaCommander:
         ids = list(replica_ids)
         sends = (self.send(rid, command, timeout_s=timeout_s) for rid in ids)
         return dict(zip(ids, await asyncio.gather(*sends), strict=True))
+
+    async def list_requests(
+        self, replica_ids: Iterable[str] | None = None
+    ) -> tuple[list[tuple[str, RequestInfo]], dict[str, str]]:
+        """The running and waiting requests of `replica_ids` (default: every registered replica
+        not dead) with their replica, and the replicas that did not answer (id -> why)."""
+        if replica_ids is None:
+            replica_ids = [
+                r.replica_id
+                for r in self._state.records.values()
+                if r.report is not None and r.state is not ReplicaState.DEAD
+            ]
+        results = await self.send_all(replica_ids, ListRequests(), timeout_s=QUERY_TIMEOUT_S)
+        found: list[tuple[str, RequestInfo]] = []
+        missing: dict[str, str] = {}
+        for replica_id, result in sorted(results.items()):
+            if isinstance(result.body, RequestList):
+                found.extend((replica_id, info) for info in result.body.requests)
+            else:
+                missing[replica_id] = str(result.error)
+        return found, missing
+
+    async def find_request(self, request_id: str) -> tuple[str, RequestInfo] | None:
+        """The replica that runs `request_id` (an OpenAI id), asked of the replicas themselves."""
+        found, _ = await self.list_requests()
+        return next(((rid, info) for rid, info in found if info.request_id == request_id), None)
 
     async def _send_to(
         self, address: str, command: Command, command_id: str, timeout_s: float

@@ -20,7 +20,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-from actors.common.commands import ListRequests, MigrateOut, RequestInfo, RequestList
+from actors.common.commands import MigrateOut, RequestInfo
+from actors.common.errors import ErrorKind
 from actors.common.migration import MigrationReport
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
@@ -36,11 +37,11 @@ RETRY_AFTER_S = 2.0  # a drain round that moved nothing waits this long before t
 
 
 class MigrationRefused(RuntimeError):
-    """A migration the controller will not start; `status` is the HTTP status to answer."""
+    """A migration the controller will not start, and why (`kind`)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
 
 
 class Migrations:
@@ -64,19 +65,27 @@ class Migrations:
     async def migrate(self, request_id: str, target_id: str | None = None) -> MigrationReport:
         """Move a running or waiting request (its OpenAI id) to `target_id` (or the best)."""
         if not self._settings().migration_enabled:
-            raise MigrationRefused(409, "migration is off (migration.enabled: false)")
+            raise MigrationRefused(
+                ErrorKind.CONFLICT, "migration is off (migration.enabled: false)"
+            )
         source_id, info = await self._find(request_id)
         if target_id is None:
             target_id = pick_target(self._state.view(), source_id, info.kv_blocks)
             if target_id is None:
-                raise MigrationRefused(503, "no other ready replica has room for it")
+                raise MigrationRefused(
+                    ErrorKind.UNAVAILABLE, "no other ready replica has room for it"
+                )
         target = self._state.records.get(target_id)
         if target is None or target.report is None:
-            raise MigrationRefused(404, f"no replica {target_id!r}")
+            raise MigrationRefused(ErrorKind.NOT_FOUND, f"no replica {target_id!r}")
         if target_id == source_id:
-            raise MigrationRefused(409, f"request {request_id!r} already runs on {target_id}")
+            raise MigrationRefused(
+                ErrorKind.CONFLICT, f"request {request_id!r} already runs on {target_id}"
+            )
         if target.state is not ReplicaState.READY:
-            raise MigrationRefused(409, f"replica {target_id} is {target.state.value}")
+            raise MigrationRefused(
+                ErrorKind.CONFLICT, f"replica {target_id} is {target.state.value}"
+            )
         return await self.move(source_id, request_id, target_id)
 
     async def move(self, source_id: str, request_id: str, target_id: str) -> MigrationReport:
@@ -102,19 +111,11 @@ class Migrations:
         return report
 
     async def _find(self, request_id: str) -> tuple[str, RequestInfo]:
-        """The replica that runs `request_id`, asked of the replicas themselves."""
-        asked = [
-            r.replica_id
-            for r in self._state.records.values()
-            if r.report is not None and r.state is not ReplicaState.DEAD
-        ]
-        results = await self._commander.send_all(asked, ListRequests(), timeout_s=2.0)
-        for replica_id, result in results.items():
-            if isinstance(result.body, RequestList):
-                for info in result.body.requests:
-                    if info.request_id == request_id:
-                        return replica_id, info
-        raise MigrationRefused(404, f"no running or waiting request {request_id!r}")
+        found = await self._commander.find_request(request_id)
+        if found is None:
+            kind = ErrorKind.NOT_FOUND
+            raise MigrationRefused(kind, f"no running or waiting request {request_id!r}")
+        return found
 
     # ---- draining replicas -----------------------------------------------------------------
 
@@ -133,11 +134,9 @@ class Migrations:
 
     async def _empty(self, record: ReplicaRecord) -> None:
         source_id = record.replica_id
-        listed = await self._commander.send(source_id, ListRequests(), timeout_s=2.0)
-        if not isinstance(listed.body, RequestList):
-            return
+        listed, _ = await self._commander.list_requests([source_id])
         # Fewest blocks first: the quickest to move frees a slot soonest; n > 1 cannot move.
-        infos = sorted((i for i in listed.body.requests if i.n == 1), key=lambda i: i.kv_blocks)
+        infos = sorted((i for _, i in listed if i.n == 1), key=lambda i: i.kv_blocks)
         slots = asyncio.Semaphore(self._settings().migration_concurrency)
 
         async def one(info: RequestInfo) -> bool:
@@ -168,12 +167,10 @@ class Migrations:
                 self._shedding[source_id] = asyncio.ensure_future(self._shed(source_id, target_id))
 
     async def _shed(self, source_id: str, target_id: str) -> None:
-        listed = await self._commander.send(source_id, ListRequests(), timeout_s=2.0)
-        if not isinstance(listed.body, RequestList):
-            return
+        listed, _ = await self._commander.list_requests([source_id])
         # The smallest running request of normal priority (a high-priority one moves only when
         # nothing else can): the cheapest move that frees room for the others.
-        running = [i for i in listed.body.requests if i.n == 1 and i.state == "running"]
+        running = [i for _, i in listed if i.n == 1 and i.state == "running"]
         if not running:
             return
         info = min(running, key=lambda i: (i.priority < 0, i.kv_blocks, i.request_id))

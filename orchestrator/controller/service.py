@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from actors.common.commands import CommandResult, ListRequests, RequestInfo, RequestList
+from actors.common.commands import CommandResult
 from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.wire import report_from_pb
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.events import EventKind
@@ -30,27 +28,9 @@ from orchestrator.controller.migrations import Migrations
 from orchestrator.controller.reconciler import apply_cordon, set_drain
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 from orchestrator.controller.wire import ViewUpdate, update_to_pb
-from policies.cluster_view import ReplicaState
-from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from protos import common_pb2, controller_pb2, controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-QUERY_TIMEOUT_S = 2.0  # per attempt, for what the admin API asks replicas on an operator's behalf
-
-
-@dataclass(frozen=True)
-class ActivePolicy:
-    """Swapped as one reference, so a watcher never sees half of an update."""
-
-    name: str
-    params: dict[str, Any]
-    policy: DispatchPolicy
-
-    @classmethod
-    def of(cls, cfg: DeploymentConfig) -> ActivePolicy:
-        params = cfg.dispatch_params()
-        return cls(cfg.dispatch.policy, params, make_dispatch_policy(cfg.dispatch.policy, params))
 
 
 class ReplicaNotFound(LookupError):
@@ -75,7 +55,6 @@ class ControllerCore:
         self.config = config
         self.commander = commander
         self.migrations = migrations
-        self.policy = ActivePolicy.of(config.current)
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
         self._view_msg: tuple[int, controller_pb2.ClusterViewMsg] | None = None
@@ -91,18 +70,24 @@ class ControllerCore:
     def desired_replicas(self) -> int:
         return self.config.current.replicas.initial
 
+    @property
+    def policy_name(self) -> str:
+        return self.config.current.dispatch.policy
+
+    def policy_params(self) -> dict[str, Any]:
+        return self.config.current.dispatch_params()
+
     def apply_config(self, yaml_text: str) -> str:
         """A valid file replaces the policy and the replica count atomically; raises
         ConfigError (nothing changes) naming every problem."""
         try:
-            update = self.config(yaml_text)
-            policy = ActivePolicy.of(update.config)
+            self.config(yaml_text)
         except ConfigError as exc:
             self.events.add(EventKind.CONFIG_REFUSED, str(exc).splitlines()[0])
             raise
-        self.policy = policy
         n = self.desired_replicas
-        message = f"applied: dispatch policy {policy.name}, {n} replica{'s' * (n != 1)} desired"
+        name = self.policy_name
+        message = f"applied: dispatch policy {name}, {n} replica{'s' * (n != 1)} desired"
         self.events.add(EventKind.CONFIG_APPLIED, message)
         self.state.touch()
         return message
@@ -153,27 +138,9 @@ class ControllerCore:
             raise ReplicaNotFound(f"no replica {replica_id!r}")
         return record
 
-    async def requests(self) -> tuple[list[tuple[str, RequestInfo]], dict[str, str]]:
-        """Every running and waiting request in the cluster with its replica, and the replicas
-        that did not answer (id -> why)."""
-        asked = [
-            r.replica_id
-            for r in self.state.records.values()
-            if r.report is not None and r.state is not ReplicaState.DEAD
-        ]
-        # A query an operator waits on: a hung replica is reported, not waited for.
-        results = await self.commander.send_all(asked, ListRequests(), timeout_s=QUERY_TIMEOUT_S)
-        found: list[tuple[str, RequestInfo]] = []
-        missing: dict[str, str] = {}
-        for replica_id, result in sorted(results.items()):
-            if isinstance(result.body, RequestList):
-                found.extend((replica_id, info) for info in result.body.requests)
-            else:
-                missing[replica_id] = str(result.error)
-        return found, missing
-
     def view_update(self) -> ViewUpdate:
-        return ViewUpdate(self.state.view(), self.policy.name, self.policy.params)
+        cfg = self.config.current  # one read: the name and its params from the same file
+        return ViewUpdate(self.state.view(), cfg.dispatch.policy, cfg.dispatch_params())
 
     def view_message(self) -> controller_pb2.ClusterViewMsg:
         """The streamed form, serialized once per generation however many routers watch."""
