@@ -74,7 +74,10 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(APIError(400, str(exc)))
+        # A query or path parameter of the wrong type (?limit=abc): name it, no pydantic dump.
+        first = exc.errors()[0] if exc.errors() else {}
+        field = str(first.get("loc", ("", "request"))[-1])
+        return _error(errors.invalid(field, str(first.get("msg", "invalid value")).lower()))
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -175,7 +178,7 @@ class AdminRoutes:
         return migration_json(report)
 
     async def migrations(self, limit: int = 100) -> dict[str, Any]:
-        recent = list(self._core.migrations.recent)[-max(limit, 1) :]
+        recent = list(self._core.migrations.recent)[-_positive_limit(limit) :]
         return {"migrations": [migration_json(m) for m in recent]}
 
     def _record(self, replica_id: str) -> ReplicaRecord:
@@ -214,9 +217,8 @@ class AdminRoutes:
     # ---- events and config -----------------------------------------------------------------
 
     async def events(self, after: int = 0, limit: int = 200) -> dict[str, Any]:
-        if limit < 1:
-            raise errors.invalid("limit", f"must be >= 1, got {limit}")
-        return {"events": [event_json(e) for e in self._core.events.since(after, limit)]}
+        events = self._core.events.since(after, _positive_limit(limit))
+        return {"events": [event_json(e) for e in events]}
 
     async def config(self) -> dict[str, Any]:
         return {"yaml": self._core.config_yaml(), "desired_replicas": self._core.desired_replicas}
@@ -332,3 +334,9 @@ async def _json_body(request: Request) -> Any:
 def _config_error(exc: ConfigError) -> APIError:
     issues = [{"key": key, "reason": reason} for key, reason in exc.issues]
     return APIError(400, str(exc), param="config", code="invalid_config", extra={"issues": issues})
+
+
+def _positive_limit(limit: int) -> int:
+    if limit < 1:
+        raise errors.invalid("limit", f"must be >= 1, got {limit}")
+    return limit

@@ -31,6 +31,8 @@ from protos import controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+STOP_WAIT_S = 10.0  # how long a shutdown waits for the reconciler tick under way
+
 
 class ControllerHost:
     def __init__(
@@ -119,7 +121,12 @@ class ControllerHost:
 
         async def shutdown() -> None:
             self._stop.set()
-            await self._reconcile_task
+            try:
+                # The tick under way ends first (ticks are short); one stuck in a call to Ray
+                # is cancelled rather than holding the shutdown.
+                await asyncio.wait_for(self._reconcile_task, STOP_WAIT_S)
+            except asyncio.TimeoutError:
+                logger.warning("reconciler tick still running after %.0fs: cancelled", STOP_WAIT_S)
             await self.migrations.close()
             await self._admin.stop()
             await self._server.stop(0.5)

@@ -30,6 +30,12 @@ from orchestrator.controller.state import ControllerState, ReplicaRecord
 
 logger = logging.getLogger(__name__)
 
+# Replicas started in one tick, at most: a tick then stays short, so a change of the desired
+# count (an operator's scale after a typo such as 10000) and a shutdown take effect at the next
+# tick, not after thousands of actor creations. At one tick a second this is still 16 replicas a
+# second, faster than replicas load their models.
+MAX_CREATES_PER_TICK = 16
+
 
 class ReplicaBackend(Protocol):
     def create_replica(
@@ -205,7 +211,7 @@ class Reconciler:
         if missing > 0:
             missing -= self._undrain(managed, missing)
         if missing > 0 and time.monotonic() >= self._create_after:
-            await self._create(missing, desired)
+            await self._create(min(missing, MAX_CREATES_PER_TICK), desired)
         if missing < 0:
             await self._scale_in(-missing, active)
 

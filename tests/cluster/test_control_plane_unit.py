@@ -41,6 +41,7 @@ from orchestrator.config.load import parse_config
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.deployment import ConfigUpdater, settings_from_config
 from orchestrator.controller.host import ControllerHost
+from orchestrator.controller.reconciler import MAX_CREATES_PER_TICK
 from orchestrator.controller.router import Router
 from orchestrator.controller.settings import ControllerSettings
 from policies.cluster_view import ReplicaIdentity, ReplicaLoad, RequestMeta
@@ -342,6 +343,21 @@ def test_scale_out_and_in_by_draining(controller: Controller) -> None:
     assert kinds.count("replica_draining") == 3 and kinds.count("replica_removed") == 3
 
 
+def test_a_huge_scale_is_paced_and_can_be_taken_back(controller: Controller) -> None:
+    """A typo (scale 100000) starts at most MAX_CREATES_PER_TICK replicas a tick, so the
+    operator's correction takes effect at once and the extras go away."""
+    host, backend, client, admin = controller
+    _wait(lambda: len(_healthy(client)) == 2)
+    ticks = host.reconciler.ticks
+    admin.scale(100_000)
+    _wait(lambda: len(backend.created) > 2)
+    admin.scale(2)
+    _wait(lambda: len(host.replica_ids()) == 2, timeout_s=20.0)
+    extra = len(backend.created) - 2
+    assert 0 < extra <= MAX_CREATES_PER_TICK * (host.reconciler.ticks - ticks)
+    assert len(_healthy(client)) == 2
+
+
 def test_scale_out_while_draining_keeps_the_draining_replica(controller: Controller) -> None:
     host, backend, client, admin = controller
     _wait(lambda: len(_healthy(client)) == 2)
@@ -528,6 +544,18 @@ def test_admin_api_refuses_without_the_token(controller: Controller) -> None:
             "/scale", json={"replicas": "3"}, headers={"Authorization": f"Bearer {TOKEN}"}
         )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "replicas"
+        # Query parameters: the wrong type or range names the parameter, with no pydantic dump.
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for path, query in [
+            ("/events", "limit=abc"),
+            ("/events", "limit=0"),
+            ("/migrations", "limit=-5"),
+            ("/events", "after=x"),
+        ]:
+            r = http.get(f"{path}?{query}", headers=auth)
+            error = r.json()["error"]
+            assert r.status_code == 400, (path, query, r.text)
+            assert error["param"] == query.split("=")[0] and "File" not in error["message"]
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
