@@ -38,14 +38,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.commands import Abort, CommandResult, RequestInfo
-from actors.common.migration import MigrationReport
 from orchestrator.admin import PREFIX
 from orchestrator.admin.token import token_matches
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.config.errors import ConfigError
 from orchestrator.controller.events import Event
-from orchestrator.controller.migrations import MigrationRefused
+from orchestrator.controller.migrations import MigrationRecord, MigrationRefused
 from orchestrator.controller.service import ControllerCore, ReplicaNotFound, StateConflict
 from orchestrator.controller.state import ReplicaRecord
 from policies.cluster_view import LOAD_FIELDS
@@ -172,10 +171,10 @@ class AdminRoutes:
         if target is not None and not isinstance(target, str):
             raise errors.invalid("target_replica", "must be a replica id (string) or absent")
         try:
-            report = await self._core.migrations.migrate(request_id, target)
+            moved = await self._core.migrations.migrate(request_id, target)
         except MigrationRefused as exc:
             raise APIError(errors.STATUS_OF[exc.kind], str(exc), code="migration_refused") from exc
-        return migration_json(report)
+        return migration_json(moved)
 
     async def migrations(self, limit: int = 100) -> dict[str, Any]:
         recent = list(self._core.migrations.recent)[-_positive_limit(limit) :]
@@ -281,11 +280,15 @@ def event_json(event: Event) -> dict[str, Any]:
     return out
 
 
-def migration_json(report: MigrationReport) -> dict[str, Any]:
-    out = asdict(report)
-    out["downtime_ms"] = round(report.downtime_ms, 3)
-    out["duration_ms"] = round(report.duration_ms, 3)
-    return out
+def migration_json(record: MigrationRecord) -> dict[str, Any]:
+    report = record.report
+    return {
+        **asdict(report),
+        "downtime_ms": round(report.downtime_ms, 3),
+        "duration_ms": round(report.duration_ms, 3),
+        "source_replica": record.source_replica,
+        "target_replica": record.target_replica,
+    }
 
 
 def command_json(result: CommandResult) -> dict[str, Any]:

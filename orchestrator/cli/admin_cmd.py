@@ -148,7 +148,8 @@ def run_migrate(args: argparse.Namespace) -> int:
         if m["outcome"] != "committed":
             return f"{m['request_id']}: not moved ({m['reason']})"
         return (
-            f"{m['request_id']} -> {m['target']}: committed in {m['duration_ms']:.0f} ms "
+            f"{m['request_id']} {m['source_replica']} -> {m['target_replica']}: committed in "
+            f"{m['duration_ms']:.0f} ms "
             f"({m['stages']} stages, {m['bytes']} bytes, downtime {m['downtime_ms']:.1f} ms)"
         )
 
@@ -158,7 +159,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 def run_migrations(args: argparse.Namespace) -> int:
     def show(data: dict[str, Any]) -> str:
         lines = [
-            f"{m['migration_id']}  {m['request_id']} -> {m['target'] or '?'}  {m['outcome']}  "
+            f"{m['migration_id']}  {m['request_id']}  {m['source_replica']} -> "
+            f"{m['target_replica']}  {m['outcome']}  "
             f"downtime {m['downtime_ms']:.1f} ms  {m['bytes']} bytes"
             + (f"  ({m['reason']})" if m["reason"] else "")
             for m in data["migrations"]

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from actors.common.commands import MigrateOut, RequestInfo
 from actors.common.errors import ErrorKind
@@ -44,6 +45,15 @@ class MigrationRefused(RuntimeError):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class MigrationRecord:
+    """One migration as the controller saw it: how it ended, and between which replicas."""
+
+    report: MigrationReport
+    source_replica: str
+    target_replica: str
+
+
 class Migrations:
     def __init__(
         self,
@@ -54,7 +64,7 @@ class Migrations:
         self._state = state
         self._commander = commander
         self._settings = settings
-        self.recent: deque[MigrationReport] = deque(maxlen=RECENT)
+        self.recent: deque[MigrationRecord] = deque(maxlen=RECENT)
         self._evacuations: dict[str, asyncio.Task[None]] = {}
         self._quiet_until: dict[str, float] = {}
         self._shedding: dict[str, asyncio.Task[None]] = {}  # rebalance: one per source
@@ -62,7 +72,7 @@ class Migrations:
 
     # ---- one migration ---------------------------------------------------------------------
 
-    async def migrate(self, request_id: str, target_id: str | None = None) -> MigrationReport:
+    async def migrate(self, request_id: str, target_id: str | None = None) -> MigrationRecord:
         """Move a running or waiting request (its OpenAI id) to `target_id` (or the best)."""
         if not self._settings().migration_enabled:
             raise MigrationRefused(
@@ -88,7 +98,7 @@ class Migrations:
             )
         return await self.move(source_id, request_id, target_id)
 
-    async def move(self, source_id: str, request_id: str, target_id: str) -> MigrationReport:
+    async def move(self, source_id: str, request_id: str, target_id: str) -> MigrationRecord:
         """Send the MigrateOut and wait for how it ended; never raises for the replicas."""
         target = self._state.records[target_id]
         assert target.report is not None
@@ -100,7 +110,8 @@ class Migrations:
         if not isinstance(report, MigrationReport):
             reason = str(result.error) if result.error else "no report"
             report = MigrationReport(migration_id, request_id, "aborted", reason)
-        self.recent.append(report)
+        record = MigrationRecord(report, source_id, target_id)
+        self.recent.append(record)
         self._state.events.add(
             EventKind.MIGRATION,
             _describe(report, source_id, target_id),
@@ -108,7 +119,7 @@ class Migrations:
             command_id=migration_id,
             ok=report.committed,
         )
-        return report
+        return record
 
     async def _find(self, request_id: str) -> tuple[str, RequestInfo]:
         found = await self._commander.find_request(request_id)
@@ -144,7 +155,7 @@ class Migrations:
                 target = pick_target(self._state.view(), source_id, info.kv_blocks)
                 if target is None:
                     return False
-                return (await self.move(source_id, info.request_id, target)).committed
+                return (await self.move(source_id, info.request_id, target)).report.committed
 
         moved = await asyncio.gather(*(one(i) for i in infos))
         if infos and not all(moved):

@@ -64,8 +64,7 @@ def cordon_command_id(record: ReplicaRecord) -> str:
 def cordon_settled(record: ReplicaRecord) -> bool:
     """The replica already follows the desired cordon (confirmed or reported)."""
     assert record.report is not None
-    confirmed = record.cordon_applied == (record.report.identity.incarnation, record.cordon_epoch)
-    return confirmed or record.report.load.cordoned == record.wants_cordon
+    return record.cordon_confirmed or record.report.load.cordoned == record.wants_cordon
 
 
 async def apply_cordon(commander: ReplicaCommander, record: ReplicaRecord) -> CommandResult:

@@ -54,9 +54,18 @@ class ReplicaRecord:
         if self.draining:
             done = not self.stop_when_empty and self.report.load.cordoned and self.idle
             return ReplicaState.DRAINED if done else ReplicaState.DRAINING
-        if self.wants_cordon or self.report.load.cordoned:
-            return ReplicaState.CORDONED  # wanted or not yet lifted: routers keep away
+        # Until the replica confirms a change (or reports it), what it last reported counts too:
+        # a cordon wanted or not yet lifted keeps routers away.
+        reported = self.report.load.cordoned and not self.cordon_confirmed
+        if self.wants_cordon or reported:
+            return ReplicaState.CORDONED
         return ReplicaState.READY
+
+    @property
+    def cordon_confirmed(self) -> bool:
+        """The replica's process confirmed the desired cordon's latest change."""
+        ident = self.report.identity if self.report is not None else None
+        return ident is not None and self.cordon_applied == (ident.incarnation, self.cordon_epoch)
 
     @property
     def idle(self) -> bool:

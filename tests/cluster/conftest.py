@@ -8,7 +8,7 @@ starts it again. Ray is shut down at the end of the session.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -69,3 +69,30 @@ dispatch:
 server:
 {server_lines}
 """
+
+
+async def generate_following(
+    address: str, spec: object, on_delta: Callable[[object], None] = lambda d: None
+) -> list:
+    """Stream `spec` (a GenerateSpec) from the replica at `address` and, when the request
+    migrates, follow it to the replica it moved to (`attach`), as the ingress does: the deltas
+    of the whole request, wherever they were made."""
+    from actors.common.replica_client import ReplicaClient
+
+    clients = {address: ReplicaClient(address)}
+    deltas: list = []
+    try:
+        stream = clients[address].generate(spec)  # type: ignore[arg-type]
+        while True:
+            moved_to = None
+            async for d in stream:
+                deltas.append(d)
+                on_delta(d)
+                moved_to = d.migrated_to or moved_to
+            if moved_to is None:
+                return deltas
+            client = clients.setdefault(moved_to, ReplicaClient(moved_to))
+            stream = client.attach(spec.request_id)  # type: ignore[attr-defined]
+    finally:
+        for c in clients.values():
+            await c.close()

@@ -18,7 +18,7 @@ from orchestrator.config.load import parse_config
 from orchestrator.controller.launcher import ClusterHandle, start_cluster
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE, REPLICA_NAME_PREFIX
 
-from .conftest import tiny_config_yaml
+from .conftest import generate_following, tiny_config_yaml
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
 
@@ -44,11 +44,8 @@ def _ready(admin: AdminClient) -> list[dict]:
 
 
 async def _generate(address: str, request_id: str, params: SamplingParams) -> list[GenerateDelta]:
-    client = ReplicaClient(address)
-    try:
-        return [d async for d in client.generate(GenerateSpec(request_id, (3, 4, 5), params))]
-    finally:
-        await client.close()
+    # Followed where it moves: scale-in empties replicas by live migration.
+    return await generate_following(address, GenerateSpec(request_id, (3, 4, 5), params))
 
 
 def _tokens(deltas: list[GenerateDelta]) -> list[int]:
@@ -85,7 +82,8 @@ def test_config_apply_refuses_invalid_keeps_old(cluster: ClusterHandle) -> None:
 
 def test_scale_out_then_in_loses_no_request(cluster: ClusterHandle) -> None:
     """2 -> 3 -> 1 with a request running on every replica: scale-in cordons the replicas it
-    removes and stops each only once its request finished, so every request completes."""
+    removes, moves their requests away (or lets them finish) and stops each only once empty,
+    so every request completes, token-exact."""
     with cluster.admin() as admin:
         admin.scale(3)
         _wait(lambda: len(_ready(admin)) == 3, 120, admin.replicas)

@@ -86,6 +86,9 @@ def test_admin_migrates_a_streaming_completion_and_the_text_is_unchanged(stack: 
                 moved = admin.migrate(chunk.id)  # answers once the migration has ended
         assert moved is not None and moved["outcome"] == "committed", moved
         assert moved["downtime_ms"] > 0 and moved["bytes"] > 0
+        assert moved["source_replica"] != moved["target_replica"]
+        replicas = {r["id"]: r["address"] for r in admin.replicas()["replicas"]}
+        assert replicas[moved["target_replica"]] == moved["target"]
         events = [e for e in admin.events(limit=1000) if e["kind"] == "migration"]
         assert events and events[-1]["ok"] and moved["request_id"] in events[-1]["message"]
         assert admin.migrations()[-1]["migration_id"] == moved["migration_id"]

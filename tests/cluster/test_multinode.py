@@ -12,13 +12,13 @@ from ray.cluster_utils import Cluster
 
 from actors.common.replica_client import ReplicaClient
 from actors.common.sampling_params import SamplingParams
-from actors.common.types import GenerateSpec
+from actors.common.types import GenerateDelta, GenerateSpec
 from orchestrator.config.load import parse_config
 from orchestrator.controller.launcher import ClusterHandle, start_cluster
 from orchestrator.controller.router import Router
 from policies.cluster_view import RequestMeta
 
-from .conftest import tiny_config_yaml
+from .conftest import generate_following, tiny_config_yaml
 
 SLOT = "fleetlm_test_slot"  # each node has one: one replica per node
 
@@ -97,24 +97,15 @@ def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> Non
         source, target = admin.replicas()["replicas"]
 
     async def follow(spec: GenerateSpec, started: asyncio.Event) -> list[int]:
-        clients = {source["address"]: ReplicaClient(source["address"])}
         tokens: list[int] = []
-        try:
-            stream = clients[source["address"]].generate(spec)
-            while True:
-                moved_to = None
-                async for d in stream:
-                    tokens.extend(d.token_ids)
-                    if len(tokens) >= 3:
-                        started.set()
-                    moved_to = d.migrated_to or moved_to
-                if moved_to is None:
-                    return tokens
-                client = clients.setdefault(moved_to, ReplicaClient(moved_to))
-                stream = client.attach(spec.request_id)
-        finally:
-            for c in clients.values():
-                await c.close()
+
+        def seen(d: GenerateDelta) -> None:
+            tokens.extend(d.token_ids)
+            if len(tokens) >= 3:
+                started.set()
+
+        await generate_following(source["address"], spec, seen)
+        return tokens
 
     async def run() -> tuple[list[list[int]], list[list[int]]]:
         reference_client = ReplicaClient(target["address"])
@@ -142,4 +133,5 @@ def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> Non
     with two_nodes.admin() as admin:
         moved = [m for m in admin.migrations() if m["outcome"] == "committed"]
         assert moved and all(m["target"] == target["address"] for m in moved)
+        assert all(m["target_replica"] == target["id"] for m in moved)
         admin.uncordon(source["id"])
