@@ -101,10 +101,11 @@ def start_replicas(model_dir: Path, max_len: int, smoke: bool) -> list[tuple[Any
 class Background:
     """Co-running requests on both replicas; their token times give the step time."""
 
-    def __init__(self, addresses: list[str], vocab: int, prompt_len: int) -> None:
+    def __init__(self, addresses: list[str], vocab: int, prompt_len: int, max_tokens: int) -> None:
         self.addresses = addresses
         self.vocab = vocab
         self.prompt_len = prompt_len
+        self.max_tokens = max_tokens
         self.times: list[float] = []
         self.tasks: list[asyncio.Task] = []
 
@@ -113,13 +114,15 @@ class Background:
         from actors.common.sampling_params import SamplingParams
         from actors.common.types import GenerateSpec
 
-        params = SamplingParams(temperature=0.0, max_tokens=100_000, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=self.max_tokens, ignore_eos=True)
         rng = random.Random(1)
         self.clients = [ReplicaClient(a) for a in self.addresses]
 
         async def run(client: Any, i: int) -> None:
             prompt = tuple(rng.randrange(4, self.vocab) for _ in range(self.prompt_len))
             async for d in client.generate(GenerateSpec(f"bg-{i}", prompt, params)):
+                if d.error is not None:
+                    raise RuntimeError(f"co-running request bg-{i}: {d.error}")
                 if d.token_ids:
                     self.times.append(time.perf_counter())
 
@@ -152,9 +155,8 @@ async def measure(
     (_, a), (_, b) = replicas
     rng = random.Random(length + seq)
     prompt = tuple(rng.randrange(4, vocab) for _ in range(length))
-    params = SamplingParams(
-        temperature=0.0, max_tokens=STEADY_TOKENS + AFTER_TOKENS + 64, ignore_eos=True
-    )
+    # Long enough to outlast the slowest migration (the stream is closed after AFTER_TOKENS).
+    params = SamplingParams(temperature=0.0, max_tokens=1500, ignore_eos=True)
     rid = f"mig-{mode}-{length}-{seq}"
     ca, cb, control = ReplicaClient(a), ReplicaClient(b), ReplicaControlClient(a)
     times: list[float] = []
@@ -184,7 +186,10 @@ async def measure(
                     tokens.extend(d.token_ids)
                 if d.migrated_to is not None:
                     break
-            report = (await moving).body
+            result = await moving
+            if result.error is not None:
+                raise RuntimeError(f"{mode} at {length}: {result.error}")
+            report = result.body
             done_at = time.perf_counter()
             follow = cb.attach(rid)
         async for d in follow:
@@ -226,10 +231,16 @@ async def measure(
 
 
 async def run_all(
-    replicas: list[tuple[Any, str]], lengths: list[int], smoke: bool
+    replicas: list[tuple[Any, str]],
+    lengths: list[int],
+    smoke: bool,
+    modes: list[str],
+    trials: int,
+    max_len: int,
 ) -> list[dict[str, Any]]:
     vocab = 260 if smoke else 100_000
-    bg = Background([addr for _, addr in replicas], vocab, 16 if smoke else 512)
+    prompt_len = 16 if smoke else 512
+    bg = Background([addr for _, addr in replicas], vocab, prompt_len, max_len - prompt_len - 1)
     await bg.start()
     await asyncio.sleep(3.0)  # the co-running requests are decoding
     results = []
@@ -244,20 +255,40 @@ async def run_all(
     seq = 0
     for length in lengths:
         for mode, at in modes_at.items():
-            if length not in at:
+            if length not in at or mode not in modes:
                 continue
-            seq += 1
-            result = await measure(replicas, length, mode, bg, seq, vocab)
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            for _ in range(1 if mode == "recompute" else trials):
+                seq += 1
+                result = await measure(replicas, length, mode, bg, seq, vocab)
+                print(json.dumps(result), flush=True)
+                results.append(result)
     await bg.stop()
     return results
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per mode and context: downtime p50 / p99 (nearest rank) and the committed count."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(f"{r['mode']}@{r['context']}", []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        down = sorted(r["downtime_ms"] for r in rs)
+        out[key] = {
+            "n": len(rs),
+            "committed": sum(r.get("outcome", "committed") == "committed" for r in rs),
+            "downtime_p50_ms": down[(len(down) - 1) // 2],
+            "downtime_p99_ms": down[min(len(down) - 1, int(0.99 * len(down)))],
+        }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-shape", default="llama3-8b", choices=["llama3-8b"])
     ap.add_argument("--lengths", default="1024,4096,8192,16384,32768")
+    ap.add_argument("--modes", default="cuda_ipc,cuda_ipc-1shot,host,host-1shot,recompute")
+    ap.add_argument("--trials", type=int, default=5, help="migrations per mode and length")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, host transport")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "migration.json"))
     args = ap.parse_args()
@@ -276,9 +307,12 @@ def main() -> None:
         model_dir = make_model_dir(args.model_shape)
         ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    replicas = start_replicas(model_dir, max(lengths) + (512 if args.smoke else 2048), args.smoke)
+    max_len = 2048 if args.smoke else max(lengths) + 2048
+    replicas = start_replicas(model_dir, max_len, args.smoke)
     started_s = time.perf_counter() - t0
-    results = asyncio.run(run_all(replicas, lengths, args.smoke))
+    results = asyncio.run(
+        run_all(replicas, lengths, args.smoke, args.modes.split(","), args.trials, max_len)
+    )
     out = {
         "date": time.strftime("%Y-%m-%d"),
         "gpu": "none (smoke run)" if args.smoke else torch.cuda.get_device_name(0),
@@ -287,10 +321,11 @@ def main() -> None:
         "device_copy_GBps": round(device_bw / 1e9, 1),
         "pinned_d2h_GBps": round(host_bw / 1e9, 1),
         "replicas_started_s": round(started_s, 1),
+        "summary": summarize(results),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k != "results"}))
+    print(json.dumps({k: v for k, v in out.items() if k != "results"}, indent=1))
     ray.shutdown()
 
 

@@ -25,6 +25,7 @@ _CLASSES: dict[str, type] = {
     "torch.Tensor": torch.Tensor,
     "torch.storage.UntypedStorage": torch.storage.UntypedStorage,
     "torch.UntypedStorage": torch.UntypedStorage,
+    "torch.storage.TypedStorage": torch.storage.TypedStorage,  # what torch 2.11 names
 }
 
 

@@ -21,7 +21,8 @@ from actors.replica.actor import ReplicaActor
 pytestmark = pytest.mark.gpu
 
 ENGINE = EngineConfig(cache=CacheConfig(num_gpu_blocks_override=512), device="cuda")
-PARAMS = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+# Long enough that the request still runs when the migration commits (tiny model, fast GPU).
+PARAMS = SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True)
 PROMPT = tuple(range(10, 90))
 
 
@@ -45,7 +46,9 @@ def test_a_stream_moves_between_replicas_sharing_a_gpu(ray_local: None, transpor
                 tokens.extend(d.token_ids)
                 if report is None and len(tokens) >= 8:
                     cmd = MigrateOut("gpu-move", b, transport)
-                    report = (await control.execute(cmd, f"m-{transport}", 60)).body
+                    result = await control.execute(cmd, f"m-{transport}", 60)
+                    assert result.error is None, result.error
+                    report = result.body
                 if d.migrated_to is not None:
                     tokens.extend([t async for x in cb.attach("gpu-move") for t in x.token_ids])
                     break
