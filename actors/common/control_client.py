@@ -7,11 +7,14 @@ import asyncio
 
 import grpc
 
-from actors.common.commands import BlockChunk, Command, CommandResult
+from actors.common.commands import Command, CommandResult
 from actors.common.config import TlsFiles
 from actors.common.tls import aio_channel
-from actors.common.wire import chunk_to_pb, command_to_pb, result_from_pb
-from protos import replica_pb2_grpc
+from actors.common.wire import command_to_pb, result_from_pb
+from protos import replica_pb2, replica_pb2_grpc
+
+_SERVICE = replica_pb2.DESCRIPTOR.services_by_name["ReplicaControl"]
+_PUSH_BLOCKS = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['PushBlocks'].name}"
 
 
 class ReplicaControlClient:
@@ -21,6 +24,7 @@ class ReplicaControlClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: replica_pb2_grpc.ReplicaControlStub | None = None
+        self._push: grpc.aio.UnaryUnaryMultiCallable | None = None
 
     def _ensure_stub(self) -> replica_pb2_grpc.ReplicaControlStub:
         loop = asyncio.get_running_loop()
@@ -29,6 +33,10 @@ class ReplicaControlClient:
             self._loop = loop
             self._channel = aio_channel(self.address, self._tls)
             self._stub = replica_pb2_grpc.ReplicaControlStub(self._channel)
+            # PushBlocks' request goes out as the bytes it already is (no serializer).
+            self._push = self._channel.unary_unary(
+                _PUSH_BLOCKS, response_deserializer=replica_pb2.CommandResult.FromString
+            )
         return self._stub
 
     async def execute(self, command: Command, command_id: str, timeout_s: float) -> CommandResult:
@@ -38,12 +46,14 @@ class ReplicaControlClient:
         )
         return result_from_pb(reply)
 
-    async def push_blocks(self, chunk: BlockChunk, timeout_s: float) -> CommandResult:
-        """A migration's host transport: one chunk of KV blocks (raises AioRpcError)."""
-        reply = await self._ensure_stub().PushBlocks(chunk_to_pb(chunk), timeout=timeout_s)
-        return result_from_pb(reply)
+    async def push_blocks(self, frame: bytes, timeout_s: float) -> CommandResult:
+        """A migration's host transport: one chunk of KV blocks as wire.chunk_frame built it,
+        sent as it is (raises AioRpcError)."""
+        self._ensure_stub()
+        assert self._push is not None
+        return result_from_pb(await self._push(frame, timeout=timeout_s))
 
     async def close(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel, self._stub, self._push = self._channel, None, None, None
         if channel is not None and self._loop is asyncio.get_running_loop():
             await channel.close()

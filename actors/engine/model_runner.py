@@ -259,11 +259,15 @@ class ModelRunner:
             self.kv_cache[:, :, dev_idx.to(self._device)] = src.to(self._device, non_blocking=True)
 
     def export_blocks(self, block_ids: list[int]) -> torch.Tensor:
-        """KV of `block_ids` for every layer: [L, 2, n, block_size, Hkv, D] (a copy, on device).
+        """KV of `block_ids` for every layer: [L, 2, n, block_size, Hkv, D] (a copy, on device),
+        complete when this returns, so any thread may read it.
 
         The seam for moving a request's KV elsewhere (migration, prefix transfer).
         """
-        return self.kv_cache.index_select(2, self._block_index(block_ids, "block_ids"))
+        out = self.kv_cache.index_select(2, self._block_index(block_ids, "block_ids"))
+        if out.is_cuda:
+            torch.cuda.current_stream(out.device).synchronize()
+        return out
 
     def import_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
         """Writes `data` ([L, 2, n, block_size, Hkv, D], any device) into `block_ids`."""

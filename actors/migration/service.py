@@ -65,8 +65,8 @@ class MigrationCommands:
             AbortMigrateIn: lambda c, _: self.target.abort(c),
         }
 
-    async def push(self, chunk: BlockChunk) -> Done:
-        return await self.target.push(chunk)
+    async def push(self, chunk: BlockChunk, payload: memoryview) -> Done:
+        return await self.target.push(chunk, payload)
 
     async def _migrate_out(self, command: MigrateOut, command_id: str) -> MigrationReport:
         if command.target_address == self._own_address:
@@ -104,8 +104,8 @@ class MigrationCommands:
         if choice != "cuda_ipc":
             timeout = self._settings.command_timeout_s
 
-            async def push(chunk: BlockChunk) -> CommandResult:
-                return await _retrying(lambda: peer.push_blocks(chunk, timeout), chunk.migration_id)
+            async def push(migration_id: str, frame: bytes) -> CommandResult:
+                return await _retrying(lambda: peer.push_blocks(frame, timeout), migration_id)
 
             offered.append(
                 HostTransport(

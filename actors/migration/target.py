@@ -114,15 +114,15 @@ class MigrationTarget:
         self._start_janitor()
         return Reservation(len(block_ids))
 
-    async def push(self, chunk: BlockChunk) -> Done:
-        """Host transport: write `chunk`'s blocks into the reservation."""
+    async def push(self, chunk: BlockChunk, payload: memoryview) -> Done:
+        """Host transport: write `chunk`'s blocks (their bytes: `payload`) into the reservation."""
         incoming = self._get(chunk.migration_id)
         ids = await self._room(incoming, chunk.start + chunk.count)
         runner = self._loop.engine.runner
         shape = tuple(runner.kv_cache.shape)
         shape = (*shape[:2], chunk.count, *shape[3:])
         try:
-            data = await asyncio.to_thread(from_bytes, chunk.data, chunk.dtype, shape)
+            data = from_bytes(payload, chunk.dtype, shape)  # a view: no copy
         except ValueError as exc:
             raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "data") from exc
         dst = ids[chunk.start : chunk.start + chunk.count]

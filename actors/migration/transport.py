@@ -2,8 +2,9 @@
 reservation. One interface, one implementation per path:
 
   host      the source gathers the blocks on its device, copies them to host memory and sends
-            them as bytes over gRPC (ReplicaControl.PushBlocks), in chunks of chunk_bytes; the
-            destination scatters them into its reserved blocks. Works everywhere, CPU included.
+            them as bytes over gRPC (ReplicaControl.PushBlocks, as raw frames: see
+            wire.chunk_frame), in chunks of chunk_bytes; the destination scatters them into its
+            reserved blocks. Works everywhere, CPU included.
   cuda_ipc  same node: the destination maps the source's KV cache once through a CUDA IPC handle
             (sent in PrepareMigrateIn) and copies the blocks device to device itself
             (PullBlocks carries only block ids). See cuda_ipc.py.
@@ -16,13 +17,16 @@ decoding while its blocks move.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import torch
 
 from actors.common.commands import BlockChunk, Command, CommandResult
+from actors.common.wire import chunk_frame
 from actors.engine.engine import LLMEngine
 
 OnEngine = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -46,51 +50,88 @@ class Transport(ABC):
 
 
 class HostTransport(Transport):
-    """Blocks as bytes over gRPC, through host memory."""
+    """Blocks as bytes over gRPC, through host memory.
+
+    Per chunk: the gather on the engine thread; off it, a copy into a pinned staging buffer (on
+    a GPU) and one copy of that into the frame (wire.chunk_frame); the frame goes out while the
+    next chunk is staged (PIPELINE chunks in flight). The destination reads the frame's bytes
+    in place."""
 
     name = "host"
+    PIPELINE = 2  # chunks in flight: staging the next overlaps pushing this one
 
     def __init__(
         self,
         engine: LLMEngine,
         on_engine: OnEngine,
-        push: Callable[[BlockChunk], Awaitable[CommandResult]],
+        push: Callable[[str, bytes], Awaitable[CommandResult]],
         chunk_bytes: int,
     ) -> None:
         self._engine = engine
         self._on_engine = on_engine
         self._push = push
         self._per_chunk = max(1, chunk_bytes // engine.runner.kv_block_bytes)
+        self._staging: torch.Tensor | None = None  # pinned, made on the first GPU chunk
 
     async def send(self, migration_id: str, start: int, block_ids: list[int]) -> int:
         moved = 0
-        runner = self._engine.runner
-        for i in range(0, len(block_ids), self._per_chunk):
-            ids = block_ids[i : i + self._per_chunk]
-            # The gather is the only part that reads the cache: on the engine thread, quick.
-            gathered = await self._on_engine(lambda ids=ids: runner.export_blocks(ids))
-            data, dtype = await asyncio.to_thread(to_bytes, gathered)
-            chunk = BlockChunk(migration_id, start + i, len(ids), data, dtype)
-            result = await self._push(chunk)
-            if result.error is not None:
-                raise TransportError(f"destination refused blocks {start + i}..: {result.error}")
-            moved += len(data)
+        in_flight: deque[asyncio.Task[CommandResult]] = deque()
+        try:
+            for i in range(0, len(block_ids), self._per_chunk):
+                ids = block_ids[i : i + self._per_chunk]
+                frame = await self._frame(migration_id, start + i, ids)
+                if len(in_flight) >= self.PIPELINE:
+                    self._check(await in_flight.popleft(), start)
+                in_flight.append(asyncio.create_task(self._push(migration_id, frame)))
+                moved += len(frame)
+            while in_flight:
+                self._check(await in_flight.popleft(), start)
+        finally:
+            for task in in_flight:
+                task.cancel()
         return moved
 
+    async def _frame(self, migration_id: str, index: int, ids: list[int]) -> bytes:
+        runner = self._engine.runner
+        # The gather is the only part that reads the cache: on the engine thread, quick.
+        gathered = await self._on_engine(lambda: runner.export_blocks(ids))  # [L, 2, n, bs, H, D]
+        header = BlockChunk(migration_id, index, len(ids), b"", dtype_name(gathered.dtype))
+        return await asyncio.to_thread(self._to_frame, header, gathered)
 
-def to_bytes(blocks: torch.Tensor) -> tuple[bytes, str]:
-    """A gathered [L, 2, n, bs, H, D] tensor as host bytes (C order) and its dtype's name."""
-    host = blocks.detach().to("cpu").contiguous()
-    return host.view(torch.uint8).numpy().tobytes(), str(host.dtype).removeprefix("torch.")
+    def _to_frame(self, header: BlockChunk, gathered: torch.Tensor) -> bytes:
+        host = gathered
+        if gathered.is_cuda:
+            nbytes = gathered.numel() * gathered.element_size()
+            if self._staging is None:
+                size = self._per_chunk * self._engine.runner.kv_block_bytes
+                self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            host = self._staging[:nbytes].view(gathered.dtype).view(gathered.shape)
+            host.copy_(gathered)  # DMA into pinned memory
+        return chunk_frame(header, memoryview(host.reshape(-1).view(torch.uint8).numpy()))
+
+    @staticmethod
+    def _check(result: CommandResult, start: int) -> None:
+        if result.error is not None:
+            raise TransportError(f"destination refused blocks from {start}: {result.error}")
 
 
-def from_bytes(data: bytes, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The inverse of to_bytes; ValueError when the bytes do not make `shape` of `dtype`."""
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def from_bytes(data: memoryview | bytes, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A received chunk's bytes as a tensor of `shape` and `dtype`, read in place (the caller
+    only reads it); ValueError when the bytes do not make that shape."""
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype: unknown {dtype!r}")
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    nbytes = memoryview(data).nbytes
     expected = torch.Size(shape).numel() * torch.empty((), dtype=torch_dtype).element_size()
-    if flat.numel() != expected:
-        raise ValueError(f"data: {flat.numel()} bytes, {expected} expected for {shape} {dtype}")
+    if nbytes != expected:
+        raise ValueError(f"data: {nbytes} bytes, {expected} expected for {shape} {dtype}")
+    if expected == 0:
+        return torch.empty(shape, dtype=torch_dtype)
+    with warnings.catch_warnings():  # a read-only buffer: torch warns that writes would fail
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(data, dtype=torch.uint8)
     return flat.view(torch_dtype).reshape(shape)

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import grpc
+
 from actors.common.commands import (
     QUERIES,
     Abort,
@@ -30,7 +32,7 @@ from actors.common.commands import (
     Uncordon,
 )
 from actors.common.errors import CommandRefused, ErrorKind, ReplicaError
-from actors.common.wire import chunk_from_pb, command_from_pb, result_to_pb
+from actors.common.wire import chunk_from_frame, command_from_pb, result_to_pb
 from actors.migration.service import MigrationCommands
 from actors.replica.loop import EngineLoop
 from protos import replica_pb2, replica_pb2_grpc
@@ -144,14 +146,35 @@ class ReplicaControlServicer(replica_pb2_grpc.ReplicaControlServicer):
         result = await self._executor.execute(request.command_id, command_from_pb(request))
         return result_to_pb(result)
 
-    async def PushBlocks(
-        self, request: replica_pb2.BlockChunk, context: object
-    ) -> replica_pb2.CommandResult:
-        chunk = chunk_from_pb(request)
+    async def PushBlocks(self, request: bytes, context: object) -> replica_pb2.CommandResult:
+        """A BlockChunk as its raw frame (see wire.chunk_frame): the KV bytes are read in place."""
         if self._migration is None:
             return result_to_pb(_refused("", ErrorKind.UNKNOWN_COMMAND, "no migration here"))
         try:
-            body = await self._migration.push(chunk)
+            chunk, payload = chunk_from_frame(request)
+        except ValueError as exc:
+            return result_to_pb(_refused("", ErrorKind.INVALID_ARGUMENT, str(exc), "data"))
+        try:
+            body = await self._migration.push(chunk, payload)
         except CommandRefused as exc:
             return result_to_pb(CommandResult("", error=exc.error))
         return result_to_pb(CommandResult("", body))
+
+
+def add_control_to_server(servicer: ReplicaControlServicer, server: grpc.aio.Server) -> None:
+    """ReplicaControl's methods, as the generated registration has them, except that PushBlocks
+    receives its request unparsed (a frame of tens of MiB is not copied through protobuf)."""
+    service = replica_pb2.DESCRIPTOR.services_by_name["ReplicaControl"]
+    result = replica_pb2.CommandResult.SerializeToString
+    handlers = {
+        "Execute": grpc.unary_unary_rpc_method_handler(
+            servicer.Execute, replica_pb2.Command.FromString, result
+        ),
+        "PushBlocks": grpc.unary_unary_rpc_method_handler(servicer.PushBlocks, None, result),
+    }
+    missing = {m.name for m in service.methods} - set(handlers)
+    if missing:
+        raise RuntimeError(f"ReplicaControl methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )

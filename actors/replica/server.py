@@ -27,7 +27,7 @@ from actors.common.types import GenerateDelta, ModelInfo
 from actors.common.wire import model_info_to_pb, spec_from_pb
 from actors.engine.engine import LLMEngine
 from actors.migration.service import MigrationCommands
-from actors.replica.control import CommandExecutor, ReplicaControlServicer
+from actors.replica.control import CommandExecutor, ReplicaControlServicer, add_control_to_server
 from actors.replica.loop import EngineLoop
 from policies.cluster_view import ReplicaIdentity
 from protos import replica_pb2, replica_pb2_grpc
@@ -189,7 +189,7 @@ class ReplicaServer:
         )
         executor = CommandExecutor(self.engine_loop, migrations)
         control = ReplicaControlServicer(executor, migrations)
-        replica_pb2_grpc.add_ReplicaControlServicer_to_server(control, self._server)
+        add_control_to_server(control, self._server)
         self.engine_loop.start()
         self._call(self._server.start())
         logger.info("replica %s serving on %s", replica_id, self.identity.address)
