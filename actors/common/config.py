@@ -100,11 +100,33 @@ class SchedulerConfig:
             )
 
 
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Multi-LoRA serving (actors/lora): adapters resident on the device at once, their rank."""
+
+    max_loras: int = 0  # adapters on the device at once (distinct ones running); 0: LoRA off
+    max_lora_rank: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 0:
+            raise ValueError(f"max_loras: must be >= 0, got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"max_lora_rank: must be >= 1, got {self.max_lora_rank}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_loras > 0
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     enforce_eager: bool = False  # True: no CUDA graphs (debugging, and "before" benchmarks)
 

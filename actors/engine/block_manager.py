@@ -5,7 +5,7 @@ does the bookkeeping; the model runner reads `request.block_ids` to find where e
 lives and executes the (device_block, host_block) copies that swapping returns.
 
 Prefix caching: once a block is FULL and its KV computed, it gets the chained hash of
-`policies.prefix.block_hash` (parent hash, its tokens, the request's adapter id), the same
+`policies.prefix.block_hash` (parent hash, its tokens, the request's adapter and version), the same
 definition the ingress and the dispatch policy use, so hashes agree across processes. A freed
 block that carries a hash keeps its KV and stays findable until it is evicted, least recently
 freed first. Blocks without a hash are always handed out before a cached one is evicted.
@@ -169,7 +169,7 @@ class BlockManager:
             i = len(chain)
             parent = chain[-1] if chain else None
             chain.append(
-                block_hash(parent, request.tokens_slice(i * bs, (i + 1) * bs), request.adapter_id)
+                block_hash(parent, request.tokens_slice(i * bs, (i + 1) * bs), request.cache_salt)
             )
         return chain
 

@@ -44,6 +44,8 @@ from actors.engine.outputs import CompletionResult, RequestOutput, SchedulerOutp
 from actors.engine.request import FINISH_REASONS, Request, RequestStatus
 from actors.engine.sampler import Sampler, export_generator_state, import_generator_state
 from actors.engine.scheduler import Scheduler
+from actors.lora.adapter import LoRAAdapter
+from actors.lora.registry import AdapterRegistry
 from actors.models.embedded import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,11 @@ class LLMEngine:
             num_host_blocks=self.runner.num_host_blocks,
         )
         self.max_model_len = self.runner.max_model_len
-        self.scheduler = Scheduler(config.scheduler, self.block_manager, self.max_model_len)
+        self.scheduler = Scheduler(
+            config.scheduler, self.block_manager, self.max_model_len, config.lora.max_loras
+        )
+        on_gpu = self.runner.device.type == "cuda"
+        self.adapters = AdapterRegistry(self.runner.arch, config.lora, pin=on_gpu)
         self.sampler = Sampler()
         self._seed_rng = random.Random(config.model.seed)
         self._requests: dict[str, Request] = {}  # live child requests by their own id
@@ -144,12 +150,15 @@ class LLMEngine:
         *,
         priority: int = 0,
         arrival_time: float | None = None,
+        adapter: str | None = None,
     ) -> None:
-        """Validate and queue a request (n > 1 becomes n children sharing the prompt's blocks)."""
+        """Validate and queue a request (n > 1 becomes n children sharing the prompt's blocks).
+        `adapter`: the name of a loaded LoRA adapter to serve it with (None: the base model)."""
         if not request_id:
             raise ValueError("request_id: must be a non-empty string")
         if request_id in self._children:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
+        version = self.adapters.for_request(adapter).version if adapter else ""
         params.validate(self.runner.vocab_size)
         prompt_ids = self._prompt_ids(prompt)
         self._check_fits(prompt_ids, params)
@@ -172,6 +181,8 @@ class LLMEngine:
                 sampling_seed=seed,
                 parent_id=request_id if params.n > 1 else None,
                 index=index,
+                adapter_id=adapter,
+                adapter_version=version,
             )
             self._requests[child_id] = req
             self._detok[child_id] = IncrementalDetokenizer(
@@ -273,7 +284,9 @@ class LLMEngine:
 
     def _run(self, sched_out: SchedulerOutput) -> tuple[dict[str, int], dict[str, object]]:
         """Sampled token ids by request id, and logprobs by request id for those that asked."""
-        logits = self.runner.execute(sched_out)  # [num_sampled, V]
+        slots = self._adapter_slots()
+        # [num_sampled, V]; a step without adapters calls the plain seam (shard runners, fakes)
+        logits = self.runner.execute(sched_out, slots) if slots else self.runner.execute(sched_out)
         reqs = [c.request for c in sched_out.chunks if c.needs_sample]
         if not reqs:
             return {}, {}
@@ -360,10 +373,49 @@ class LLMEngine:
         self._detok.pop(child_id, None)
         if req is None:
             return
+        if req.adapter_id is not None:
+            name = req.adapter_id
+            if self.adapters.finished(name, self._adapter_in_use(name)):
+                self._evict_adapter(name)
         parent = req.parent_id or req.request_id
         siblings = self._children.get(parent)
         if siblings is not None and all(s not in self._requests for s in siblings):
             del self._children[parent]
+
+    # ---- LoRA adapters ---------------------------------------------------------------------
+
+    def add_adapter(self, name: str, path: str) -> LoRAAdapter:
+        """Load (or keep) a PEFT adapter under `name`; AdapterError (a ValueError) says why not."""
+        adapter = self.adapters.add(name, path, self._adapter_in_use(name))
+        self._evict_adapter(name)  # a resident older version must not serve the new one
+        return adapter
+
+    def remove_adapter(self, name: str) -> None:
+        """New requests for `name` are refused now; it goes when the last in flight ends."""
+        in_use = self._adapter_in_use(name)
+        self.adapters.remove(name, in_use)
+        if not in_use:
+            self._evict_adapter(name)
+
+    def resident_adapters(self) -> list[str]:
+        lora = self.runner.lora
+        return lora.pool.resident() if lora is not None else []
+
+    def _adapter_in_use(self, name: str) -> bool:
+        return any(r.adapter_id == name for r in self._requests.values())
+
+    def _evict_adapter(self, name: str) -> None:
+        lora = self.runner.lora
+        if lora is not None and name in lora.pool.resident():
+            lora.pool.evict(name)
+
+    def _adapter_slots(self) -> dict[str, int]:
+        """Device slots for the adapters of every running request (loading what is missing)."""
+        lora = self.runner.lora
+        if lora is None:
+            return {}
+        names = {r.adapter_id for r in self.scheduler.running_requests() if r.adapter_id}
+        return lora.pool.ensure(self.adapters.get(n) for n in names) if names else {}
 
     # ---- conveniences ----------------------------------------------------------------------
 
@@ -371,16 +423,21 @@ class LLMEngine:
         self,
         prompts: list[str | list[int]],
         params: SamplingParams | list[SamplingParams],
+        adapters: list[str | None] | None = None,
     ) -> list[CompletionResult]:
-        """Run prompts to completion (blocking) and return one result per prompt, in order."""
+        """Run prompts to completion (blocking) and return one result per prompt, in order
+        (`adapters`: a LoRA adapter name or None per prompt)."""
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError("params: need one SamplingParams per prompt")
+        alist = adapters if adapters is not None else [None] * len(prompts)
+        if len(alist) != len(prompts):
+            raise ValueError("adapters: need one adapter (or None) per prompt")
         base = f"gen-{self._draw_seed():x}"
         ids = [f"{base}-{i}" for i in range(len(prompts))]
         results: dict[str, CompletionResult] = {}
-        for rid, prompt, p in zip(ids, prompts, plist, strict=True):
-            self.add_request(rid, prompt, p)
+        for rid, prompt, p, adapter in zip(ids, prompts, plist, alist, strict=True):
+            self.add_request(rid, prompt, p, adapter=adapter)
             n = p.n
             results[rid] = CompletionResult(
                 request_id=rid,
@@ -509,6 +566,10 @@ class LLMEngine:
             )
         if state.num_tokens >= self.max_model_len:
             raise ValueError(f"request_id: {rid!r} does not fit max_model_len here")
+        adapter = state.adapter_id
+        version = self.adapters.for_request(adapter).version if adapter else ""
+        if adapter and not self.scheduler.adapter_fits(adapter):
+            raise ValueError(f"adapter_id: {adapter!r} would exceed max_loras here")
         req = Request(
             request_id=rid,
             prompt_token_ids=list(state.prompt_token_ids),
@@ -517,7 +578,8 @@ class LLMEngine:
             extra_eos_token_ids=state.extra_eos_token_ids,
             arrival_time=time.monotonic() - state.age_s,
             priority=state.priority,
-            adapter_id=state.adapter_id,
+            adapter_id=adapter,
+            adapter_version=version,
             output_token_ids=list(state.output_token_ids),
             num_computed_tokens=state.num_computed_tokens,
             block_ids=list(block_ids),

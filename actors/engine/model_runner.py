@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from actors.engine.cuda_graphs import DecodeGraphs
 from actors.engine.input_batch import InputBatch, build_input_batch, pack_batch
 from actors.engine.outputs import ScheduledChunk, SchedulerOutput
 from actors.engine.parallel import TensorParallel
+from actors.lora.pool import AdapterPool, LoRAHooks
 from actors.models.attention import KVCache
 from actors.models.config import ModelArchConfig, load_arch_config
 from actors.models.llama import LlamaForCausalLM
@@ -119,6 +121,12 @@ class ModelRunner:
             world = tensor_parallel.world_size
         self._kv_heads = self.arch.num_kv_heads // world  # this rank's share of the KV heads
         self.model = self._load(model_dir, config, tensor_parallel)
+        self.lora: LoRAHooks | None = None
+        if config.lora.enabled:
+            if tensor_parallel is not None:
+                raise ValueError("lora: adapters with tensor parallelism are not supported yet")
+            pool = AdapterPool(self.arch, config.lora, self._dtype, self._device)
+            self.lora = LoRAHooks(self.model, pool)
         num_blocks = self._plan_num_blocks()
         if tensor_parallel is not None:  # the ranks address the same block ids
             num_blocks = tensor_parallel.agree_min(num_blocks, self._device)
@@ -212,16 +220,39 @@ class ModelRunner:
     # ---- the step ----------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def execute(self, sched_out: SchedulerOutput) -> torch.Tensor:
-        """Swaps first, then the forward; logits [S, V] fp32 for the chunks that sample."""
+    def execute(
+        self, sched_out: SchedulerOutput, adapter_slots: Mapping[str, int] | None = None
+    ) -> torch.Tensor:
+        """Swaps first, then the forward; logits [S, V] fp32 for the chunks that sample.
+        `adapter_slots`: the AdapterPool slot of every adapter the chunks' requests use."""
         self.swap(sched_out.swap_out, sched_out.swap_in)
         chunks = sched_out.chunks
         if not chunks:
             return torch.empty(0, self.vocab_size, device=self._device)
+        if adapter_slots and self.lora is not None:
+            return self._run_with_adapters(chunks, adapter_slots, self.lora)
         # A graph step copies host inputs into its static buffers; an eager step wants them on
         # the device, where pack_batch puts them with one pinned copy each.
         on_host = self.uses_graph(len(chunks), max(c.num_new_tokens for c in chunks))
         return self.run_batch(self._build(chunks, _CPU if on_host else self._device))
+
+    def _run_with_adapters(
+        self, chunks: list[ScheduledChunk], slots: Mapping[str, int], lora: LoRAHooks
+    ) -> torch.Tensor:
+        """An eager step whose projections add each token's adapter delta (no CUDA graph: the
+        captured graphs hold no LoRA)."""
+        per_chunk = [
+            (slots[c.request.adapter_id] if c.request.adapter_id else -1, c.num_new_tokens)
+            for c in chunks
+        ]
+        token_slots = torch.tensor([s for s, n in per_chunk for _ in range(n)], dtype=torch.int32)
+        batch = self._build(chunks, self._device)
+        lora.batch = lora.pool.batch(token_slots)  # [T]
+        try:
+            hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
+        finally:
+            lora.batch = None
+        return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
 
     def uses_graph(self, num_tokens: int, max_query_len: int) -> bool:
         """Whether a step of this shape replays a captured decode graph."""

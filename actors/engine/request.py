@@ -50,7 +50,8 @@ class Request:
     extra_eos_token_ids: tuple[int, ...] = ()  # e.g. Llama 3's <|eot_id|> beside <|end_of_text|>
     arrival_time: float = field(default_factory=time.monotonic)
     priority: int = 0  # lower value is served first; FCFS within a priority
-    adapter_id: str | None = None  # later: LoRA adapter; part of the prefix-cache key
+    adapter_id: str | None = None  # the LoRA adapter's name (None: the base model)
+    adapter_version: str = ""  # its content hash: with the name, part of the prefix-cache key
     # Mutable state.
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
@@ -63,6 +64,14 @@ class Request:
     parent_id: str | None = None  # for n > 1: the user's request id; this is choice `index`
     index: int = 0
     error: str | None = None
+
+    @property
+    def cache_salt(self) -> str | None:
+        """What the prefix cache keys blocks by besides tokens: KV computed under one adapter
+        version is never reused for another."""
+        if self.adapter_id is None or not self.adapter_version:
+            return self.adapter_id
+        return f"{self.adapter_id}@{self.adapter_version}"
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -51,11 +51,17 @@ class _Step:
 
 class Scheduler:
     def __init__(
-        self, config: SchedulerConfig, block_manager: BlockManager, max_model_len: int
+        self,
+        config: SchedulerConfig,
+        block_manager: BlockManager,
+        max_model_len: int,
+        max_loras: int = 0,
     ) -> None:
+        """`max_loras`: distinct LoRA adapters running at once (their device slots); 0: no limit."""
         if max_model_len < 2:
             raise ValueError(f"max_model_len: must be >= 2, got {max_model_len}")
         self.config = config
+        self.max_loras = max_loras
         self.block_manager = block_manager
         self.max_model_len = max_model_len
         self._requests: dict[str, Request] = {}  # every unfinished request by id
@@ -232,6 +238,8 @@ class Scheduler:
         for req in sorted(self._swapped, key=self._rank):
             if step.budget <= 0 or len(self._running) >= self.config.max_num_seqs:
                 return
+            if not self.adapter_fits(req.adapter_id):
+                return
             num_new = min(self._remaining(req), step.budget)
             # A victim may hold a block beyond its computed tokens (its dropped chunk's).
             need = max(len(req.block_ids), bm.blocks_needed(req.num_computed_tokens + num_new))
@@ -263,6 +271,8 @@ class Scheduler:
             if self._gated(req) or req.request_id in self._paused:
                 i += 1
                 continue
+            if not self.adapter_fits(req.adapter_id):
+                return  # FCFS, as for blocks: it runs when a slot frees; nobody overtakes it
             hit_blocks, num_hit = bm.get_computed_blocks(req)
             num_new = min(req.num_tokens - num_hit, step.budget)
             if not bm.allocate_slots(req, num_new, hit_blocks):
@@ -277,6 +287,14 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             self._running[req.request_id] = req
             step.add(req, num_new)
+
+    def adapter_fits(self, adapter: str | None) -> bool:
+        """Whether a request of `adapter` may run now: its adapter already runs, or a device
+        slot is left for it."""
+        if adapter is None or not self.max_loras:
+            return True
+        active = {r.adapter_id for r in self._running.values() if r.adapter_id}
+        return adapter in active or len(active) < self.max_loras
 
     def _gated(self, req: Request) -> bool:
         """n > 1: later choices wait until choice 0 computed the prompt they will share."""

@@ -1,0 +1,94 @@
+"""The adapters one engine can serve, with their weights in host memory (the host tier; the device
+tier is actors/lora/pool.py). Engine thread only.
+
+Unloading an adapter that requests still use refuses new requests at once and lets those finish;
+the weights go when the last one does. Loading a name again with the same content is a no-op;
+with other content it is a new version (the prefix cache keys include it), refused while the old
+one is in use.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from actors.common.config import LoRAConfig
+from actors.lora.adapter import AdapterError, LoRAAdapter, load_adapter
+from actors.models.config import ModelArchConfig
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}")
+
+
+class AdapterRegistry:
+    def __init__(self, arch: ModelArchConfig, lora: LoRAConfig, pin: bool) -> None:
+        self._arch = arch
+        self._lora = lora
+        self._pin = pin  # pinned host memory: the copies to the device run asynchronously
+        self._adapters: dict[str, LoRAAdapter] = {}
+        self._unloading: set[str] = set()
+
+    def add(self, name: str, path: str, in_use: bool) -> LoRAAdapter:
+        if not self._lora.enabled:
+            raise AdapterError("lora_name: adapters are off here (lora.max_loras is 0)")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise AdapterError(
+                f"lora_name: {name!r} must be 1-128 letters, digits, '.', '_', '-' or '/'"
+            )
+        adapter = load_adapter(name, Path(path), self._arch, self._lora.max_lora_rank)
+        old = self._adapters.get(name)
+        if old is not None and old.version == adapter.version:
+            self._unloading.discard(name)
+            return old
+        if old is not None and in_use:
+            raise AdapterError(
+                f"lora_name: {name!r} is in use with other content; unload it and wait for its "
+                "requests to finish first"
+            )
+        if self._pin:
+            adapter = _pinned(adapter)
+        self._adapters[name] = adapter
+        self._unloading.discard(name)
+        return adapter
+
+    def remove(self, name: str, in_use: bool) -> None:
+        if name not in self._adapters or name in self._unloading:
+            raise AdapterError(f"lora_name: {name!r} is not loaded")
+        if in_use:
+            self._unloading.add(name)
+        else:
+            del self._adapters[name]
+
+    def finished(self, name: str, in_use: bool) -> bool:
+        """A request of `name` ended; True when this dropped an adapter being unloaded."""
+        if name in self._unloading and not in_use:
+            self._unloading.discard(name)
+            del self._adapters[name]
+            return True
+        return False
+
+    def for_request(self, name: str) -> LoRAAdapter:
+        """The adapter a new request names; AdapterError if it cannot take requests."""
+        adapter = self._adapters.get(name)
+        if adapter is None or name in self._unloading:
+            raise AdapterError(f"model: adapter {name!r} is not loaded here")
+        return adapter
+
+    def get(self, name: str) -> LoRAAdapter:
+        """An adapter in-flight requests use (also while it is being unloaded)."""
+        return self._adapters[name]
+
+    def listing(self) -> list[LoRAAdapter]:
+        return [a for n, a in self._adapters.items() if n not in self._unloading]
+
+
+def _pinned(adapter: LoRAAdapter) -> LoRAAdapter:
+    weights = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()}
+    return LoRAAdapter(
+        adapter.name,
+        adapter.path,
+        adapter.rank,
+        adapter.scaling,
+        adapter.modules,
+        weights,
+        adapter.version,
+    )
