@@ -50,7 +50,8 @@ class ReplicaLoad:
     migrating_out: int = 0  # migrations this replica is the source of, now
     migrating_in: int = 0  # migrations it is the destination of (reservations held), now
     migrated_bytes: int = 0  # KV bytes it has sent for migrations since it started
-    adapters_resident: frozenset[str] = frozenset()
+    adapters_loaded: frozenset[str] = frozenset()  # LoRA adapters it can serve (host memory)
+    adapters_resident: frozenset[str] = frozenset()  # ... of which in device memory now
     # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
     prefix_hashes: frozenset[str] = frozenset()
 

@@ -132,11 +132,21 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter to serve: its name and PEFT directory (checked against allowed dirs by
+    whoever made this)."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything a replica needs to build its engine."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     tensor_parallel_size: int = 1
+    adapters: tuple[AdapterRef, ...] = ()  # loaded before the replica serves
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

@@ -11,8 +11,12 @@ def build_engine(spec: ReplicaSpec) -> LLMEngine:
     """Build the engine a replica drives: tensor_parallel_size > 1 adds N-1 shard actors
     (actors/shard) in a placement group next to this process, which is rank 0."""
     if spec.tensor_parallel_size != 1:
-        return build_sharded_engine(spec.engine, spec.tensor_parallel_size)
-    return LLMEngine(spec.engine)
+        engine = build_sharded_engine(spec.engine, spec.tensor_parallel_size)
+    else:
+        engine = LLMEngine(spec.engine)
+    for ref in spec.adapters:  # an adapter that cannot load fails the start, naming it
+        engine.add_adapter(ref.name, ref.path)
+    return engine
 
 
 def close_engine(engine: LLMEngine) -> None:

@@ -416,7 +416,9 @@ class EngineLoop:
             if resumed:
                 params = replace(params, max_tokens=params.max_tokens - resumed)
             prompt = list(spec.prompt_token_ids) + list(spec.resume_token_ids)
-            self._engine.add_request(spec.request_id, prompt, params, priority=spec.priority)
+            self._engine.add_request(
+                spec.request_id, prompt, params, priority=spec.priority, adapter=spec.adapter_id
+            )
         except ValueError as exc:
             outbox.add_whole(_error_delta(spec, ReplicaError.from_value_error(exc)))
             return
@@ -514,6 +516,8 @@ class EngineLoop:
             migrating_in=self.migrating_in,
             migrated_bytes=self.migrated_bytes,
             prefix_hashes=frozenset(s.prefix_hashes),
+            adapters_loaded=frozenset(a.name for a in self._engine.adapters.listing()),
+            adapters_resident=frozenset(self._engine.resident_adapters()),
         )
         return LoadReport(self._identity, seq=0, load=load)
 

@@ -195,8 +195,11 @@ class Handlers:
             self.metrics.observe_request("/v1/models", exc.status)
             return error_response(exc)
         m = self.serving.model
-        card = model_card(m.name, self.started, m.max_model_len, m.vocab_size)
-        return JSONResponse({"object": "list", "data": [card]})
+        cards = [model_card(m.name, self.started, m.max_model_len, m.vocab_size)]
+        for name in sorted(self.serving.loaded_adapters()):
+            card = model_card(name, self.started, m.max_model_len, m.vocab_size)
+            cards.append({**card, "parent": m.name})  # vLLM's shape: root = the adapter
+        return JSONResponse({"object": "list", "data": cards})
 
     async def health(self) -> JSONResponse:
         report = await self.health_check()

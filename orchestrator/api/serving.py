@@ -26,7 +26,7 @@ from actors.common.types import GenerateDelta, GenerateSpec, ModelInfo
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.api.protocol import ChatCompletionRequest, CompletionRequest
-from policies.cluster_view import RequestMeta
+from policies.cluster_view import ClusterView, RequestMeta
 from policies.prefix import block_hashes
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class RouterLike(Protocol):
     def release(self, replica_id: str) -> None: ...
 
     def replica_id_at(self, address: str) -> str | None: ...
+
+    @property
+    def view(self) -> ClusterView | None: ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Prepared:
     include_usage: bool
     chat: bool
     return_token_ids: bool = False
+    adapter: str | None = None  # the LoRA adapter the `model` field named
     arrival: float = field(default_factory=time.perf_counter)
 
 
@@ -129,17 +133,30 @@ class OpenAIServing:
 
     # ---- validation and tokenization -------------------------------------------------------
 
-    def check_model(self, name: str) -> None:
+    def loaded_adapters(self) -> frozenset[str]:
+        """The LoRA adapters some ready replica serves (as their load reports say)."""
+        view = self.router.view
+        if view is None:
+            return frozenset()
+        return frozenset().union(*(r.adapters_loaded for r in view.replicas if r.healthy))
+
+    def resolve_model(self, name: str) -> str | None:
+        """The adapter `model` names (None: the base model): BASE, BASE:ADAPTER or ADAPTER."""
         if name == self.model.name:
-            return
+            return None
+        loaded = self.loaded_adapters()
         base, sep, adapter = name.partition(":")
         if sep and base == self.model.name:
+            if adapter in loaded:
+                return adapter
             raise APIError(
                 404,
-                f"model {name!r}: adapter {adapter!r} is not available",
+                f"model {name!r}: adapter {adapter!r} is not loaded",
                 "model",
                 "model_not_found",
             )
+        if name in loaded:
+            return name
         raise APIError(
             404,
             f"model {name!r} not found; this server serves {self.model.name!r}",
@@ -148,17 +165,17 @@ class OpenAIServing:
         )
 
     def prepare_completion(self, req: CompletionRequest) -> Prepared:
-        self.check_model(req.model)
+        adapter = self.resolve_model(req.model)
         try:
             prompt = req.single_prompt()
             ids = self._encode(prompt)
             params = req.to_sampling_params()
         except ValueError as exc:
             raise errors.from_value_error(exc) from exc
-        return self._prepared(req, ids, params, chat=False)
+        return self._prepared(req, ids, params, chat=False, adapter=adapter)
 
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
-        self.check_model(req.model)
+        adapter = self.resolve_model(req.model)
         tok = self.model.tokenizer
         try:
             text = tok.apply_chat_template(
@@ -170,7 +187,7 @@ class OpenAIServing:
             params = req.to_sampling_params(default_max_tokens=max(1, room))
         except ValueError as exc:
             raise errors.from_value_error(exc) from exc
-        return self._prepared(req, ids, params, chat=True)
+        return self._prepared(req, ids, params, chat=True, adapter=adapter)
 
     def _encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -187,6 +204,7 @@ class OpenAIServing:
         ids: list[int],
         params: SamplingParams,
         chat: bool,
+        adapter: str | None = None,
     ) -> Prepared:
         try:
             params.validate(self.model.vocab_size)
@@ -214,6 +232,7 @@ class OpenAIServing:
             include_usage=req.include_usage,
             chat=chat,
             return_token_ids=req.return_token_ids,
+            adapter=adapter,
         )
 
     def token_text(self, token_id: int) -> str:
@@ -249,7 +268,10 @@ class OpenAIServing:
             num_prompt_tokens=len(prep.prompt_token_ids),
             max_tokens=prep.params.max_tokens,
             priority=prep.priority,
-            prefix_hashes=tuple(block_hashes(prep.prompt_token_ids, self.model.block_size)),
+            prefix_hashes=tuple(
+                block_hashes(prep.prompt_token_ids, self.model.block_size, prep.adapter)
+            ),
+            adapter_id=prep.adapter,
         )
         outcome = await self.router.decide(meta)
         if outcome.result is None:
@@ -306,6 +328,7 @@ class Relay:
             sampling=prep.params,
             priority=prep.priority,
             resume_token_ids=resume,
+            adapter_id=prep.adapter,
         )
         client = self._serving.pool.get(self._route.address)
         self._gen = client.generate(spec).__aiter__()

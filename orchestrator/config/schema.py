@@ -7,7 +7,8 @@ number), extra keys forbidden, models frozen. Byte sizes take an int or a string
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -132,6 +133,20 @@ class MigrationSection(Section):
     rebalance: RebalanceSection = RebalanceSection()
 
 
+class AdapterSource(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")  # the OpenAI model suffix
+    path: str = Field(min_length=1)  # a PEFT directory under one of adapters.allowed_dirs
+
+
+class AdaptersSection(Section):
+    """Multi-LoRA (docs/lora.md): PEFT adapters every replica serves beside the base model."""
+
+    max_loras: int = Field(default=0, ge=0)  # adapters in device memory at once; 0: LoRA off
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    allowed_dirs: tuple[str, ...] = Field(default=(), strict=False)  # adapters load only from these
+    preload: tuple[AdapterSource, ...] = Field(default=(), strict=False)  # served from the start
+
+
 class ServerSection(Section):
     host: str = "127.0.0.1"
     http_port: Port = 8000
@@ -168,6 +183,7 @@ class DeploymentConfig(Section):
     engine: EngineSection = EngineSection()
     dispatch: DispatchSection = DispatchSection()
     migration: MigrationSection = MigrationSection()
+    adapters: AdaptersSection = AdaptersSection()
     server: ServerSection = ServerSection()
     security: SecuritySection = SecuritySection()
 
@@ -219,6 +235,7 @@ def section_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
     checks = (
         ("engine", _engine_issues),
         ("migration", _migration_issues),
+        ("adapters", _adapter_issues),
         ("dispatch", _dispatch_issues),
         ("server", _server_issues),
         ("security", _security_issues),
@@ -289,6 +306,34 @@ def _migration_issues(m: MigrationSection) -> list[tuple[str, str]]:
             )
         ]
     return []
+
+
+def _adapter_issues(a: AdaptersSection) -> list[tuple[str, str]]:
+    issues = []
+    if a.preload and not a.max_loras:
+        issues.append(("adapters.max_loras", "must be >= 1 when adapters.preload lists adapters"))
+    names = [src.name for src in a.preload]
+    for i, src in enumerate(a.preload):
+        where = f"adapters.preload.{i}"
+        if names.count(src.name) > 1:
+            issues.append((f"{where}.name", f"{src.name!r} is listed more than once"))
+        reason = adapter_path_issue(src.path, a.allowed_dirs)
+        if reason:
+            issues.append((f"{where}.path", reason))
+    return issues
+
+
+def adapter_path_issue(path: str, allowed_dirs: Sequence[str]) -> str | None:
+    """Why an adapter may not be loaded from `path` (None: it may): it must resolve, symlinks
+    followed, inside one of `allowed_dirs` and hold a PEFT adapter."""
+    real = Path(path).resolve()
+    roots = [Path(d).resolve() for d in allowed_dirs]
+    if not any(real == r or r in real.parents for r in roots):
+        where = ", ".join(str(r) for r in roots) or "none set"
+        return f"{path!r} is outside adapters.allowed_dirs ({where})"
+    if not (real / "adapter_config.json").is_file():
+        return f"{path!r} holds no adapter_config.json (not a PEFT adapter directory)"
+    return None
 
 
 def _dispatch_issues(d: DispatchSection) -> list[tuple[str, str]]:

@@ -7,8 +7,10 @@ import threading
 import yaml
 
 from actors.common.config import (
+    AdapterRef,
     CacheConfig,
     EngineConfig,
+    LoRAConfig,
     MigrationSettings,
     ModelConfig,
     ReplicaOptions,
@@ -48,13 +50,19 @@ def replica_spec(cfg: DeploymentConfig) -> ReplicaSpec:
     kw = cfg.engine_kwargs()
     # A replica without a GPU must not grab one its node happens to have.
     device = "auto" if cfg.replicas.resources.num_gpus > 0 else "cpu"
+    a = cfg.adapters
     engine = EngineConfig(
         model=ModelConfig(**kw["model"]),
         cache=CacheConfig(**kw["cache"]),
         scheduler=SchedulerConfig(**kw["scheduler"]),
+        lora=LoRAConfig(max_loras=a.max_loras, max_lora_rank=a.max_lora_rank),
         device=device,
     )
-    return ReplicaSpec(engine=engine, tensor_parallel_size=cfg.model.tensor_parallel_size)
+    return ReplicaSpec(
+        engine=engine,
+        tensor_parallel_size=cfg.model.tensor_parallel_size,
+        adapters=tuple(AdapterRef(src.name, src.path) for src in a.preload),
+    )
 
 
 def migration_settings(cfg: DeploymentConfig) -> MigrationSettings:
