@@ -113,7 +113,9 @@ def test_adapters_by_name_equal_peft(stack: object, adapters: tuple[Path, dict])
     outs = {
         m: client.completions.create(
             model=m, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
-        ).choices[0].text
+        )
+        .choices[0]
+        .text
         for m in ("sql", "poet", MODEL)
     }
     assert len(set(outs.values())) == 3  # the adapters change the output
