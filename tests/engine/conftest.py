@@ -133,3 +133,10 @@ def tiny_hf_model(
         return _tiny_cache[name][1]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def build_hf() -> Callable[[str], torch.nn.Module]:
+    """name -> a fresh transformers model with the tiny checkpoint's weights (for wrapping, e.g.
+    by PEFT, without touching the shared one)."""
+    return build_hf_model

@@ -19,7 +19,6 @@ from actors.common.config import EngineConfig, LoRAConfig, ModelConfig
 from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 from actors.lora.adapter import AdapterError
-from tests.engine.conftest import build_hf_model
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (rank, target modules, use_rslora)
@@ -33,13 +32,13 @@ MAX_NEW = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True)
 
 
-def make_adapter(base: str, name: str, out: Path, seed: int) -> torch.nn.Module:
+def make_adapter(base: torch.nn.Module, name: str, out: Path, seed: int) -> torch.nn.Module:
     """A PEFT adapter with random (non-zero) A and B saved under out/name; its PeftModel."""
     rank, targets, rslora = SPECS[name]
     config = peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules=targets, use_rslora=rslora, lora_dropout=0.0
     )
-    model = peft.get_peft_model(build_hf_model(base), config)
+    model = peft.get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, param in model.named_parameters():
@@ -50,10 +49,12 @@ def make_adapter(base: str, name: str, out: Path, seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, torch.nn.Module]]:
+def adapters(
+    tmp_path_factory: pytest.TempPathFactory, build_hf: Callable[[str], torch.nn.Module]
+) -> dict[str, tuple[Path, torch.nn.Module]]:
     root = tmp_path_factory.mktemp("adapters")
     return {
-        name: (root / name, make_adapter("llama", name, root, seed))
+        name: (root / name, make_adapter(build_hf("llama"), name, root, seed))
         for seed, name in enumerate(SPECS)
     }
 
@@ -151,6 +152,7 @@ def _copy(src: Path, dst: Path, edit: Callable[[dict], None] | None = None) -> P
 
 def test_bad_adapters_are_refused_by_name(
     tiny_checkpoint: Callable[[str], Path],
+    build_hf: Callable[[str], torch.nn.Module],
     adapters: dict[str, tuple[Path, torch.nn.Module]],
     tmp_path: Path,
 ) -> None:
@@ -159,7 +161,7 @@ def test_bad_adapters_are_refused_by_name(
     pickle = _copy(good, tmp_path / "pickle")
     (pickle / "adapter_model.safetensors").rename(pickle / "adapter_model.bin")
     other_base = tmp_path / "other"
-    make_adapter("qwen3", "r4-qv", tmp_path, 0).save_pretrained(other_base)
+    make_adapter(build_hf("qwen3"), "r4-qv", tmp_path, 0).save_pretrained(other_base)
     cases = {
         str(pickle): "adapter_model.bin is a pickle",
         str(adapters["r16-mlp-o"][0]): "r: rank 16 is over max_lora_rank 8",
