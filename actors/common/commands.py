@@ -87,6 +87,22 @@ class AbortMigrateIn:
     migration_id: str
 
 
+@dataclass(frozen=True)
+class LoadAdapter:
+    """Serve the PEFT LoRA adapter at `path` as `name` (docs/lora.md); the same content again is
+    a no-op, other content a new version."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class UnloadAdapter:
+    """Refuse new requests for `name` now; its requests in flight finish first."""
+
+    name: str
+
+
 Command = Union[
     Cordon,
     Uncordon,
@@ -97,6 +113,8 @@ Command = Union[
     PullBlocks,
     CommitMigrateIn,
     AbortMigrateIn,
+    LoadAdapter,
+    UnloadAdapter,
 ]
 COMMANDS: tuple[type, ...] = get_args(Command)  # the Union above is the one list
 # Commands that change nothing: a repeat may run again instead of replaying a stored answer.
@@ -129,6 +147,16 @@ class RequestInfo:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter a replica serves."""
+
+    name: str
+    version: str  # content hash
+    rank: int
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RequestList:
     requests: tuple[RequestInfo, ...]
 
@@ -150,7 +178,7 @@ class BlockChunk:
     dtype: str
 
 
-Result = Union[Done, AbortResult, RequestList, Reservation, MigrationReport]
+Result = Union[Done, AbortResult, RequestList, Reservation, MigrationReport, AdapterInfo]
 RESULTS: tuple[type, ...] = get_args(Result)
 
 

@@ -386,9 +386,14 @@ class LLMEngine:
 
     def add_adapter(self, name: str, path: str) -> LoRAAdapter:
         """Load (or keep) a PEFT adapter under `name`; AdapterError (a ValueError) says why not."""
-        adapter = self.adapters.add(name, path, self._adapter_in_use(name))
-        self._evict_adapter(name)  # a resident older version must not serve the new one
-        return adapter
+        return self.install_adapter(self.adapters.prepare(name, path))
+
+    def install_adapter(self, adapter: LoRAAdapter) -> LoRAAdapter:
+        """Serve an adapter read by `adapters.prepare` (possibly on another thread)."""
+        served = self.adapters.install(adapter, self._adapter_in_use(adapter.name))
+        if served is adapter:
+            self._evict_adapter(adapter.name)  # a resident older version must not serve it
+        return served
 
     def remove_adapter(self, name: str) -> None:
         """New requests for `name` are refused now; it goes when the last in flight ends."""

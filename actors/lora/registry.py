@@ -27,7 +27,8 @@ class AdapterRegistry:
         self._adapters: dict[str, LoRAAdapter] = {}
         self._unloading: set[str] = set()
 
-    def add(self, name: str, path: str, in_use: bool) -> LoRAAdapter:
+    def prepare(self, name: str, path: str) -> LoRAAdapter:
+        """Read and check an adapter (any thread: it touches no state); AdapterError if bad."""
         if not self._lora.enabled:
             raise AdapterError("lora_name: adapters are off here (lora.max_loras is 0)")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -35,6 +36,11 @@ class AdapterRegistry:
                 f"lora_name: {name!r} must be 1-128 letters, digits, '.', '_', '-' or '/'"
             )
         adapter = load_adapter(name, Path(path), self._arch, self._lora.max_lora_rank)
+        return _pinned(adapter) if self._pin else adapter
+
+    def install(self, adapter: LoRAAdapter, in_use: bool) -> LoRAAdapter:
+        """Serve a prepared adapter (engine thread); what is served under its name after."""
+        name = adapter.name
         old = self._adapters.get(name)
         if old is not None and old.version == adapter.version:
             self._unloading.discard(name)
@@ -44,8 +50,6 @@ class AdapterRegistry:
                 f"lora_name: {name!r} is in use with other content; unload it and wait for its "
                 "requests to finish first"
             )
-        if self._pin:
-            adapter = _pinned(adapter)
         self._adapters[name] = adapter
         self._unloading.discard(name)
         return adapter

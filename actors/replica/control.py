@@ -22,17 +22,21 @@ from actors.common.commands import (
     QUERIES,
     Abort,
     AbortResult,
+    AdapterInfo,
     Command,
     CommandResult,
     Cordon,
     Done,
     ListRequests,
+    LoadAdapter,
     RequestList,
     Result,
     Uncordon,
+    UnloadAdapter,
 )
 from actors.common.errors import CommandRefused, ErrorKind, ReplicaError
 from actors.common.wire import chunk_from_frame, command_from_pb, result_to_pb
+from actors.lora.adapter import AdapterError
 from actors.migration.service import MigrationCommands
 from actors.replica.loop import EngineLoop
 from protos import replica_pb2, replica_pb2_grpc
@@ -58,6 +62,8 @@ class CommandExecutor:
             Uncordon: self._uncordon,
             Abort: self._abort,
             ListRequests: self._list_requests,
+            LoadAdapter: self._load_adapter,
+            UnloadAdapter: self._unload_adapter,
         }
         if migration is not None:
             self._handlers.update(migration.handlers())
@@ -127,6 +133,30 @@ class CommandExecutor:
     async def _list_requests(self, command: ListRequests, command_id: str) -> Result:
         infos = await self._on_engine(self._engine_loop.list_requests)
         return RequestList(tuple(infos))
+
+    async def _load_adapter(self, command: LoadAdapter, command_id: str) -> Result:
+        engine = self._engine_loop.engine
+        try:
+            # Reading and checking the files off the engine thread: decoding goes on meanwhile.
+            read = await asyncio.to_thread(engine.adapters.prepare, command.name, command.path)
+            adapter = await self._on_engine(lambda: engine.install_adapter(read))
+        except AdapterError as exc:
+            raise _adapter_refused(exc) from exc
+        return AdapterInfo(adapter.name, adapter.version, adapter.rank, adapter.modules)
+
+    async def _unload_adapter(self, command: UnloadAdapter, command_id: str) -> Result:
+        engine = self._engine_loop.engine
+        try:
+            await self._on_engine(lambda: engine.remove_adapter(command.name))
+        except AdapterError as exc:
+            raise _adapter_refused(exc, ErrorKind.NOT_FOUND) from exc
+        return Done()
+
+
+def _adapter_refused(exc: AdapterError, kind: ErrorKind = ErrorKind.INVALID_ARGUMENT) -> Exception:
+    """An AdapterError ("field: reason") as a typed refusal naming the field."""
+    field, _, reason = str(exc).partition(": ")
+    return CommandRefused(kind, reason or str(exc), field if reason else "")
 
 
 def _refused(command_id: str, kind: ErrorKind, message: str, field: str = "") -> CommandResult:

@@ -22,6 +22,9 @@ errors have the OpenAI shape `{"error": {"message", "type", ...}}`.
     GET  /admin/v1/events?after=SEQ&limit=N  newest last
     GET  /admin/v1/config                    the running deployment YAML (secrets hidden)
     POST /admin/v1/config                    YAML text (or {"yaml": ...}): validate and apply
+    GET  /admin/v1/adapters                  LoRA adapters: path, replicas serving, on device
+    POST /admin/v1/adapters                  {"lora_name", "lora_path"}: load on every replica
+    DELETE /admin/v1/adapters/{name}         unload (requests in flight finish first)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from orchestrator.admin.token import token_matches
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.config.errors import ConfigError
+from orchestrator.controller.adapters import AdapterRefused
 from orchestrator.controller.events import Event
 from orchestrator.controller.migrations import MigrationRecord, MigrationRefused
 from orchestrator.controller.service import ControllerCore, ReplicaNotFound, StateConflict
@@ -96,6 +100,9 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
     app.get(f"{PREFIX}/events")(api.events)
     app.get(f"{PREFIX}/config")(api.config)
     app.post(f"{PREFIX}/config")(api.apply_config)
+    app.get(f"{PREFIX}/adapters")(api.adapters)
+    app.post(f"{PREFIX}/adapters")(api.load_adapter)
+    app.delete(f"{PREFIX}/adapters/{{name:path}}")(api.unload_adapter)
 
     @app.get(f"{PREFIX}/")
     async def index() -> dict[str, Any]:
@@ -235,6 +242,31 @@ class AdminRoutes:
         except ConfigError as exc:
             raise _config_error(exc) from exc
         return {"message": message, "desired_replicas": self._core.desired_replicas}
+
+    # ---- adapters --------------------------------------------------------------------------
+
+    async def adapters(self) -> dict[str, Any]:
+        return {"adapters": self._core.adapters.listing()}
+
+    async def load_adapter(self, request: Request) -> dict[str, Any]:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise errors.invalid("body", 'must be a JSON object {"lora_name", "lora_path"}')
+        try:
+            return await self._core.adapters.load(body.get("lora_name"), body.get("lora_path"))
+        except AdapterRefused as exc:
+            raise _adapter_error(exc) from exc
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        try:
+            return await self._core.adapters.unload(name)
+        except AdapterRefused as exc:
+            raise _adapter_error(exc) from exc
+
+
+def _adapter_error(exc: AdapterRefused) -> APIError:
+    code = "adapter_not_found" if exc.status == 404 else "invalid_adapter"
+    return APIError(exc.status, exc.reason, exc.field, code)
 
 
 # ---- shapes (derived from the records; more fields may come, these stay) ---------------------

@@ -8,6 +8,7 @@ line instead of a traceback.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -84,6 +85,15 @@ class AdminClient:
         return self._call(
             "POST", "/config", content=yaml_text, headers={"Content-Type": "application/yaml"}
         )
+
+    def adapters(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/adapters")["adapters"]
+
+    def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        return self._call("POST", "/adapters", json={"lora_name": name, "lora_path": path})
+
+    def unload_adapter(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/adapters/{quote(name, safe='/')}")
 
     # ---- transport -------------------------------------------------------------------------
 

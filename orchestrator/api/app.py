@@ -15,11 +15,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.admin import PREFIX as ADMIN_PREFIX
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
 from orchestrator.api.metrics import CONTENT_TYPE, IngressMetrics
@@ -99,8 +102,10 @@ class Handlers:
         health_check: HealthCheck,
         max_body_bytes: int,
         api_key_digests: frozenset[str] = frozenset(),
+        admin_url: str | None = None,
     ) -> None:
         self.serving = serving
+        self.admin_url = admin_url
         self.metrics = metrics
         self.health_check = health_check
         self.max_body_bytes = max_body_bytes
@@ -201,6 +206,33 @@ class Handlers:
             cards.append({**card, "parent": m.name})  # vLLM's shape: root = the adapter
         return JSONResponse({"object": "list", "data": cards})
 
+    async def lora_adapter(self, request: Request, load: bool) -> Response:
+        """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter: relayed to the controller's
+        admin API (the one adapter catalog), which checks the caller's admin token."""
+        if self.admin_url is None:
+            return error_response(APIError(501, "adapter loading is not available here"))
+        try:
+            body = json.loads(await read_body(request, self.max_body_bytes))
+        except APIError as exc:
+            return error_response(exc)
+        except ValueError:
+            return error_response(errors.invalid("body", "must be JSON"))
+        name = body.get("lora_name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            return error_response(errors.invalid("lora_name", "must be a non-empty string"))
+        auth = {"authorization": request.headers.get("authorization", "")}
+        url = f"{self.admin_url}{ADMIN_PREFIX}/adapters"
+        try:
+            async with httpx.AsyncClient(timeout=120) as client:
+                if load:
+                    answer = await client.post(url, json=body, headers=auth)
+                else:
+                    answer = await client.delete(f"{url}/{quote(name, safe='/')}", headers=auth)
+        except httpx.HTTPError as exc:
+            reason = f"the controller's admin API did not answer ({type(exc).__name__})"
+            return error_response(APIError(503, reason, retry_after_s=1))
+        return Response(answer.content, answer.status_code, media_type="application/json")
+
     async def health(self) -> JSONResponse:
         report = await self.health_check()
         return JSONResponse(report, status_code=200 if report.get("ok") else 503)
@@ -223,6 +255,14 @@ def build_app(handlers: Handlers) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         return await handlers.models(request)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        return await handlers.lora_adapter(request, load=True)
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        return await handlers.lora_adapter(request, load=False)
 
     @app.get("/health")
     async def health() -> Response:

@@ -52,6 +52,9 @@ class IngressSettings:
     http_port: int | None = None
     # The node those replicas run on ("node:IP" resource), so host:port is where clients look.
     node_ip: str | None = None
+    # The controller's admin API: /v1/load_lora_adapter and /v1/unload_lora_adapter relay there
+    # with the caller's admin token (None: those routes answer 501).
+    admin_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -132,7 +135,12 @@ class OpenAIIngress:
         health = HealthChecker(self._router, self._pool, settings.health_timeout_s)
         serving = OpenAIServing(model, self._router, self._pool)
         handlers = Handlers(
-            serving, self._metrics, health, settings.max_body_bytes, settings.api_key_digests
+            serving,
+            self._metrics,
+            health,
+            settings.max_body_bytes,
+            settings.api_key_digests,
+            admin_url=settings.admin_url,
         )
         self._app = build_app(handlers)
         self._http: DirectHTTPServer | None = None

@@ -119,6 +119,7 @@ def ingress_settings(
     ingress_replicas: int = 1,
     http_port: int | None = None,
     node_ip: str | None = None,
+    admin_url: str | None = None,
 ) -> IngressSettings:
     """`http_port` set: the ingress replicas listen there themselves, on the node `node_ip`."""
     from orchestrator.api.deployment import IngressSettings
@@ -134,6 +135,7 @@ def ingress_settings(
         http_host=cfg.server.host if http_port is not None else None,
         http_port=http_port,
         node_ip=node_ip,
+        admin_url=admin_url,
     )
 
 
@@ -246,7 +248,9 @@ def start_stack(options: ServeOptions) -> Stack:
     try:
         if options.write_admin_files:  # before the API answers: a client may look at once
             write_admin_files(cluster.admin_url, cluster.admin_token)
-        _deploy_ingress(cfg, options, cluster.controller_address, port if direct else None)
+        _deploy_ingress(
+            cfg, options, cluster.controller_address, port if direct else None, cluster.admin_url
+        )
     except BaseException:
         cluster.shutdown()
         raise
@@ -254,7 +258,11 @@ def start_stack(options: ServeOptions) -> Stack:
 
 
 def _deploy_ingress(
-    cfg: DeploymentConfig, options: ServeOptions, controller_address: str, port: int | None
+    cfg: DeploymentConfig,
+    options: ServeOptions,
+    controller_address: str,
+    port: int | None,
+    admin_url: str | None = None,
 ) -> None:
     """Serve runs the ingress replicas; `port` set: they listen on it themselves."""
     import ray
@@ -265,7 +273,12 @@ def _deploy_ingress(
     host = cfg.server.host
     node_ip = ray.util.get_node_ip_address() if port is not None else None
     settings = ingress_settings(
-        cfg, controller_address, options.ingress_replicas, http_port=port, node_ip=node_ip
+        cfg,
+        controller_address,
+        options.ingress_replicas,
+        http_port=port,
+        node_ip=node_ip,
+        admin_url=admin_url,
     )
     if port is None:
         serve.start(http_options={"host": host, "port": cfg.server.http_port})

@@ -1,5 +1,5 @@
 """`fleetlm status | requests | events | cordon | uncordon | drain | migrate | migrations |
-scale`: the admin API from a shell.
+scale | adapters`: the admin API from a shell.
 
 They find the admin API at --url, else $FLEETLM_ADMIN_URL, else the URL the last `fleetlm serve`
 on this machine recorded, else http://127.0.0.1:8080; the token at --token, else
@@ -67,6 +67,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("replicas", type=int)
     _common(n)
     n.set_defaults(func=run_scale)
+
+    a = subparsers.add_parser("adapters", help="LoRA adapters: list, load, unload")
+    verbs = a.add_subparsers(dest="adapter_verb", required=True)
+    listing = verbs.add_parser("list", help="adapters, the replicas serving them, on device")
+    _common(listing)
+    load = verbs.add_parser("load", help="serve a PEFT adapter on every replica")
+    load.add_argument("name")
+    load.add_argument("path", help="a PEFT directory under adapters.allowed_dirs")
+    _common(load)
+    unload = verbs.add_parser("unload", help="stop serving an adapter (running requests finish)")
+    unload.add_argument("name")
+    _common(unload)
+    a.set_defaults(func=run_adapters)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +185,32 @@ def run_migrations(args: argparse.Namespace) -> int:
 
 def run_scale(args: argparse.Namespace) -> int:
     return _run(args, lambda c: c.scale(args.replicas), lambda d: d["message"])
+
+
+def run_adapters(args: argparse.Namespace) -> int:
+    verb = args.adapter_verb
+    if verb == "load":
+        return _run(args, lambda c: c.load_adapter(args.name, args.path), _adapter_done)
+    if verb == "unload":
+        return _run(args, lambda c: c.unload_adapter(args.name), _adapter_done)
+    return _run(args, lambda c: {"adapters": c.adapters()}, format_adapters)
+
+
+def _adapter_done(data: dict[str, Any]) -> str:
+    verb = "unloaded" if data.get("unloaded") else "loaded"
+    where = data["replicas"]
+    where = "on every replica" if where == "all" else f"except on {where}"
+    version = f" (version {data['version']}, rank {data['rank']})" if data.get("version") else ""
+    return f"{data['adapter']}: {verb} {where}{version}"
+
+
+def format_adapters(data: dict[str, Any]) -> str:
+    rows = [
+        f"{a['name']}  {a['path']}  serving: {','.join(a['loaded_on']) or '-'}  "
+        f"on device: {','.join(a['resident_on']) or '-'}"
+        for a in data["adapters"]
+    ]
+    return "\n".join(rows) or "(no adapters)"
 
 
 # ---- tables ----------------------------------------------------------------------------------

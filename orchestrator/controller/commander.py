@@ -101,17 +101,21 @@ class ReplicaCommander:
         sends = (self.send(rid, command, timeout_s=timeout_s) for rid in ids)
         return dict(zip(ids, await asyncio.gather(*sends), strict=True))
 
+    def reachable(self) -> list[str]:
+        """Every registered replica not dead: the ones a command can reach."""
+        return [
+            r.replica_id
+            for r in self._state.records.values()
+            if r.report is not None and r.state is not ReplicaState.DEAD
+        ]
+
     async def list_requests(
         self, replica_ids: Iterable[str] | None = None
     ) -> tuple[list[tuple[str, RequestInfo]], dict[str, str]]:
         """The running and waiting requests of `replica_ids` (default: every registered replica
         not dead) with their replica, and the replicas that did not answer (id -> why)."""
         if replica_ids is None:
-            replica_ids = [
-                r.replica_id
-                for r in self._state.records.values()
-                if r.report is not None and r.state is not ReplicaState.DEAD
-            ]
+            replica_ids = self.reachable()
         results = await self.send_all(replica_ids, ListRequests(), timeout_s=QUERY_TIMEOUT_S)
         found: list[tuple[str, RequestInfo]] = []
         missing: dict[str, str] = {}

@@ -32,6 +32,8 @@ class EventKind(str, enum.Enum):
     CONFIG_REFUSED = "config_refused"
     COMMAND = "command"  # a command sent to a replica, with its result
     MIGRATION = "migration"  # a request moved (or not) between replicas: stages, bytes, downtime
+    ADAPTER_LOADED = "adapter_loaded"  # a LoRA adapter joined the catalog (every replica)
+    ADAPTER_UNLOADED = "adapter_unloaded"
 
 
 @dataclass(frozen=True)

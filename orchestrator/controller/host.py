@@ -19,6 +19,7 @@ from actors.common.config import TlsFiles
 from actors.common.control_client import ReplicaControlClient
 from actors.common.tls import SERVER_OPTIONS, add_port
 from orchestrator.admin.app import build_admin_app
+from orchestrator.controller.adapters import AdapterCatalog
 from orchestrator.controller.commander import ControlClient, ReplicaCommander
 from orchestrator.controller.deployment import WILDCARD_HOSTS, ConfigUpdater
 from orchestrator.controller.migrations import Migrations
@@ -51,11 +52,13 @@ class ControllerHost:
         self.state = ControllerState(settings.unhealthy_after_s)
         self.commander = ReplicaCommander(self.state, settings.tls, connect=connect)
         self.migrations = Migrations(self.state, self.commander, lambda: self.settings)
+        self.adapters = AdapterCatalog(self.state, self.commander, settings, lambda: config.current)
         self.core = ControllerCore(
             self.state,
             config,
             self.commander,
             self.migrations,
+            self.adapters,
             settings.replica_options.report_interval_s,
         )
         self._server = self.call(self._start_server())
@@ -65,7 +68,7 @@ class ControllerHost:
             backend,
             self.commander,
             self.migrations,
-            lambda: self.settings,
+            lambda: self.adapters.settings_for_new(self.settings),
             lambda: self.core.desired_replicas,
             self.address,
         )

@@ -21,6 +21,7 @@ from actors.common.commands import CommandResult
 from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.wire import report_from_pb
 from orchestrator.config.errors import ConfigError
+from orchestrator.controller.adapters import AdapterCatalog
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.events import EventKind
@@ -48,6 +49,7 @@ class ControllerCore:
         config: ConfigUpdater,
         commander: ReplicaCommander,
         migrations: Migrations,
+        adapters: AdapterCatalog,
         report_interval_s: float,
     ) -> None:
         self.state = state
@@ -55,6 +57,7 @@ class ControllerCore:
         self.config = config
         self.commander = commander
         self.migrations = migrations
+        self.adapters = adapters
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
         self._view_msg: tuple[int, controller_pb2.ClusterViewMsg] | None = None

@@ -7,6 +7,7 @@ their parent; an unknown adapter is a 404 naming `model`; a config with an adapt
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,122 @@ def test_config_check_refuses_adapters_outside_allowed_dirs(
     no_slots = _config_text(adapters[0], 8000).replace("max_loras: 2", "max_loras: 0")
     with pytest.raises(ConfigError, match=r"adapters\.max_loras"):
         parse_config(no_slots)
+
+
+# ---- runtime load / unload (vLLM's endpoints, relayed to the controller's admin API) ---------
+
+
+def _admin(stack: object) -> dict[str, str]:
+    return {"authorization": f"Bearer {stack.cluster.admin_token.value}"}
+
+
+def _lora_call(stack: object, verb: str, body: dict, auth: bool = True) -> httpx.Response:
+    headers = _admin(stack) if auth else {}
+    return httpx.post(
+        f"{stack.base_url}/v1/{verb}_lora_adapter", json=body, headers=headers, timeout=120
+    )
+
+
+def _served(stack: object) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{stack.base_url}/v1/models", timeout=5).json()["data"]}
+
+
+def _until(predicate: object, timeout_s: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.1)  # polling the stack's view as reports arrive
+
+
+@pytest.fixture(scope="module")
+def late(adapters: tuple[Path, dict]) -> torch.nn.Module:
+    """A third adapter in the allowed root, not preloaded."""
+    root = adapters[0]
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["k_proj", "gate_proj"])
+    model = peft.get_peft_model(_base_model(), config)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "lora_" in pname:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    model.save_pretrained(root / "late")
+    return model.eval()
+
+
+def test_load_serve_unload_at_run_time(
+    stack: object, adapters: tuple[Path, dict], late: torch.nn.Module
+) -> None:
+    from orchestrator.admin.client import AdminClient
+
+    path = str(adapters[0] / "late")
+    assert (
+        _lora_call(stack, "load", {"lora_name": "late", "lora_path": path}, auth=False).status_code
+        == 401
+    )
+    r = _lora_call(stack, "load", {"lora_name": "late", "lora_path": path})
+    assert r.status_code == 200, r.text
+    assert r.json()["replicas"] == "all" and r.json()["rank"] == 4
+    _until(lambda: "late" in _served(stack))
+    prompt = list(range(30, 42))
+    body = {"model": "late", "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    body |= {"ignore_eos": True, "return_token_ids": True}
+    resp = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60).json()
+    assert resp["choices"][0]["token_ids"] == _greedy(late, prompt, 8)
+    with AdminClient(stack.admin_url, stack.cluster.admin_token.value) as admin:
+        listed = {a["name"]: a for a in admin.adapters()}
+        assert len(listed["late"]["loaded_on"]) == 2
+
+    r = _lora_call(stack, "unload", {"lora_name": "late"})
+    assert r.status_code == 200, r.text
+    _until(lambda: "late" not in _served(stack))
+    gone = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60)
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "model"
+    assert _lora_call(stack, "unload", {"lora_name": "late"}).status_code == 404
+
+
+def test_bad_runtime_loads_are_refused_and_load_nothing(
+    stack: object, adapters: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root = adapters[0]
+    outside = _lora_call(stack, "load", {"lora_name": "x", "lora_path": str(tmp_path)})
+    assert outside.status_code == 400 and outside.json()["error"]["param"] == "lora_path"
+    assert "outside adapters.allowed_dirs" in outside.json()["error"]["message"]
+    escape = _lora_call(
+        stack, "load", {"lora_name": "x", "lora_path": f"{root}/../{tmp_path.name}"}
+    )
+    assert escape.status_code == 400
+    pickle = root / "pickled"
+    shutil.copytree(root / "sql", pickle)
+    (pickle / "adapter_model.safetensors").rename(pickle / "adapter_model.bin")
+    refused = _lora_call(stack, "load", {"lora_name": "pickled", "lora_path": str(pickle)})
+    assert refused.status_code == 400, refused.text
+    assert "pickle" in refused.json()["error"]["message"]
+    bad_name = _lora_call(stack, "load", {"lora_name": "../x", "lora_path": str(root / "sql")})
+    assert bad_name.status_code == 400 and bad_name.json()["error"]["param"] == "lora_name"
+    assert "pickled" not in _served(stack) and "x" not in _served(stack)
+
+
+def test_a_replacement_replica_serves_runtime_loaded_adapters(
+    stack: object, adapters: tuple[Path, dict], late: torch.nn.Module
+) -> None:
+    import ray
+
+    from orchestrator.admin.client import AdminClient
+    from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX
+
+    path = str(adapters[0] / "late")
+    assert _lora_call(stack, "load", {"lora_name": "late", "lora_path": path}).status_code == 200
+    with AdminClient(stack.admin_url, stack.cluster.admin_token.value) as admin:
+        before = {r["id"] for r in admin.replicas()["replicas"]}
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(REPLICA_NAME_PREFIX + victim, namespace=NAMESPACE))
+
+        def replaced() -> bool:
+            rows = admin.replicas()["replicas"]
+            fresh = [r for r in rows if r["id"] not in before and r["state"] == "ready"]
+            return bool(fresh) and "late" in fresh[0].get("adapters_loaded", [])
+
+        _until(replaced, 120)
+    assert _lora_call(stack, "unload", {"lora_name": "late"}).status_code == 200

@@ -17,12 +17,14 @@ from actors.common.commands import (
     Abort,
     AbortMigrateIn,
     AbortResult,
+    AdapterInfo,
     BlockChunk,
     CommandResult,
     CommitMigrateIn,
     Cordon,
     Done,
     ListRequests,
+    LoadAdapter,
     MigrateOut,
     PrepareMigrateIn,
     PullBlocks,
@@ -30,6 +32,7 @@ from actors.common.commands import (
     RequestList,
     Reservation,
     Uncordon,
+    UnloadAdapter,
     arm_name,
 )
 from actors.common.errors import ErrorKind, ReplicaError
@@ -82,6 +85,14 @@ PAIRS = [
     (Uncordon, replica_pb2.Uncordon),
     (Abort, replica_pb2.Abort),
     (ListRequests, replica_pb2.ListRequests),
+]
+
+
+# Every command and result mirrors the message of its name (derived: a new one is covered).
+PAIRS += [
+    (c, getattr(replica_pb2, c.__name__))
+    for c in (*COMMANDS, *RESULTS)
+    if all(c is not known for known, _ in PAIRS)
 ]
 
 
@@ -138,6 +149,8 @@ STATE = RequestState(
         PullBlocks("m1", 2, (5, 6)),
         CommitMigrateIn("m1", STATE, 2),
         AbortMigrateIn("m1"),
+        LoadAdapter("sql", "/adapters/sql"),
+        UnloadAdapter("sql"),
     ],
 )
 def test_commands_round_trip_even_with_no_fields(command: object) -> None:
@@ -159,6 +172,7 @@ def test_an_unknown_command_arm_is_none_not_an_error() -> None:
         CommandResult("e", error=ReplicaError(ErrorKind.CONFLICT, "no", "command_id")),
         CommandResult("f", Reservation(4)),
         CommandResult("g", MigrationReport("m", "r", "committed", stages=2, downtime_ms=1.5)),
+        CommandResult("h", AdapterInfo("sql", "ab12", 8, ("q_proj", "v_proj"))),
     ],
 )
 def test_results_round_trip(result: CommandResult) -> None:

@@ -1,0 +1,130 @@
+"""The controller's adapter catalog: the LoRA adapters the fleet serves (name -> PEFT directory),
+seeded from the YAML's `adapters.preload`.
+
+A load or an unload goes to every reachable replica at once. A replica the controller starts
+later (scale-out, a replacement for a dead one) loads the catalog before it serves: its spec
+carries the catalog as it is then (`settings_for_new`). A load that a replica refuses as invalid
+(a bad adapter) is taken back from the replicas that accepted it, so the fleet never half-serves
+a new name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from actors.common.commands import AdapterInfo, LoadAdapter, UnloadAdapter
+from actors.common.config import AdapterRef
+from actors.common.errors import ErrorKind
+from orchestrator.config.schema import DeploymentConfig, adapter_path_issue
+from orchestrator.controller.commander import ReplicaCommander
+from orchestrator.controller.events import EventKind
+from orchestrator.controller.settings import ControllerSettings
+from orchestrator.controller.state import ControllerState
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}")
+LOAD_TIMEOUT_S = 60.0  # reading a large adapter and copying it to the device takes a while
+
+
+@dataclass(frozen=True)
+class AdapterRefused(Exception):
+    """A load or unload refused: the HTTP status, the field at fault and why."""
+
+    status: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class AdapterCatalog:
+    def __init__(
+        self,
+        state: ControllerState,
+        commander: ReplicaCommander,
+        settings: ControllerSettings,
+        config: Callable[[], DeploymentConfig],
+    ) -> None:
+        self._state = state
+        self._commander = commander
+        self._config = config
+        self._paths = {ref.name: ref.path for ref in settings.spec.adapters}
+
+    def refs(self) -> tuple[AdapterRef, ...]:
+        return tuple(AdapterRef(n, p) for n, p in sorted(self._paths.items()))
+
+    def settings_for_new(self, settings: ControllerSettings) -> ControllerSettings:
+        """`settings` for a replica starting now: it loads the catalog before serving."""
+        return replace(settings, spec=replace(settings.spec, adapters=self.refs()))
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Each adapter with the replicas that serve it and those holding it on the device."""
+        loads = [
+            (r.replica_id, r.report.load)
+            for r in sorted(self._state.records.values(), key=lambda r: r.replica_id)
+            if r.report is not None
+        ]
+        return [
+            {
+                "name": name,
+                "path": path,
+                "loaded_on": [rid for rid, load in loads if name in load.adapters_loaded],
+                "resident_on": [rid for rid, load in loads if name in load.adapters_resident],
+            }
+            for name, path in sorted(self._paths.items())
+        ]
+
+    async def load(self, name: object, path: object) -> dict[str, Any]:
+        self._check_load(name, path)
+        assert isinstance(name, str) and isinstance(path, str)
+        targets = self._commander.reachable()
+        results = await self._commander.send_all(
+            targets, LoadAdapter(name, path), timeout_s=LOAD_TIMEOUT_S
+        )
+        bad = {rid: r.error for rid, r in results.items() if r.error is not None}
+        invalid = [e for e in bad.values() if e.kind is ErrorKind.INVALID_ARGUMENT]
+        if invalid:
+            if name not in self._paths:  # take it back where it loaded: all or nothing
+                loaded = [rid for rid, r in results.items() if r.error is None]
+                await self._commander.send_all(loaded, UnloadAdapter(name))
+            raise AdapterRefused(400, invalid[0].field or "lora_path", invalid[0].message)
+        self._paths[name] = path
+        info = next((r.body for r in results.values() if isinstance(r.body, AdapterInfo)), None)
+        self._state.events.add(EventKind.ADAPTER_LOADED, f"{name} from {path}")
+        return {
+            "adapter": name,
+            "path": path,
+            "version": info.version if info else None,
+            "rank": info.rank if info else None,
+            "replicas": {rid: str(err) for rid, err in bad.items()} or "all",
+        }
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        if name not in self._paths:
+            raise AdapterRefused(404, "lora_name", f"{name!r} is not loaded")
+        del self._paths[name]  # replicas started from now on do not load it
+        results = await self._commander.send_all(self._commander.reachable(), UnloadAdapter(name))
+        failed = {
+            rid: str(r.error)
+            for rid, r in results.items()
+            if r.error is not None and r.error.kind is not ErrorKind.NOT_FOUND
+        }
+        self._state.events.add(EventKind.ADAPTER_UNLOADED, name)
+        return {"adapter": name, "unloaded": True, "replicas": failed or "all"}
+
+    def _check_load(self, name: object, path: object) -> None:
+        cfg = self._config().adapters
+        if not cfg.max_loras:
+            raise AdapterRefused(400, "lora_name", "adapters are off (adapters.max_loras is 0)")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise AdapterRefused(
+                400, "lora_name", f"{name!r}: 1-128 letters, digits, '.', '_', '-' or '/'"
+            )
+        if not isinstance(path, str) or not path:
+            raise AdapterRefused(400, "lora_path", "must be a non-empty string")
+        issue = adapter_path_issue(path, cfg.allowed_dirs)
+        if issue:
+            raise AdapterRefused(400, "lora_path", issue)
