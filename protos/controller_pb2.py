@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/controller.proto\x12\x12\x66leetlm.controller\x1a\x13protos/common.proto\"=\n\x0fRegisterRequest\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.fleetlm.common.LoadReport\"L\n\rRegisterReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11report_interval_s\x18\x03 \x01(\x01\"\x1c\n\x0bReportReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\xd0\x01\n\x0eReplicaViewMsg\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .fleetlm.controller.ReplicaState\x12\x1b\n\x13inflight_dispatches\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12)\n\x04load\x18\x07 \x01(\x0b\x32\x1b.fleetlm.common.ReplicaLoad\"\x9e\x01\n\x0e\x43lusterViewMsg\x12\x34\n\x08replicas\x18\x01 \x03(\x0b\x32\".fleetlm.controller.ReplicaViewMsg\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x1a\n\x12policy_params_json\x18\x05 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t*\xae\x01\n\x0cReplicaState\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x00\x12\x17\n\x13REPLICA_STATE_READY\x10\x01\x12\x1a\n\x16REPLICA_STATE_CORDONED\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x12\x16\n\x12REPLICA_STATE_DEAD\x10\x04\x12\x19\n\x15REPLICA_STATE_DRAINED\x10\x05\x32\x87\x02\n\nController\x12R\n\x08Register\x12#.fleetlm.controller.RegisterRequest\x1a!.fleetlm.controller.RegisterReply\x12I\n\nReportLoad\x12\x1a.fleetlm.common.LoadReport\x1a\x1f.fleetlm.controller.ReportReply\x12Z\n\x10WatchClusterView\x12 .fleetlm.controller.WatchRequest\x1a\".fleetlm.controller.ClusterViewMsg0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/controller.proto\x12\x12\x66leetlm.controller\x1a\x13protos/common.proto\"%\n\x15ResolveAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x13ResolveAdapterReply\x12\x0e\n\x06served\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x0fRegisterRequest\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.fleetlm.common.LoadReport\"L\n\rRegisterReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x19\n\x11report_interval_s\x18\x03 \x01(\x01\"\x1c\n\x0bReportReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\xd0\x01\n\x0eReplicaViewMsg\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .fleetlm.controller.ReplicaState\x12\x1b\n\x13inflight_dispatches\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12)\n\x04load\x18\x07 \x01(\x0b\x32\x1b.fleetlm.common.ReplicaLoad\"\x9e\x01\n\x0e\x43lusterViewMsg\x12\x34\n\x08replicas\x18\x01 \x03(\x0b\x32\".fleetlm.controller.ReplicaViewMsg\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x13\n\x0bpolicy_name\x18\x04 \x01(\t\x12\x1a\n\x12policy_params_json\x18\x05 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t*\xae\x01\n\x0cReplicaState\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x00\x12\x17\n\x13REPLICA_STATE_READY\x10\x01\x12\x1a\n\x16REPLICA_STATE_CORDONED\x10\x02\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x03\x12\x16\n\x12REPLICA_STATE_DEAD\x10\x04\x12\x19\n\x15REPLICA_STATE_DRAINED\x10\x05\x32\xed\x02\n\nController\x12R\n\x08Register\x12#.fleetlm.controller.RegisterRequest\x1a!.fleetlm.controller.RegisterReply\x12I\n\nReportLoad\x12\x1a.fleetlm.common.LoadReport\x1a\x1f.fleetlm.controller.ReportReply\x12Z\n\x10WatchClusterView\x12 .fleetlm.controller.WatchRequest\x1a\".fleetlm.controller.ClusterViewMsg0\x01\x12\x64\n\x0eResolveAdapter\x12).fleetlm.controller.ResolveAdapterRequest\x1a\'.fleetlm.controller.ResolveAdapterReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICASTATE']._serialized_start=648
-  _globals['_REPLICASTATE']._serialized_end=822
-  _globals['_REGISTERREQUEST']._serialized_start=68
-  _globals['_REGISTERREQUEST']._serialized_end=129
-  _globals['_REGISTERREPLY']._serialized_start=131
-  _globals['_REGISTERREPLY']._serialized_end=207
-  _globals['_REPORTREPLY']._serialized_start=209
-  _globals['_REPORTREPLY']._serialized_end=237
-  _globals['_REPLICAVIEWMSG']._serialized_start=240
-  _globals['_REPLICAVIEWMSG']._serialized_end=448
-  _globals['_CLUSTERVIEWMSG']._serialized_start=451
-  _globals['_CLUSTERVIEWMSG']._serialized_end=609
-  _globals['_WATCHREQUEST']._serialized_start=611
-  _globals['_WATCHREQUEST']._serialized_end=645
-  _globals['_CONTROLLER']._serialized_start=825
-  _globals['_CONTROLLER']._serialized_end=1088
+  _globals['_REPLICASTATE']._serialized_start=742
+  _globals['_REPLICASTATE']._serialized_end=916
+  _globals['_RESOLVEADAPTERREQUEST']._serialized_start=68
+  _globals['_RESOLVEADAPTERREQUEST']._serialized_end=105
+  _globals['_RESOLVEADAPTERREPLY']._serialized_start=107
+  _globals['_RESOLVEADAPTERREPLY']._serialized_end=160
+  _globals['_REGISTERREQUEST']._serialized_start=162
+  _globals['_REGISTERREQUEST']._serialized_end=223
+  _globals['_REGISTERREPLY']._serialized_start=225
+  _globals['_REGISTERREPLY']._serialized_end=301
+  _globals['_REPORTREPLY']._serialized_start=303
+  _globals['_REPORTREPLY']._serialized_end=331
+  _globals['_REPLICAVIEWMSG']._serialized_start=334
+  _globals['_REPLICAVIEWMSG']._serialized_end=542
+  _globals['_CLUSTERVIEWMSG']._serialized_start=545
+  _globals['_CLUSTERVIEWMSG']._serialized_end=703
+  _globals['_WATCHREQUEST']._serialized_start=705
+  _globals['_WATCHREQUEST']._serialized_end=739
+  _globals['_CONTROLLER']._serialized_start=919
+  _globals['_CONTROLLER']._serialized_end=1284
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,20 @@ REPLICA_STATE_DRAINING: ReplicaState
 REPLICA_STATE_DEAD: ReplicaState
 REPLICA_STATE_DRAINED: ReplicaState
 
+class ResolveAdapterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResolveAdapterReply(_message.Message):
+    __slots__ = ("served", "reason")
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    served: bool
+    reason: str
+    def __init__(self, served: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("report",)
     REPORT_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class ControllerStub:
                 request_serializer=protos_dot_controller__pb2.WatchRequest.SerializeToString,
                 response_deserializer=protos_dot_controller__pb2.ClusterViewMsg.FromString,
                 _registered_method=True)
+        self.ResolveAdapter = channel.unary_unary(
+                '/fleetlm.controller.Controller/ResolveAdapter',
+                request_serializer=protos_dot_controller__pb2.ResolveAdapterRequest.SerializeToString,
+                response_deserializer=protos_dot_controller__pb2.ResolveAdapterReply.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -73,6 +78,14 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveAdapter(self, request, context):
+        """An ingress met a `model` naming an adapter nobody serves: load it from adapters.resolve_dir
+        if it is there (answers when every replica has it, or why not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.WatchClusterView,
                     request_deserializer=protos_dot_controller__pb2.WatchRequest.FromString,
                     response_serializer=protos_dot_controller__pb2.ClusterViewMsg.SerializeToString,
+            ),
+            'ResolveAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveAdapter,
+                    request_deserializer=protos_dot_controller__pb2.ResolveAdapterRequest.FromString,
+                    response_serializer=protos_dot_controller__pb2.ResolveAdapterReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,33 @@ class Controller:
             '/fleetlm.controller.Controller/WatchClusterView',
             protos_dot_controller__pb2.WatchRequest.SerializeToString,
             protos_dot_controller__pb2.ClusterViewMsg.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetlm.controller.Controller/ResolveAdapter',
+            protos_dot_controller__pb2.ResolveAdapterRequest.SerializeToString,
+            protos_dot_controller__pb2.ResolveAdapterReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,9 +119,13 @@ class Handlers:
             check_api_key(request, self.api_key_digests)
             raw = await read_body(request, self.max_body_bytes)
             if chat:
-                prep = self.serving.prepare_chat(parse_request(raw, ChatCompletionRequest))
+                chat_req = parse_request(raw, ChatCompletionRequest)
+                await self.serving.ensure_model(chat_req.model)
+                prep = self.serving.prepare_chat(chat_req)
             else:
-                prep = self.serving.prepare_completion(parse_request(raw, CompletionRequest))
+                req = parse_request(raw, CompletionRequest)
+                await self.serving.ensure_model(req.model)
+                prep = self.serving.prepare_completion(req)
             prep = replace(prep, arrival=arrival)
             relay = await self.serving.open(prep)
             self.metrics.ttft.observe(time.perf_counter() - prep.arrival)

@@ -133,7 +133,7 @@ class OpenAIIngress:
         )
         self._metrics = IngressMetrics()
         health = HealthChecker(self._router, self._pool, settings.health_timeout_s)
-        serving = OpenAIServing(model, self._router, self._pool)
+        serving = OpenAIServing(model, self._router, self._pool, self._router.resolve_adapter)
         handlers = Handlers(
             serving,
             self._metrics,

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,11 +123,23 @@ class ReplicaPool:
             await c.close()
 
 
+# Asks the controller to serve an adapter nobody serves yet: None when served, else why not.
+AdapterResolver = Callable[[str], Awaitable[str | None]]
+ADAPTER_VIEW_WAIT_S = 10.0  # after a resolve, until the replicas' reports show the adapter
+
+
 class OpenAIServing:
-    def __init__(self, model: ServedModel, router: RouterLike, pool: ReplicaPool) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        router: RouterLike,
+        pool: ReplicaPool,
+        resolver: AdapterResolver | None = None,
+    ) -> None:
         self.model = model
         self.router = router
         self.pool = pool
+        self._resolver = resolver
         self._background: set[asyncio.Task] = set()  # fire-and-forget aborts, kept alive here
         self._token_text: dict[int, str] = {}
 
@@ -139,6 +151,24 @@ class OpenAIServing:
         if view is None:
             return frozenset()
         return frozenset().union(*(r.adapters_loaded for r in view.replicas if r.healthy))
+
+    async def ensure_model(self, name: str) -> None:
+        """Before a request is prepared: an adapter nobody serves yet is asked of the controller
+        (its adapters.resolve_dir); the first request waits until the replicas serve it."""
+        base, sep, adapter = name.partition(":")
+        if name == self.model.name or (sep and base != self.model.name):
+            return
+        wanted = adapter if sep else name
+        if self._resolver is None or wanted in self.loaded_adapters():
+            return
+        reason = await self._resolver(wanted)
+        if reason:
+            raise APIError(404, f"model {name!r}: {reason}", "model", "model_not_found")
+        if reason is not None:
+            return  # nothing to resolve from: resolve_model answers the usual 404
+        deadline = time.monotonic() + ADAPTER_VIEW_WAIT_S
+        while wanted not in self.loaded_adapters() and time.monotonic() < deadline:
+            await asyncio.sleep(REROUTE_POLL_S)  # the replicas' next reports carry it
 
     def resolve_model(self, name: str) -> str | None:
         """The adapter `model` names (None: the base model): BASE, BASE:ADAPTER or ADAPTER."""

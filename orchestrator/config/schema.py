@@ -145,6 +145,9 @@ class AdaptersSection(Section):
     max_lora_rank: int = Field(default=16, ge=1, le=512)
     allowed_dirs: tuple[str, ...] = Field(default=(), strict=False)  # adapters load only from these
     preload: tuple[AdapterSource, ...] = Field(default=(), strict=False)  # served from the start
+    # A request naming an adapter nobody serves loads it from resolve_dir/NAME when that is a
+    # PEFT directory (inside allowed_dirs); None: unknown adapters are a 404.
+    resolve_dir: str | None = None
 
 
 class ServerSection(Section):
@@ -312,6 +315,13 @@ def _adapter_issues(a: AdaptersSection) -> list[tuple[str, str]]:
     issues = []
     if a.preload and not a.max_loras:
         issues.append(("adapters.max_loras", "must be >= 1 when adapters.preload lists adapters"))
+    if a.resolve_dir is not None:
+        real = Path(a.resolve_dir).resolve()
+        roots = [Path(d).resolve() for d in a.allowed_dirs]
+        if not any(real == r or r in real.parents for r in roots):
+            issues.append(("adapters.resolve_dir", "must be inside one of adapters.allowed_dirs"))
+        elif not real.is_dir():
+            issues.append(("adapters.resolve_dir", f"{a.resolve_dir!r} is not a directory"))
     names = [src.name for src in a.preload]
     for i, src in enumerate(a.preload):
         where = f"adapters.preload.{i}"

@@ -10,9 +10,11 @@ a new name.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from actors.common.commands import AdapterInfo, LoadAdapter, UnloadAdapter
@@ -52,6 +54,32 @@ class AdapterCatalog:
         self._commander = commander
         self._config = config
         self._paths = {ref.name: ref.path for ref in settings.spec.adapters}
+        self._resolving: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def resolve(self, name: str) -> str | None:
+        """Serve `name` from adapters.resolve_dir if it is there; None when served, else why
+        not ("" when there is no resolve_dir to look in). Requests arriving together for one
+        name share one load."""
+        if name in self._paths:
+            return None
+        directory = self._config().adapters.resolve_dir
+        if directory is None:
+            return ""
+        if not _NAME.fullmatch(name) or ".." in name.split("/"):
+            return f"{name!r} is not an adapter name"
+        path = Path(directory) / name
+        if not (path / "adapter_config.json").is_file():
+            return f"no adapter {name!r} is loaded or found in adapters.resolve_dir"
+        task = self._resolving.get(name)
+        if task is None:
+            task = asyncio.create_task(self.load(name, str(path)))
+            self._resolving[name] = task
+            task.add_done_callback(lambda _: self._resolving.pop(name, None))
+        try:
+            await asyncio.shield(task)
+        except AdapterRefused as exc:
+            return str(exc)
+        return None
 
     def refs(self) -> tuple[AdapterRef, ...]:
         return tuple(AdapterRef(n, p) for n, p in sorted(self._paths.items()))

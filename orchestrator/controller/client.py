@@ -64,5 +64,19 @@ class ControllerClient:
         finally:
             await asyncio.shield(channel.close())
 
+    async def resolve_adapter(self, name: str, timeout_s: float) -> str | None:
+        """Ask the controller to serve adapter `name` from its resolve_dir; None when it is
+        served, else why not."""
+        channel = aio_channel(self.address, self._tls)
+        try:
+            stub = controller_pb2_grpc.ControllerStub(channel)
+            request = controller_pb2.ResolveAdapterRequest(name=name)
+            reply = await stub.ResolveAdapter(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return f"the controller did not answer ({exc.code().name})"
+        finally:
+            await asyncio.shield(channel.close())
+        return None if reply.served else reply.reason
+
     def close(self) -> None:
         self._channel.close()

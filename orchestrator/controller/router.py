@@ -111,6 +111,15 @@ class Router:
     def view(self) -> ClusterView | None:
         return self._update.view if self._update is not None else None
 
+    async def resolve_adapter(self, name: str, timeout_s: float = 120.0) -> str | None:
+        """Ask the controller to serve LoRA adapter `name` (its adapters.resolve_dir): None when
+        served, else why not ("" when there is nowhere to look)."""
+        client = ControllerClient(self._address, self._tls)
+        try:
+            return await client.resolve_adapter(name, timeout_s)
+        finally:
+            client.close()
+
     async def _watch_forever(self) -> None:
         while True:
             try:

@@ -173,6 +173,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         known = self._core.state.report(report_from_pb(request))
         return controller_pb2.ReportReply(known=known)
 
+    async def ResolveAdapter(
+        self, request: controller_pb2.ResolveAdapterRequest, context: object
+    ) -> controller_pb2.ResolveAdapterReply:
+        reason = await self._core.adapters.resolve(request.name)
+        return controller_pb2.ResolveAdapterReply(served=reason is None, reason=reason or "")
+
     async def WatchClusterView(
         self, request: controller_pb2.WatchRequest, context: object
     ) -> AsyncIterator[controller_pb2.ClusterViewMsg]:

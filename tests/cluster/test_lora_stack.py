@@ -53,8 +53,10 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 def _config_text(root: Path, http_port: int, preload_root: Path | None = None) -> str:
     src = preload_root or root
     lines = "\n".join(f"    - {{name: {n}, path: {src / n}}}" for n in SPECS)
+    (root / "ondemand").mkdir(exist_ok=True)
     return tiny_config_yaml(replicas=2, http_port=http_port) + (
         f"adapters:\n  max_loras: 2\n  allowed_dirs: [{root}]\n  preload:\n{lines}\n"
+        f"  resolve_dir: {root / 'ondemand'}\n"
     )
 
 
@@ -270,3 +272,32 @@ def test_a_replacement_replica_serves_runtime_loaded_adapters(
 
         _until(replaced, 120)
     assert _lora_call(stack, "unload", {"lora_name": "late"}).status_code == 200
+
+
+def test_an_adapter_under_resolve_dir_loads_on_its_first_request(
+    stack: object, adapters: tuple[Path, dict]
+) -> None:
+    root = adapters[0]
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "up_proj"])
+    model = peft.get_peft_model(_base_model(), config)
+    gen = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "lora_" in pname:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    model.save_pretrained(root / "ondemand" / "fresh")
+    prompt = list(range(50, 60))
+    body = {"model": f"{MODEL}:fresh", "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    body |= {"ignore_eos": True, "return_token_ids": True}
+    resp = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["token_ids"] == _greedy(model.eval(), prompt, 6)
+    assert "fresh" in _served(stack)
+    for missing in ("absent", "../sql", f"{MODEL}:absent"):
+        r = httpx.post(
+            f"{stack.base_url}/v1/completions",
+            json={"model": missing, "prompt": "hi", "max_tokens": 2},
+            timeout=60,
+        )
+        assert r.status_code == 404, (missing, r.text)
+        assert r.json()["error"]["param"] == "model"
