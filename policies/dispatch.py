@@ -76,9 +76,21 @@ class _Policy(ABC):
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
         """The policy's pick on `live` (each policy defines it)."""
 
-    def _open(self, live: LiveView) -> tuple[list[int], DispatchDecision | None]:
-        """Healthy replicas with room in their queue, or the refusal when there are none."""
+    def _open(self, live: LiveView, req: RequestMeta) -> tuple[list[int], DispatchDecision | None]:
+        """Healthy replicas with room in their queue that serve the request's LoRA adapter, or
+        the refusal when there are none."""
         candidates = live.open_indices(self.params.max_queue)
+        adapter = req.adapter_id
+        if adapter is not None and candidates:
+            reps = live.replicas  # on the device implies loaded
+            serving = [
+                i
+                for i in candidates
+                if adapter in reps[i].adapters_loaded or adapter in reps[i].adapters_resident
+            ]
+            if not serving:
+                return serving, DispatchDecision(None, f"no open replica serves adapter {adapter}")
+            candidates = serving
         if candidates:
             return candidates, None
         if live.any_healthy():
@@ -108,7 +120,7 @@ class RoundRobin(_Policy):
         self._next = itertools.count(params.start)  # next() on a count is atomic under the GIL
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         i = candidates[next(self._next) % len(candidates)]
@@ -124,7 +136,7 @@ class LeastLoad(_Policy):
         self.params = params
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         i = live.least_loaded(candidates)
@@ -144,7 +156,7 @@ class PowerOfTwo(_Policy):
         self._rng = random.Random(params.seed)
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         if len(candidates) == 1:
@@ -240,7 +252,7 @@ class Llumnix(_Policy):
         return out
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         free = live.column(self.freeness_column(live, req), candidates)
@@ -292,7 +304,7 @@ class PrefixAffinity(_Policy):
         return holders[pos], matches[pos]
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         idlest = live.least_loaded(candidates)
@@ -318,7 +330,7 @@ class Weighted(_Policy):
         self.params = params
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
-        candidates, refusal = self._open(live)
+        candidates, refusal = self._open(live, req)
         if refusal:
             return refusal
         totals = weighted_totals(live, candidates, req, self.params.weights)

@@ -31,13 +31,19 @@ Decision = tuple[str | None, str]
 # ---- the reference: the policies as first written, on ReplicaView objects -------------------
 
 
-def _open(view: ClusterView, max_queue: int) -> tuple[list[ReplicaView], Decision | None]:
+def _open(
+    view: ClusterView, max_queue: int, adapter: str | None = None
+) -> tuple[list[ReplicaView], Decision | None]:
     healthy = [r for r in view.replicas if r.healthy]
     candidates = [r for r in healthy if not r.is_full(max_queue)]
     if not healthy:
         return [], (None, REASON_NO_HEALTHY)
     if not candidates:
         return [], (None, REASON_ALL_FULL)
+    if adapter is not None:
+        candidates = [r for r in candidates if adapter in r.adapters_loaded | r.adapters_resident]
+        if not candidates:
+            return [], (None, f"no open replica serves adapter {adapter}")
     return candidates, None
 
 
@@ -91,7 +97,7 @@ def reference_choose(
     policy: DispatchPolicy, view: ClusterView, req: RequestMeta, rng: random.Random, rr: list[int]
 ) -> Decision:
     p: Any = policy.params  # type: ignore[attr-defined]
-    cands, refusal = _open(view, p.max_queue)
+    cands, refusal = _open(view, p.max_queue, req.adapter_id)
     if refusal:
         return refusal
     name = policy.name

@@ -229,10 +229,13 @@ def test_prefix_affinity_gives_up_affinity_when_imbalanced() -> None:
 
 def test_weighted_combines_scorers() -> None:
     hashes = tuple(block_hashes(list(range(64)), 16))
+    sql = frozenset({"sql"})  # every replica serves it; on the device at "adapter" only
     v = view(
-        replica("prefix", prefix_hashes=frozenset(hashes), waiting=2, running=8),
-        replica("adapter", adapters_resident=frozenset({"sql"}), waiting=1, running=8),
-        replica("idle", kv_blocks_free=1000),
+        replica(
+            "prefix", prefix_hashes=frozenset(hashes), waiting=2, running=8, adapters_loaded=sql
+        ),
+        replica("adapter", adapters_resident=sql, adapters_loaded=sql, waiting=1, running=8),
+        replica("idle", kv_blocks_free=1000, adapters_loaded=sql),
     )
     req = meta(prefix_hashes=hashes, adapter_id="sql")
     assert policy("weighted", weights={"prefix": 1.0}).choose(v, req).replica_id == "prefix"
@@ -378,13 +381,20 @@ def test_random_views_never_yield_an_unhealthy_or_full_replica(name: str) -> Non
             adapter_id=rng.choice([None, "a", "b"]),
             prefix_hashes=hashes[: rng.randint(0, 8)],
         )
-        open_ids = {r.replica_id for r in replicas if r.healthy and not r.is_full(3)}
+        open_reps = [r for r in replicas if r.healthy and not r.is_full(3)]
+        adapter = req.adapter_id
+        open_ids = {
+            r.replica_id
+            for r in open_reps
+            if adapter is None or adapter in r.adapters_loaded | r.adapters_resident
+        }
         decision = p.choose(view(*replicas), req)
         if open_ids:
             assert decision.replica_id in open_ids, (trial, decision)
         else:
             assert decision.replica_id is None
-            assert decision.overloaded == any(r.healthy for r in replicas)
+            # Full everywhere is overload (429); no replica serving the adapter is not.
+            assert decision.overloaded == (not open_reps and any(r.healthy for r in replicas))
 
 
 def test_migration_target_has_room_and_is_not_the_source() -> None:
@@ -438,3 +448,19 @@ def test_high_priority_requests_keep_their_headroom() -> None:
     )
     assert rebalance_moves(only_urgent, p) == []  # nothing of normal priority to move
     assert rebalance_moves(v, RebalanceParams(priority_headroom=0.0)) == []
+
+
+@pytest.mark.parametrize("name", dispatch_policy_names())
+def test_adapter_requests_go_only_to_replicas_that_serve_the_adapter(name: str) -> None:
+    """Every policy: an adapter request never lands where the adapter is not loaded (e.g. while
+    a load is still reaching the fleet), however idle that replica is; none serving it: refused."""
+    v = view(
+        replica("idle", running=0, waiting=0),
+        replica("busy", running=40, waiting=3, adapters_loaded=frozenset({"sql"})),
+    )
+    p = policy(name)
+    for i in range(20):
+        assert p.choose(v, meta(f"r{i}", adapter_id="sql")).replica_id == "busy"
+    refused = p.choose(v, meta("x", adapter_id="poet"))
+    assert refused.replica_id is None and "adapter poet" in refused.reason
+    assert p.choose(v, meta("base")).replica_id is not None  # base requests anywhere
