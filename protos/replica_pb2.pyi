@@ -251,18 +251,20 @@ class MigrateOut(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., target_address: _Optional[str] = ..., transport: _Optional[str] = ..., max_stages: _Optional[int] = ...) -> None: ...
 
 class PrepareMigrateIn(_message.Message):
-    __slots__ = ("migration_id", "request_id", "num_blocks", "transport", "source_handle")
+    __slots__ = ("migration_id", "request_id", "num_blocks", "transport", "source_handle", "adapter_id")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     request_id: str
     num_blocks: int
     transport: str
     source_handle: bytes
-    def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., num_blocks: _Optional[int] = ..., transport: _Optional[str] = ..., source_handle: _Optional[bytes] = ...) -> None: ...
+    adapter_id: str
+    def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., num_blocks: _Optional[int] = ..., transport: _Optional[str] = ..., source_handle: _Optional[bytes] = ..., adapter_id: _Optional[str] = ...) -> None: ...
 
 class PullBlocks(_message.Message):
     __slots__ = ("migration_id", "start", "source_block_ids")

@@ -60,6 +60,7 @@ class PrepareMigrateIn:
     num_blocks: int
     transport: str  # host | cuda_ipc
     source_handle: bytes = b""  # cuda_ipc: how to map the source's KV cache
+    adapter_id: str = ""  # the request's LoRA adapter: the destination must serve it
 
 
 @dataclass(frozen=True)

@@ -547,6 +547,10 @@ class LLMEngine:
             adapter_id=req.adapter_id,
         )
 
+    def adapter_of(self, request_id: str) -> str | None:
+        """The LoRA adapter of a request in flight here (None: the base model)."""
+        return self._migratable(request_id).adapter_id
+
     def release_request(self, request_id: str) -> None:
         """The request now lives on another replica: free its blocks, send no output."""
         self.scheduler.release(request_id)
@@ -563,6 +567,10 @@ class LLMEngine:
         rid = state.request_id
         if rid in self._children:
             raise ValueError(f"request_id: {rid!r} is already in flight here")
+        adapter = state.adapter_id
+        version = self.adapters.for_request(adapter).version if adapter else ""
+        if adapter and not self.scheduler.adapter_fits(adapter):
+            raise ValueError(f"adapter_id: {adapter!r} would exceed max_loras here")
         bs = self.config.cache.block_size
         if len(block_ids) != -(-state.num_computed_tokens // bs):
             raise ValueError(
@@ -571,10 +579,6 @@ class LLMEngine:
             )
         if state.num_tokens >= self.max_model_len:
             raise ValueError(f"request_id: {rid!r} does not fit max_model_len here")
-        adapter = state.adapter_id
-        version = self.adapters.for_request(adapter).version if adapter else ""
-        if adapter and not self.scheduler.adapter_fits(adapter):
-            raise ValueError(f"adapter_id: {adapter!r} would exceed max_loras here")
         req = Request(
             request_id=rid,
             prompt_token_ids=list(state.prompt_token_ids),

@@ -91,13 +91,15 @@ class MigrationSource:
         engine = self._loop.engine
         bs = engine.config.cache.block_size
         try:
-            blocks, _ = await self.on_engine(lambda: engine.migration_blocks(rid))
+            (blocks, _), adapter = await self.on_engine(
+                lambda: (engine.migration_blocks(rid), engine.adapter_of(rid))
+            )
         except ValueError as exc:
             return run.aborted(str(exc))
         error = None
         for transport in transports:
             prepare = PrepareMigrateIn(
-                mid, rid, len(blocks) + 1, transport.name, transport.source_handle()
+                mid, rid, len(blocks) + 1, transport.name, transport.source_handle(), adapter or ""
             )
             error = (await send(prepare, f"{mid}:prepare:{transport.name}")).error
             if error is None or error.kind is not ErrorKind.INVALID_ARGUMENT:

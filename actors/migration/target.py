@@ -29,6 +29,7 @@ from actors.common.commands import (
 )
 from actors.common.config import MigrationSettings
 from actors.common.errors import CommandRefused, ErrorKind
+from actors.lora.adapter import AdapterError
 from actors.migration.transport import from_bytes
 from actors.replica.loop import EngineLoop
 
@@ -104,7 +105,16 @@ class MigrationTarget:
         elif cmd.transport != "host":
             raise _refused(ErrorKind.INVALID_ARGUMENT, f"unknown {cmd.transport!r}", "transport")
         engine = self._loop.engine
-        block_ids = await self._on_engine(lambda: engine.reserve_blocks(cmd.num_blocks))
+
+        def reserve() -> list[int] | None:
+            if cmd.adapter_id:  # a request whose adapter is not served here cannot continue here
+                engine.adapters.for_request(cmd.adapter_id)
+            return engine.reserve_blocks(cmd.num_blocks)
+
+        try:
+            block_ids = await self._on_engine(reserve)
+        except AdapterError as exc:
+            raise _refused(ErrorKind.INVALID_ARGUMENT, str(exc), "adapter_id") from exc
         if block_ids is None:
             raise _refused(ErrorKind.OVERLOADED, f"{cmd.num_blocks} KV blocks are not free here")
         self._incoming[cmd.migration_id] = _Incoming(

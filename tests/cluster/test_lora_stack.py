@@ -301,3 +301,78 @@ def test_an_adapter_under_resolve_dir_loads_on_its_first_request(
         )
         assert r.status_code == 404, (missing, r.text)
         assert r.json()["error"]["param"] == "model"
+
+
+def test_a_lora_request_migrates_only_where_its_adapter_is_served(
+    adapters: tuple[Path, dict],
+) -> None:
+    """Two replica servers (no Ray): a migration to one without the request's adapter is refused
+    before any block moves, and the request goes on at the source; once the destination loads
+    the adapter, the move commits and the stream is PEFT's exact tokens."""
+    import asyncio
+
+    from actors.common.commands import LoadAdapter, MigrateOut
+    from actors.common.config import CacheConfig, EngineConfig, LoRAConfig, MigrationSettings
+    from actors.common.control_client import ReplicaControlClient
+    from actors.common.sampling_params import SamplingParams
+    from actors.common.types import GenerateSpec
+    from actors.engine.engine import LLMEngine
+    from actors.replica.server import ReplicaServer
+
+    from .conftest import generate_following
+
+    config = EngineConfig(
+        cache=CacheConfig(num_gpu_blocks_override=256), device="cpu", lora=LoRAConfig(max_loras=2)
+    )
+    settings = MigrationSettings(downtime_budget_ms=0.0)
+    a = ReplicaServer(lambda: LLMEngine(config), "lora-a", migration=settings)
+    b = ReplicaServer(lambda: LLMEngine(config), "lora-b", migration=settings)
+    path = str(adapters[0] / "sql")
+    prompt = tuple(range(60, 72))
+    params = SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True)
+
+    async def run() -> tuple[list, list]:
+        control = ReplicaControlClient(a.address)
+        reports: list = []
+
+        async def move(delta: object) -> None:
+            command = MigrateOut("mig", b.address)
+            reports.append((await control.execute(command, f"m{len(reports)}", 30)).body)
+
+        moves: list[asyncio.Task] = []
+        seen = [0]
+
+        def on_delta(d: object) -> None:
+            seen[0] += len(d.token_ids)  # type: ignore[attr-defined]
+            if seen[0] >= 5 and not moves:
+                moves.append(asyncio.create_task(move(d)))
+            if len(reports) == 1 and len(moves) == 1:  # refused: load on b, move again
+                moves.append(asyncio.create_task(load_then_move()))
+
+        async def load_then_move() -> None:
+            loaded = await ReplicaControlClient(b.address).execute(
+                LoadAdapter("sql", path), "l", 60
+            )
+            assert loaded.error is None, loaded.error
+            await move(None)
+
+        try:
+            deltas = await generate_following(
+                a.address, GenerateSpec("mig", prompt, params, adapter_id="sql"), on_delta
+            )
+            await asyncio.gather(*moves)
+        finally:
+            await control.close()
+        return deltas, reports
+
+    try:
+        a.engine_loop.call(lambda: a.engine_loop.engine.add_adapter("sql", path)).result(60)
+        deltas, reports = asyncio.run(run())
+    finally:
+        a.stop()
+        b.stop()
+    assert reports[0].outcome == "aborted" and "adapter" in reports[0].reason
+    assert reports[0].bytes == 0
+    assert reports[1].outcome == "committed", reports[1]
+    tokens = [t for d in deltas for t in d.token_ids]
+    assert tokens == _greedy(adapters[1]["sql"], list(prompt), 300)

@@ -5,10 +5,13 @@ unmigrated, and both engines' blocks are all back afterwards."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import torch
 
-from actors.common.config import CacheConfig, EngineConfig, SchedulerConfig
+from actors.common.config import CacheConfig, EngineConfig, LoRAConfig, ModelConfig, SchedulerConfig
 from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 
@@ -170,3 +173,49 @@ def test_blocks_copied_from_a_mapped_source_cache(engines: tuple[LLMEngine, LLME
     assert [t for o in outs["ipc"] for t in o.new_token_ids] == reference.token_ids[0]
     with pytest.raises(ValueError, match="source_ids"):
         b.runner.copy_blocks_from(a.runner.kv_cache, [10**6], [0])
+
+
+def test_a_lora_request_migrates_with_its_adapter(
+    tiny_checkpoint: Callable[[str], Path],
+    build_hf: Callable[[str], torch.nn.Module],
+    tmp_path: Path,
+) -> None:
+    """Co-migration as the replicas do it: the destination serves the adapter too (every replica
+    loads the catalog); the moved request keeps its adapter and PEFT's exact tokens. A
+    destination without the adapter refuses the import by name."""
+    import peft
+
+    model = peft.get_peft_model(
+        build_hf("llama"), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "o_proj"])
+    )
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.15)
+    model.save_pretrained(tmp_path / "sql")
+    config = EngineConfig(
+        model=ModelConfig(model=str(tiny_checkpoint("llama")), dtype="float32"),
+        cache=CacheConfig(block_size=4, num_gpu_blocks_override=96),
+        device="cpu",
+        lora=LoRAConfig(max_loras=2),
+    )
+    a, b, bare = LLMEngine(config), LLMEngine(config), LLMEngine(config)
+    for engine in (a, b):
+        engine.add_adapter("sql", str(tmp_path / "sql"))
+    prompt = [5, 17, 29, 41, 53, 65, 77]
+    a.add_request("lora", prompt, GREEDY, adapter="sql")
+    before: dict[str, list] = {}
+    for _ in range(4):
+        _run(a, "lora", before)
+    with pytest.raises(ValueError, match="adapter 'sql' is not loaded"):
+        bare.import_request(a.export_request("lora"), [])
+    assert move(a, b, "lora", before)
+    outs = before["lora"] + _finish(b)["lora"]
+    tokens = [t for o in outs for t in o.new_token_ids]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(GREEDY.max_tokens):
+            ids.append(int(model.eval()(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert tokens == ids[len(prompt) :]
+    assert b.block_manager.num_free_blocks == b.block_manager.num_total_blocks
