@@ -350,9 +350,11 @@ def test_a_lora_request_migrates_only_where_its_adapter_is_served(
                 moves.append(asyncio.create_task(load_then_move()))
 
         async def load_then_move() -> None:
-            loaded = await ReplicaControlClient(b.address).execute(
-                LoadAdapter("sql", path), "l", 60
-            )
+            to_b = ReplicaControlClient(b.address)
+            try:
+                loaded = await to_b.execute(LoadAdapter("sql", path), "load-on-b", 60)
+            finally:
+                await to_b.close()
             assert loaded.error is None, loaded.error
             await move(None)
 
