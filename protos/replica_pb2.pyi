@@ -337,7 +337,7 @@ class MigrationReport(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., stages: _Optional[int] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ..., downtime_ms: _Optional[float] = ..., duration_ms: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests", "migrate_out", "prepare_migrate_in", "pull_blocks", "commit_migrate_in", "abort_migrate_in", "load_adapter", "unload_adapter")
+    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests", "migrate_out", "prepare_migrate_in", "pull_blocks", "commit_migrate_in", "abort_migrate_in", "load_adapter", "unload_adapter", "list_adapters")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     CORDON_FIELD_NUMBER: _ClassVar[int]
     UNCORDON_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +350,7 @@ class Command(_message.Message):
     ABORT_MIGRATE_IN_FIELD_NUMBER: _ClassVar[int]
     LOAD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     UNLOAD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    LIST_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     cordon: Cordon
     uncordon: Uncordon
@@ -362,7 +363,18 @@ class Command(_message.Message):
     abort_migrate_in: AbortMigrateIn
     load_adapter: LoadAdapter
     unload_adapter: UnloadAdapter
-    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ..., migrate_out: _Optional[_Union[MigrateOut, _Mapping]] = ..., prepare_migrate_in: _Optional[_Union[PrepareMigrateIn, _Mapping]] = ..., pull_blocks: _Optional[_Union[PullBlocks, _Mapping]] = ..., commit_migrate_in: _Optional[_Union[CommitMigrateIn, _Mapping]] = ..., abort_migrate_in: _Optional[_Union[AbortMigrateIn, _Mapping]] = ..., load_adapter: _Optional[_Union[LoadAdapter, _Mapping]] = ..., unload_adapter: _Optional[_Union[UnloadAdapter, _Mapping]] = ...) -> None: ...
+    list_adapters: ListAdapters
+    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ..., migrate_out: _Optional[_Union[MigrateOut, _Mapping]] = ..., prepare_migrate_in: _Optional[_Union[PrepareMigrateIn, _Mapping]] = ..., pull_blocks: _Optional[_Union[PullBlocks, _Mapping]] = ..., commit_migrate_in: _Optional[_Union[CommitMigrateIn, _Mapping]] = ..., abort_migrate_in: _Optional[_Union[AbortMigrateIn, _Mapping]] = ..., load_adapter: _Optional[_Union[LoadAdapter, _Mapping]] = ..., unload_adapter: _Optional[_Union[UnloadAdapter, _Mapping]] = ..., list_adapters: _Optional[_Union[ListAdapters, _Mapping]] = ...) -> None: ...
+
+class ListAdapters(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdapterList(_message.Message):
+    __slots__ = ("adapters",)
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ...) -> None: ...
 
 class LoadAdapter(_message.Message):
     __slots__ = ("name", "path")
@@ -379,16 +391,18 @@ class UnloadAdapter(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("name", "version", "rank", "modules")
+    __slots__ = ("name", "version", "rank", "modules", "path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     MODULES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     rank: int
     modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., rank: _Optional[int] = ..., modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    path: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., rank: _Optional[int] = ..., modules: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ()
@@ -429,7 +443,7 @@ class RequestList(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[RequestInfo, _Mapping]]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "error", "repeated", "done", "abort_result", "request_list", "reservation", "migration_report", "adapter_info")
+    __slots__ = ("command_id", "error", "repeated", "done", "abort_result", "request_list", "reservation", "migration_report", "adapter_info", "adapter_list")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPEATED_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +453,7 @@ class CommandResult(_message.Message):
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_REPORT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_INFO_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_LIST_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     error: _common_pb2.Error
     repeated: bool
@@ -448,4 +463,5 @@ class CommandResult(_message.Message):
     reservation: Reservation
     migration_report: MigrationReport
     adapter_info: AdapterInfo
-    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., migration_report: _Optional[_Union[MigrationReport, _Mapping]] = ..., adapter_info: _Optional[_Union[AdapterInfo, _Mapping]] = ...) -> None: ...
+    adapter_list: AdapterList
+    def __init__(self, command_id: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., repeated: _Optional[bool] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., abort_result: _Optional[_Union[AbortResult, _Mapping]] = ..., request_list: _Optional[_Union[RequestList, _Mapping]] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., migration_report: _Optional[_Union[MigrationReport, _Mapping]] = ..., adapter_info: _Optional[_Union[AdapterInfo, _Mapping]] = ..., adapter_list: _Optional[_Union[AdapterList, _Mapping]] = ...) -> None: ...

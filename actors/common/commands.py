@@ -104,6 +104,11 @@ class UnloadAdapter:
     name: str
 
 
+@dataclass(frozen=True)
+class ListAdapters:
+    """The adapters the replica serves, with where each was loaded from."""
+
+
 Command = Union[
     Cordon,
     Uncordon,
@@ -116,10 +121,11 @@ Command = Union[
     AbortMigrateIn,
     LoadAdapter,
     UnloadAdapter,
+    ListAdapters,
 ]
 COMMANDS: tuple[type, ...] = get_args(Command)  # the Union above is the one list
 # Commands that change nothing: a repeat may run again instead of replaying a stored answer.
-QUERIES: tuple[type, ...] = (ListRequests,)
+QUERIES: tuple[type, ...] = (ListRequests, ListAdapters)
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,12 @@ class AdapterInfo:
     version: str  # content hash
     rank: int
     modules: tuple[str, ...]
+    path: str = ""  # where it was loaded from
+
+
+@dataclass(frozen=True)
+class AdapterList:
+    adapters: tuple[AdapterInfo, ...]
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,9 @@ class BlockChunk:
     dtype: str
 
 
-Result = Union[Done, AbortResult, RequestList, Reservation, MigrationReport, AdapterInfo]
+Result = Union[
+    Done, AbortResult, RequestList, Reservation, MigrationReport, AdapterInfo, AdapterList
+]
 RESULTS: tuple[type, ...] = get_args(Result)
 
 

@@ -23,10 +23,12 @@ from actors.common.commands import (
     Abort,
     AbortResult,
     AdapterInfo,
+    AdapterList,
     Command,
     CommandResult,
     Cordon,
     Done,
+    ListAdapters,
     ListRequests,
     LoadAdapter,
     RequestList,
@@ -36,7 +38,7 @@ from actors.common.commands import (
 )
 from actors.common.errors import CommandRefused, ErrorKind, ReplicaError
 from actors.common.wire import chunk_from_frame, command_from_pb, result_to_pb
-from actors.lora.adapter import AdapterError
+from actors.lora.adapter import AdapterError, LoRAAdapter
 from actors.migration.service import MigrationCommands
 from actors.replica.loop import EngineLoop
 from protos import replica_pb2, replica_pb2_grpc
@@ -64,6 +66,7 @@ class CommandExecutor:
             ListRequests: self._list_requests,
             LoadAdapter: self._load_adapter,
             UnloadAdapter: self._unload_adapter,
+            ListAdapters: self._list_adapters,
         }
         if migration is not None:
             self._handlers.update(migration.handlers())
@@ -142,7 +145,12 @@ class CommandExecutor:
             adapter = await self._on_engine(lambda: engine.install_adapter(read))
         except AdapterError as exc:
             raise _adapter_refused(exc) from exc
-        return AdapterInfo(adapter.name, adapter.version, adapter.rank, adapter.modules)
+        return adapter_info(adapter)
+
+    async def _list_adapters(self, command: ListAdapters, command_id: str) -> Result:
+        engine = self._engine_loop.engine
+        listing = await self._on_engine(engine.adapters.listing)
+        return AdapterList(tuple(adapter_info(a) for a in listing))
 
     async def _unload_adapter(self, command: UnloadAdapter, command_id: str) -> Result:
         engine = self._engine_loop.engine
@@ -151,6 +159,10 @@ class CommandExecutor:
         except AdapterError as exc:
             raise _adapter_refused(exc, ErrorKind.NOT_FOUND) from exc
         return Done()
+
+
+def adapter_info(adapter: LoRAAdapter) -> AdapterInfo:
+    return AdapterInfo(adapter.name, adapter.version, adapter.rank, adapter.modules, adapter.path)
 
 
 def _adapter_refused(exc: AdapterError, kind: ErrorKind = ErrorKind.INVALID_ARGUMENT) -> Exception:

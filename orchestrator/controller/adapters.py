@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from actors.common.commands import AdapterInfo, LoadAdapter, UnloadAdapter
+from actors.common.commands import (
+    AdapterInfo,
+    AdapterList,
+    ListAdapters,
+    LoadAdapter,
+    UnloadAdapter,
+)
 from actors.common.config import AdapterRef
 from actors.common.errors import ErrorKind
+from actors.common.types import LoadReport
 from orchestrator.config.schema import DeploymentConfig, adapter_path_issue
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
@@ -28,6 +36,7 @@ from orchestrator.controller.state import ControllerState
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}")
 LOAD_TIMEOUT_S = 60.0  # reading a large adapter and copying it to the device takes a while
+TOMBSTONE_S = 60.0  # after an unload, reports listing the adapter are not taken as news
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,40 @@ class AdapterCatalog:
         self._config = config
         self._paths = {ref.name: ref.path for ref in settings.spec.adapters}
         self._resolving: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._unloaded: dict[str, float] = {}  # name -> when: reports may list it a while
+        self._asking: set[str] = set()  # replicas asked for their adapters right now
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def observe(self, report: LoadReport) -> None:
+        """A replica's load report (on the controller's loop). Adapters it serves that the
+        catalog lacks are asked of it and adopted: after a controller restart the catalog is
+        rebuilt from the replicas, as the replica records are."""
+        now = time.monotonic()
+        self._unloaded = {n: t for n, t in self._unloaded.items() if now - t < TOMBSTONE_S}
+        unknown = report.load.adapters_loaded - self._paths.keys() - self._unloaded.keys()
+        rid = report.identity.replica_id
+        if unknown and rid not in self._asking:
+            self._asking.add(rid)
+            task = asyncio.get_running_loop().create_task(self._adopt(rid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, replica_id: str) -> None:
+        try:
+            result = await self._commander.send(replica_id, ListAdapters())
+        finally:
+            self._asking.discard(replica_id)
+        if not isinstance(result.body, AdapterList):
+            return
+        allowed = self._config().adapters.allowed_dirs
+        for info in result.body.adapters:
+            known = info.name in self._paths or info.name in self._unloaded
+            if known or adapter_path_issue(info.path, allowed) is not None:
+                continue
+            self._paths[info.name] = info.path
+            self._state.events.add(
+                EventKind.ADAPTER_LOADED, f"{info.name} from {info.path} (served by {replica_id})"
+            )
 
     async def resolve(self, name: str) -> str | None:
         """Serve `name` from adapters.resolve_dir if it is there; None when served, else why
@@ -120,6 +163,7 @@ class AdapterCatalog:
                 await self._commander.send_all(loaded, UnloadAdapter(name))
             raise AdapterRefused(400, invalid[0].field or "lora_path", invalid[0].message)
         self._paths[name] = path
+        self._unloaded.pop(name, None)
         info = next((r.body for r in results.values() if isinstance(r.body, AdapterInfo)), None)
         self._state.events.add(EventKind.ADAPTER_LOADED, f"{name} from {path}")
         return {
@@ -134,6 +178,7 @@ class AdapterCatalog:
         if name not in self._paths:
             raise AdapterRefused(404, "lora_name", f"{name!r} is not loaded")
         del self._paths[name]  # replicas started from now on do not load it
+        self._unloaded[name] = time.monotonic()
         results = await self._commander.send_all(self._commander.reachable(), UnloadAdapter(name))
         failed = {
             rid: str(r.error)

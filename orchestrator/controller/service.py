@@ -163,6 +163,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     ) -> controller_pb2.RegisterReply:
         report = report_from_pb(request.report)
         accepted, reason = self._core.state.register(report)
+        if accepted:
+            self._core.adapters.observe(report)
         return controller_pb2.RegisterReply(
             accepted=accepted, reason=reason, report_interval_s=self._core.report_interval_s
         )
@@ -170,7 +172,10 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
     async def ReportLoad(
         self, request: common_pb2.LoadReport, context: object
     ) -> controller_pb2.ReportReply:
-        known = self._core.state.report(report_from_pb(request))
+        report = report_from_pb(request)
+        known = self._core.state.report(report)
+        if known:
+            self._core.adapters.observe(report)
         return controller_pb2.ReportReply(known=known)
 
     async def ResolveAdapter(

@@ -223,6 +223,8 @@ def test_load_serve_unload_at_run_time(
     r = _lora_call(stack, "unload", {"lora_name": "late"})
     assert r.status_code == 200, r.text
     _until(lambda: "late" not in _served(stack))
+    with AdminClient(stack.admin_url, stack.cluster.admin_token.value) as admin:
+        assert "late" not in {a["name"] for a in admin.adapters()}  # not re-adopted from reports
     gone = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60)
     assert gone.status_code == 404 and gone.json()["error"]["param"] == "model"
     assert _lora_call(stack, "unload", {"lora_name": "late"}).status_code == 404
@@ -378,3 +380,43 @@ def test_a_lora_request_migrates_only_where_its_adapter_is_served(
     assert reports[1].outcome == "committed", reports[1]
     tokens = [t for d in deltas for t in d.token_ids]
     assert tokens == _greedy(adapters[1]["sql"], list(prompt), 300)
+
+
+def test_a_restarted_controller_rebuilds_its_adapter_catalog(
+    stack: object, adapters: tuple[Path, dict], late: torch.nn.Module
+) -> None:
+    """Runs last (it restarts the controller): an adapter loaded at run time is known again
+    after a controller restart, rebuilt from the replicas that serve it."""
+    import time
+
+    import ray
+
+    from orchestrator.admin.client import AdminClient
+    from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
+
+    path = str(adapters[0] / "late")
+    assert _lora_call(stack, "load", {"lora_name": "late", "lora_path": path}).status_code == 200
+    old = stack.cluster.controller_address
+    ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            actor = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            address = ray.get(actor.grpc_address.remote(), timeout=60)
+            if address != old:
+                stack.cluster.admin_url = ray.get(actor.admin_url.remote(), timeout=60)
+                stack.cluster.controller_address = address
+                break
+        except (ray.exceptions.RayError, ValueError):
+            pass
+        assert time.monotonic() < deadline, "the controller did not come back"
+        time.sleep(0.2)  # the actor is restarting
+    with AdminClient(stack.cluster.admin_url, stack.cluster.admin_token.value) as admin:
+
+        def rebuilt() -> bool:
+            listed = {a["name"]: a for a in admin.adapters()}
+            return "late" in listed and listed["late"]["path"] == path
+
+        _until(rebuilt, 60)
+        names = {a["name"] for a in admin.adapters()}
+    assert {"sql", "poet", "late"} <= names
