@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from actors.common.config import EMBEDDED_MODEL
+from actors.lora.peft_config import AdapterError, check_adapter_dir
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from policies.params import PolicyParamError
 
@@ -327,22 +328,25 @@ def _adapter_issues(a: AdaptersSection) -> list[tuple[str, str]]:
         where = f"adapters.preload.{i}"
         if names.count(src.name) > 1:
             issues.append((f"{where}.name", f"{src.name!r} is listed more than once"))
-        reason = adapter_path_issue(src.path, a.allowed_dirs)
+        reason = adapter_path_issue(src.path, a.allowed_dirs, a.max_lora_rank)
         if reason:
             issues.append((f"{where}.path", reason))
     return issues
 
 
-def adapter_path_issue(path: str, allowed_dirs: Sequence[str]) -> str | None:
+def adapter_path_issue(path: str, allowed_dirs: Sequence[str], max_rank: int) -> str | None:
     """Why an adapter may not be loaded from `path` (None: it may): it must resolve, symlinks
-    followed, inside one of `allowed_dirs` and hold a PEFT adapter."""
+    followed, inside one of `allowed_dirs` and hold a PEFT adapter fleetlm serves (its files
+    and adapter_config.json; the weights' shapes are checked by the replica)."""
     real = Path(path).resolve()
     roots = [Path(d).resolve() for d in allowed_dirs]
     if not any(real == r or r in real.parents for r in roots):
         where = ", ".join(str(r) for r in roots) or "none set"
         return f"{path!r} is outside adapters.allowed_dirs ({where})"
-    if not (real / "adapter_config.json").is_file():
-        return f"{path!r} holds no adapter_config.json (not a PEFT adapter directory)"
+    try:
+        check_adapter_dir(real, max_rank)
+    except AdapterError as exc:
+        return f"{path!r}: {exc}"
     return None
 
 

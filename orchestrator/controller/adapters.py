@@ -89,10 +89,11 @@ class AdapterCatalog:
             self._asking.discard(replica_id)
         if not isinstance(result.body, AdapterList):
             return
-        allowed = self._config().adapters.allowed_dirs
+        cfg = self._config().adapters
         for info in result.body.adapters:
             known = info.name in self._paths or info.name in self._unloaded
-            if known or adapter_path_issue(info.path, allowed) is not None:
+            issue = adapter_path_issue(info.path, cfg.allowed_dirs, cfg.max_lora_rank)
+            if known or issue is not None:
                 continue
             self._paths[info.name] = info.path
             self._state.events.add(
@@ -198,6 +199,6 @@ class AdapterCatalog:
             )
         if not isinstance(path, str) or not path:
             raise AdapterRefused(400, "lora_path", "must be a non-empty string")
-        issue = adapter_path_issue(path, cfg.allowed_dirs)
+        issue = adapter_path_issue(path, cfg.allowed_dirs, cfg.max_lora_rank)
         if issue:
             raise AdapterRefused(400, "lora_path", issue)

@@ -153,6 +153,12 @@ def test_config_check_refuses_adapters_outside_allowed_dirs(
     no_slots = _config_text(adapters[0], 8000).replace("max_loras: 2", "max_loras: 0")
     with pytest.raises(ConfigError, match=r"adapters\.max_loras"):
         parse_config(no_slots)
+    # The adapter's own config is checked too (torch-free): sql has rank 8.
+    low_rank = _config_text(adapters[0], 8000).replace(
+        "max_loras: 2", "max_loras: 2\n  max_lora_rank: 4"
+    )
+    with pytest.raises(ConfigError, match=r"adapters\.preload\.0\.path.*r: rank 8 is over"):
+        parse_config(low_rank)
 
 
 # ---- runtime load / unload (vLLM's endpoints, relayed to the controller's admin API) ---------
