@@ -152,7 +152,7 @@ class Handlers:
     def _builder(self, prep: Prepared) -> ResponseBuilder:
         return ResponseBuilder(
             chat=prep.chat,
-            model=self.serving.model.name,
+            model=prep.model or self.serving.model.name,
             n=prep.params.n,
             num_prompt_tokens=len(prep.prompt_token_ids),
             token_text=self.serving.token_text,

@@ -97,6 +97,7 @@ class Prepared:
     chat: bool
     return_token_ids: bool = False
     adapter: str | None = None  # the LoRA adapter the `model` field named
+    model: str = ""  # the `model` field as the client sent it (echoed in responses)
     arrival: float = field(default_factory=time.perf_counter)
 
 
@@ -263,6 +264,7 @@ class OpenAIServing:
             chat=chat,
             return_token_ids=req.return_token_ids,
             adapter=adapter,
+            model=req.model,
         )
 
     def token_text(self, token_id: int) -> str:

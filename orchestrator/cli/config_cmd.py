@@ -79,9 +79,21 @@ def summary(cfg: DeploymentConfig) -> str:
         f"  engine    block_size={e.block_size} max_num_seqs={e.max_num_seqs} "
         f"max_num_batched_tokens={e.max_num_batched_tokens} preemption={e.preemption_mode}",
         f"  dispatch  {cfg.dispatch.policy}" + (f" ({params})" if params else ""),
+        _adapters_line(cfg),
         f"  server    http://{s.host}:{s.http_port}  controller :{s.controller_grpc_port}  "
         f"admin http://{s.admin_host}:{s.admin_port}",
         f"  security  tls={'on' if cfg.security.tls else 'off'} "
         f"api_keys={'on' if cfg.security.api_keys or cfg.security.api_keys_env else 'off'}",
     ]
     return "\n".join(lines)
+
+
+def _adapters_line(cfg: DeploymentConfig) -> str:
+    a = cfg.adapters
+    if not a.max_loras:
+        return "  adapters  off"
+    names = ", ".join(src.name for src in a.preload) or "none"
+    resolve = f" resolve_dir={a.resolve_dir}" if a.resolve_dir else ""
+    return (
+        f"  adapters  max_loras={a.max_loras} max_rank={a.max_lora_rank} preload: {names}{resolve}"
+    )

@@ -111,6 +111,7 @@ def test_adapters_by_name_equal_peft(stack: object, adapters: tuple[Path, dict])
             temperature=0,
             extra_body={"ignore_eos": True, "return_token_ids": True},
         )
+        assert resp.model == model_field  # echoed as the client named it
         reference = adapters[1][name] if name else _base_model()
         assert resp.choices[0].model_extra["token_ids"] == _greedy(reference, prompt, 10), name
     outs = {
