@@ -50,6 +50,8 @@ from actors.models.embedded import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
+PREFETCH_SCAN = 64  # queued requests looked at for adapters to prefetch, from the head
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -415,12 +417,24 @@ class LLMEngine:
             lora.pool.evict(name)
 
     def _adapter_slots(self) -> dict[str, int]:
-        """Device slots for the adapters of every running request (loading what is missing)."""
+        """Device slots for the adapters of every running request (loading what is missing),
+        then a prefetch of the adapters the head of the queue will need."""
         lora = self.runner.lora
         if lora is None:
             return {}
         names = {r.adapter_id for r in self.scheduler.running_requests() if r.adapter_id}
-        return lora.pool.ensure(self.adapters.get(n) for n in names) if names else {}
+        slots = lora.pool.ensure(self.adapters.get(n) for n in names) if names else {}
+        room = lora.pool.num_slots - len(names)
+        queued: list[str] = []
+        for req in self.scheduler.waiting_head(PREFETCH_SCAN):
+            if len(queued) >= room:
+                break
+            if req.adapter_id and req.adapter_id not in names and req.adapter_id not in queued:
+                queued.append(req.adapter_id)
+        if queued:
+            adapters = [self.adapters.get(n) for n in queued]
+            lora.pool.prefetch(adapters, keep=names | set(queued))
+        return slots
 
     # ---- conveniences ----------------------------------------------------------------------
 

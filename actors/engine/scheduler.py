@@ -141,6 +141,10 @@ class Scheduler:
         """Waiting and preempted requests in admission order."""
         return [req for _, req in self._waiting]
 
+    def waiting_head(self, n: int) -> list[Request]:
+        """The first `n` waiting requests in admission order (the next to be admitted)."""
+        return [req for _, req in self._waiting[:n]]
+
     def get_request(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
 

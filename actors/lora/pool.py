@@ -66,8 +66,12 @@ class AdapterPool:
         self._version: dict[str, str] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident adapters, oldest use first
         self._free = list(range(s - 1, -1, -1))
+        # GPU: prefetches copy on a side stream; a step that uses one first waits for its event.
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._pending: dict[str, torch.cuda.Event] = {}
         self.num_loads = 0
         self.num_evictions = 0
+        self.num_prefetches = 0
 
     # ---- residency ------------------------------------------------------------------------------
 
@@ -85,11 +89,39 @@ class AdapterPool:
                 if name in self._slot_of:
                     self.evict(name)
                 self._load(adapter, self._take_slot(needed))
+            event = self._pending.pop(name, None)
+            if event is not None:  # prefetched on the side stream: the step waits for it
+                torch.cuda.current_stream(self.device).wait_event(event)
             self._lru.move_to_end(name)
         return {name: self._slot_of[name] for name in needed}
 
+    def prefetch(self, adapters: Iterable[LoRAAdapter], keep: set[str]) -> None:
+        """Load adapters that queued requests will need, before they are scheduled: into free
+        slots, or slots of adapters outside `keep` (what running and queued requests use); on a
+        GPU on a side stream, so the copies overlap the steps."""
+        for adapter in adapters:
+            if self._version.get(adapter.name) == adapter.version:
+                continue
+            if not self._free:
+                victim = next((n for n in self._lru if n not in keep), None)
+                if victim is None:
+                    return
+                self.evict(victim)
+            if adapter.name in self._slot_of:
+                self.evict(adapter.name)  # an older version
+            slot = self._free.pop()
+            if self._side is None:
+                self._load(adapter, slot)
+            else:
+                with torch.cuda.stream(self._side):
+                    self._load(adapter, slot)
+                    self._pending[adapter.name] = torch.cuda.Event()
+                    self._pending[adapter.name].record(self._side)
+            self.num_prefetches += 1
+
     def evict(self, name: str) -> None:
         slot = self._slot_of.pop(name)
+        self._pending.pop(name, None)
         del self._version[name], self._lru[name]
         for g in GROUPS:
             self._ranks[g][slot] = 0

@@ -15,7 +15,7 @@ import peft
 import pytest
 import torch
 
-from actors.common.config import EngineConfig, LoRAConfig, ModelConfig
+from actors.common.config import EngineConfig, LoRAConfig, ModelConfig, SchedulerConfig
 from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 from actors.lora.adapter import AdapterError
@@ -189,3 +189,26 @@ def test_adapters_need_lora_enabled(tiny_checkpoint: Callable[[str], Path]) -> N
     engine = LLMEngine.from_model(str(tiny_checkpoint("llama")), dtype="float32", device="cpu")
     with pytest.raises(AdapterError, match="lora.max_loras is 0"):
         engine.add_adapter("a", "/tmp")
+
+
+def test_queued_requests_adapters_are_prefetched_before_they_run(
+    tiny_checkpoint: Callable[[str], Path], adapters: dict[str, tuple[Path, torch.nn.Module]]
+) -> None:
+    config = EngineConfig(
+        model=ModelConfig(model=str(tiny_checkpoint("llama")), dtype="float32"),
+        scheduler=SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=64),
+        device="cpu",
+        lora=LoRAConfig(max_loras=2, max_lora_rank=16),
+    )
+    engine = LLMEngine(config)
+    for name in ("r4-qv", "r8-all"):
+        engine.add_adapter(name, str(adapters[name][0]))
+    engine.add_request("first", [5, 6, 7], GREEDY, adapter="r4-qv")
+    engine.add_request("next", [8, 9, 10], GREEDY, adapter="r8-all")  # waits: one seq at a time
+    engine.step()
+    pool = engine.runner.lora.pool
+    assert engine.scheduler.get_request("next").status.name == "WAITING"
+    assert set(pool.resident()) == {"r4-qv", "r8-all"} and pool.num_prefetches == 1
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert pool.num_loads == 2  # the prefetched one was not loaded again
