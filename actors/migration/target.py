@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
 from actors.common.commands import (
     AbortMigrateIn,
     BlockChunk,
@@ -49,9 +51,12 @@ class _Incoming:
     block_ids: list[int]
     touched: float = field(default_factory=time.monotonic)  # the source's last sign of life
     source: Any = None  # cuda_ipc: the source's KV cache, mapped here
-    # False once it is committed or released: a block write still queued for the engine
-    # thread then skips, rather than write into blocks that may belong to someone else now.
+    # False once it is committed or released: a block write not begun then skips, rather than
+    # write into blocks that may belong to someone else now.
     live: bool = True
+    # Held by a block write in progress (off the engine thread); a commit or a release takes
+    # it first, so blocks change hands only when no write into them is under way.
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class MigrationTarget:
@@ -68,6 +73,7 @@ class MigrationTarget:
         self._map_source = map_source  # cuda_ipc: handle -> the source's KV cache tensor
         self._incoming: dict[str, _Incoming] = {}
         self._janitor: asyncio.Task[None] | None = None
+        self._copy_stream: Any = None  # GPU: the side stream block writes run on
 
     async def _on_engine(self, fn: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._loop.call(fn))
@@ -158,6 +164,8 @@ class MigrationTarget:
         self._pop(cmd.migration_id)  # from here the request (or, on failure, nobody) owns them
         ids, extra = incoming.block_ids[: cmd.num_blocks], incoming.block_ids[cmd.num_blocks :]
         engine = self._loop.engine
+        async with incoming.writing:  # a write still under way lands before the request runs
+            pass
 
         def adopt() -> None:
             engine.release_blocks(extra)
@@ -185,15 +193,27 @@ class MigrationTarget:
     # ---- helpers -----------------------------------------------------------------------------
 
     async def _write(self, incoming: _Incoming, write: Callable[[], None]) -> None:
-        """Run a block write on the engine thread, unless the reservation ended meanwhile."""
+        """Run a block write off the engine thread (the request's neighbours keep stepping, and
+        the last copy of a paused request waits for no step), unless the reservation ended.
 
-        def guarded() -> bool:
-            if incoming.live:
-                write()
-            return incoming.live
+        Safe beside the steps: reserved blocks are in no block table, so no step reads or
+        writes them; a commit or release waits for the write (`writing`)."""
+        async with incoming.writing:
+            if not incoming.live:
+                raise _refused(ErrorKind.NOT_FOUND, "the migration ended while its blocks arrived")
+            await asyncio.to_thread(self._copy, write)
 
-        if not await self._on_engine(guarded):
-            raise _refused(ErrorKind.NOT_FOUND, "the migration ended while its blocks arrived")
+    def _copy(self, write: Callable[[], None]) -> None:
+        """On a worker thread: `write`, on a side stream when on a GPU, finished on return."""
+        device = self._loop.engine.runner.device
+        if device.type != "cuda":
+            write()
+            return
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(self._copy_stream):
+            write()
+        self._copy_stream.synchronize()
 
     async def _room(self, incoming: _Incoming, needed: int) -> list[int]:
         """The reservation, grown (the request kept decoding) to at least `needed` blocks."""
@@ -216,7 +236,8 @@ class MigrationTarget:
         if incoming is None:
             return
         engine = self._loop.engine
-        await self._on_engine(lambda: engine.release_blocks(incoming.block_ids))
+        async with incoming.writing:  # no write into them is under way when they go back
+            await self._on_engine(lambda: engine.release_blocks(incoming.block_ids))
         logger.info("migration %s: reservation freed (%s)", migration_id, why)
 
     async def _unfollowed(self, request_id: str) -> None:
