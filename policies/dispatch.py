@@ -90,12 +90,24 @@ class _Policy(ABC):
             ]
             if not serving:
                 return serving, DispatchDecision(None, f"no open replica serves adapter {adapter}")
-            candidates = serving
+            candidates = self._affine(live, serving, adapter)
         if candidates:
             return candidates, None
         if live.any_healthy():
             return candidates, DispatchDecision(None, REASON_ALL_FULL)
         return candidates, DispatchDecision(None, REASON_NO_HEALTHY)
+
+    def _affine(self, live: LiveView, serving: list[int], adapter: str) -> list[int]:
+        """Of the replicas serving `adapter`, those with it in device memory, while they are
+        not `adapter_affinity_slack` busier than the idlest serving replica."""
+        reps = live.replicas
+        resident = [i for i in serving if adapter in reps[i].adapters_resident]
+        if not resident or len(resident) == len(serving):
+            return serving
+        idlest = min(live.load(i) for i in serving)
+        if min(live.load(i) for i in resident) <= idlest + self.params.adapter_affinity_slack:
+            return resident
+        return serving
 
 
 def _best_of(values: list[float], ties: Callable[[int], Any]) -> int:

@@ -91,9 +91,19 @@ class CommonParams:
     # Requests a replica may queue beyond its free running slots; the deployment YAML fills it
     # from server.max_queue_per_replica.
     max_queue: int = 64
+    # An adapter request goes to the replicas holding its adapter in device memory while the
+    # least loaded of them is within this much load (running + queued, as a fraction of running
+    # slots) of the least loaded replica serving it: traffic stays where the adapter is, so
+    # slots are not paged back and forth, unless that replica is this much busier.
+    adapter_affinity_slack: float = 0.5
 
     def __post_init__(self) -> None:
         require(self.max_queue >= 1, "max_queue", f"must be >= 1, got {self.max_queue}")
+        require(
+            self.adapter_affinity_slack >= 0,
+            "adapter_affinity_slack",
+            f"must be >= 0, got {self.adapter_affinity_slack}",
+        )
 
 
 def require(condition: bool, key: str, reason: str) -> None:

@@ -32,7 +32,7 @@ Decision = tuple[str | None, str]
 
 
 def _open(
-    view: ClusterView, max_queue: int, adapter: str | None = None
+    view: ClusterView, max_queue: int, adapter: str | None = None, slack: float = 0.5
 ) -> tuple[list[ReplicaView], Decision | None]:
     healthy = [r for r in view.replicas if r.healthy]
     candidates = [r for r in healthy if not r.is_full(max_queue)]
@@ -44,6 +44,10 @@ def _open(
         candidates = [r for r in candidates if adapter in r.adapters_loaded | r.adapters_resident]
         if not candidates:
             return [], (None, f"no open replica serves adapter {adapter}")
+        resident = [r for r in candidates if adapter in r.adapters_resident]
+        idlest = min(_load_key(r)[0] for r in candidates)
+        if resident and min(_load_key(r)[0] for r in resident) <= idlest + slack:
+            candidates = resident
     return candidates, None
 
 
@@ -97,7 +101,7 @@ def reference_choose(
     policy: DispatchPolicy, view: ClusterView, req: RequestMeta, rng: random.Random, rr: list[int]
 ) -> Decision:
     p: Any = policy.params  # type: ignore[attr-defined]
-    cands, refusal = _open(view, p.max_queue, req.adapter_id)
+    cands, refusal = _open(view, p.max_queue, req.adapter_id, p.adapter_affinity_slack)
     if refusal:
         return refusal
     name = policy.name

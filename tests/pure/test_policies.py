@@ -464,3 +464,32 @@ def test_adapter_requests_go_only_to_replicas_that_serve_the_adapter(name: str) 
     refused = p.choose(v, meta("x", adapter_id="poet"))
     assert refused.replica_id is None and "adapter poet" in refused.reason
     assert p.choose(v, meta("base")).replica_id is not None  # base requests anywhere
+
+
+@pytest.mark.parametrize("name", dispatch_policy_names())
+def test_adapter_requests_stay_where_the_adapter_is_on_device_within_the_slack(name: str) -> None:
+    """Every policy: traffic of an adapter goes to the replica holding it in device memory (no
+    paging elsewhere) while that replica is at most adapter_affinity_slack busier than the
+    idlest; beyond that, the others take it too."""
+    sql = frozenset({"sql"})
+
+    def fleet(hot_running: int) -> ClusterView:
+        return view(
+            replica("hot", running=hot_running, adapters_loaded=sql, adapters_resident=sql),
+            replica("cold1", running=0, adapters_loaded=sql),
+            replica("cold2", running=0, adapters_loaded=sql),
+        )
+
+    p = policy(name)
+    near = fleet(hot_running=3)  # load 3/8 = 0.375 <= 0 + 0.5
+    assert {p.choose(near, meta(f"a{i}", adapter_id="sql")).replica_id for i in range(12)} == {
+        "hot"
+    }
+    if name == "weighted":
+        return  # beyond the slack, weighted scores residency against load itself
+    far = fleet(hot_running=7)  # load 0.875 > 0.5: the idle replicas take it
+    picks = {p.choose(far, meta(f"b{i}", adapter_id="sql")).replica_id for i in range(12)}
+    assert picks & {"cold1", "cold2"}
+    strict = policy(name, adapter_affinity_slack=0.0)
+    picks = {strict.choose(near, meta(f"c{i}", adapter_id="sql")).replica_id for i in range(12)}
+    assert picks & {"cold1", "cold2"}
