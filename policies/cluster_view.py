@@ -52,6 +52,8 @@ class ReplicaLoad:
     migrated_bytes: int = 0  # KV bytes it has sent for migrations since it started
     adapters_loaded: frozenset[str] = frozenset()  # LoRA adapters it can serve (host memory)
     adapters_resident: frozenset[str] = frozenset()  # ... of which in device memory now
+    adapter_loads: int = 0  # adapters copied into device memory since it started (prefetches too)
+    adapter_evictions: int = 0  # ... and evicted to make room
     # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
     prefix_hashes: frozenset[str] = frozenset()
 

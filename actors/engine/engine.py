@@ -66,6 +66,8 @@ class EngineStats:
     num_preemptions: int
     prefix_hashes: tuple[str, ...]
     num_high_priority_running: int = 0  # running requests with priority < 0
+    adapter_loads: int = 0  # LoRA adapters copied into device slots (prefetches included)
+    adapter_evictions: int = 0
 
 
 # A request's state as operators read it: its most advanced choice's, first in this order.
@@ -626,6 +628,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         s = self.scheduler
         running = s.running_requests()
+        pool = self.runner.lora.pool if self.runner.lora is not None else None
         return EngineStats(
             num_running=len(running),
             num_waiting=s.num_waiting,
@@ -638,4 +641,6 @@ class LLMEngine:
             num_preemptions=s.num_preemptions,
             prefix_hashes=tuple(self.block_manager.cached_prefix_hashes(256)),
             num_high_priority_running=sum(1 for r in running if r.priority < 0),
+            adapter_loads=pool.num_loads if pool is not None else 0,
+            adapter_evictions=pool.num_evictions if pool is not None else 0,
         )

@@ -518,6 +518,8 @@ class EngineLoop:
             prefix_hashes=frozenset(s.prefix_hashes),
             adapters_loaded=frozenset(a.name for a in self._engine.adapters.listing()),
             adapters_resident=frozenset(self._engine.resident_adapters()),
+            adapter_loads=s.adapter_loads,
+            adapter_evictions=s.adapter_evictions,
         )
         return LoadReport(self._identity, seq=0, load=load)
 

@@ -32,9 +32,15 @@ MAX_NEW = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True)
 
 
-def make_adapter(base: torch.nn.Module, name: str, out: Path, seed: int) -> torch.nn.Module:
+def make_adapter(
+    base: torch.nn.Module,
+    name: str,
+    out: Path,
+    seed: int,
+    spec: tuple[int, list[str], bool] | None = None,
+) -> torch.nn.Module:
     """A PEFT adapter with random (non-zero) A and B saved under out/name; its PeftModel."""
-    rank, targets, rslora = SPECS[name]
+    rank, targets, rslora = spec or SPECS[name]
     config = peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules=targets, use_rslora=rslora, lora_dropout=0.0
     )
@@ -96,6 +102,41 @@ def test_one_batch_of_mixed_adapters_equals_peft_with_paging(
     pool = engine.runner.lora.pool
     assert pool.num_loads >= 4 and pool.num_evictions >= 2  # it paged
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_total_blocks
+
+
+def test_ten_adapters_through_two_slots_never_evict_one_in_use(
+    tiny_checkpoint: Callable[[str], Path],
+    build_hf: Callable[[str], torch.nn.Module],
+    tmp_path: Path,
+) -> None:
+    """S-LoRA's paging check: 10 adapters in use through a pool of 2 device slots; every request
+    gets its own adapter's output, no adapter a running request uses is ever evicted, and
+    nothing stays in use afterwards."""
+    specs = list(SPECS)
+    models = {}
+    engine = engine_for(tiny_checkpoint("llama"), max_loras=2)
+    for k in range(10):
+        name, spec = f"a{k}", SPECS[specs[k % len(specs)]]
+        models[name] = make_adapter(build_hf("llama"), name, tmp_path, 100 + k, spec)
+        engine.add_adapter(name, str(tmp_path / name))
+    pool = engine.runner.lora.pool
+    evict = pool.evict
+
+    def checked_evict(name: str) -> None:
+        running = {r.adapter_id for r in engine.scheduler.running_requests()}
+        assert name not in running, f"{name} evicted while a running request uses it"
+        evict(name)
+
+    pool.evict = checked_evict  # type: ignore[method-assign]
+    rng = random.Random(8)
+    order = [f"a{rng.randrange(10)}" for _ in range(16)] + [None, None]
+    prompts = [[rng.randrange(4, 260) for _ in range(rng.randrange(3, 20))] for _ in order]
+    results = engine.generate(prompts, GREEDY, adapters=order)
+    for prompt, name, result in zip(prompts, order, results, strict=True):
+        model = build_hf("llama").eval() if name is None else models[name]
+        assert result.token_ids[0] == greedy(model, prompt, MAX_NEW), name
+    assert pool.num_evictions >= 8
+    assert not engine.scheduler.running_requests() and not engine.has_unfinished_requests()
 
 
 def test_the_adapters_change_the_output(
