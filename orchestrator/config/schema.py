@@ -236,6 +236,10 @@ def section_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
     issues = []
     if "replicas" in sections and "model" in sections:
         issues += _replica_issues(sections["replicas"], sections["model"])
+    if "adapters" in sections and "model" in sections:
+        if sections["adapters"].max_loras and sections["model"].tensor_parallel_size > 1:
+            reason = "LoRA adapters with tensor_parallel_size > 1 are not supported yet"
+            issues.append(("adapters.max_loras", reason))
     checks = (
         ("engine", _engine_issues),
         ("migration", _migration_issues),

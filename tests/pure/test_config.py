@@ -306,3 +306,9 @@ def test_update_replaces_dispatch_params_as_a_whole() -> None:
     current = load_config(preset_path("prefix-heavy"))
     update = parse_policy_update("dispatch:\n  policy: least_load\n", current)
     assert update.dispatch.params == {}  # prefix_affinity's params would not fit least_load
+
+
+def test_config_check_refuses_lora_with_tensor_parallelism() -> None:
+    text = "model:\n  tensor_parallel_size: 2\nreplicas:\n  resources: {num_gpus: 2}\n"
+    with pytest.raises(ConfigError, match=r"adapters\.max_loras: LoRA adapters with tensor"):
+        parse_config(text + "adapters:\n  max_loras: 2\n")
