@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -157,10 +158,23 @@ def test_the_destination_dies_mid_copy_and_the_request_goes_on(
     a, _ = pair
     doomed = _server("f-doomed")
     free = _free(a)
+    # Fault injection at the runner seam: the destination's first block write hangs until the
+    # replica is gone, so it dies mid-copy however fast copies are.
+    copying, gone = threading.Event(), threading.Event()
+    runner = doomed.engine_loop.engine.runner
+    write = runner.import_blocks
+
+    def stalled_write(block_ids: list[int], data: object) -> None:
+        copying.set()
+        gone.wait(10)
+        write(block_ids, data)
+
+    runner.import_blocks = stalled_write  # type: ignore[method-assign]
 
     def kill_once_copying() -> None:
-        _wait(lambda: doomed.engine_loop.migrating_in > 0)
+        assert copying.wait(10), "no block write reached the destination"
         doomed.stop()
+        gone.set()
 
     deltas, report = asyncio.run(
         _migrate_mid_stream(a, doomed.address, "cmpl-doomed", kill_once_copying)
