@@ -221,7 +221,8 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [
         f"desired replicas: {data.get('desired_replicas')}   dispatch: {policy.get('name')}",
         f"{'replica':10s} {'state':9s} {'address':22s} {'node':10s} {'pid':>7s} "
-        f"{'run':>4s} {'wait':>4s} {'kv free':>11s} {'step ms':>8s} {'uptime':>8s}",
+        f"{'run':>4s} {'wait':>4s} {'kv free':>11s} {'step ms':>8s} {'uptime':>8s} "
+        f"{'lora dev/host':>13s}",
     ]
     for r in data.get("replicas", []):
         kv = f"{r.get('kv_blocks_free', 0)}/{r.get('kv_blocks_total', 0)}"
@@ -229,7 +230,8 @@ def format_status(data: dict[str, Any]) -> str:
             f"{r['id']:10s} {r['state']:9s} {r.get('address') or '-':22s} "
             f"{(r.get('node') or '-')[:10]:10s} {r.get('pid') or '-':>7} "
             f"{r.get('running', 0):>4} {r.get('waiting', 0):>4} {kv:>11s} "
-            f"{r.get('step_time_ms', 0.0):>8.1f} {_duration(r.get('uptime_s', 0.0)):>8s}"
+            f"{r.get('step_time_ms', 0.0):>8.1f} {_duration(r.get('uptime_s', 0.0)):>8s} "
+            f"{len(r.get('adapters_resident', [])):>6}/{len(r.get('adapters_loaded', [])):<6}"
         )
     if not data.get("replicas"):
         lines.append("(no replicas yet)")

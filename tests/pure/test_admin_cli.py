@@ -24,13 +24,15 @@ def test_status_table_has_a_row_per_replica() -> None:
         "replicas": [
             {"id": "r1", "state": "ready", "address": "h:1", "node": "n" * 40, "pid": 7,
              "running": 3, "waiting": 1, "kv_blocks_free": 5, "kv_blocks_total": 9,
-             "step_time_ms": 1.25, "uptime_s": 4000},
+             "step_time_ms": 1.25, "uptime_s": 4000, "adapters_loaded": ["sql", "poet"],
+             "adapters_resident": ["sql"]},
             {"id": "r2", "state": "starting"},
         ],
     }  # fmt: skip
     lines = format_status(data).splitlines()
     assert lines[0] == "desired replicas: 2   dispatch: least_load"
-    assert lines[2].split() == ["r1", "ready", "h:1", "n" * 10, "7", "3", "1", "5/9", "1.2", "66m"]
+    row = ["r1", "ready", "h:1", "n" * 10, "7", "3", "1", "5/9", "1.2", "66m", "1/2"]
+    assert lines[2].split() == row
     assert lines[3].split()[:3] == ["r2", "starting", "-"]
 
 
