@@ -91,7 +91,9 @@ def test_greedy_equals_offline_engine(replica: tuple, offline: LLMEngine) -> Non
 def test_one_message_per_step_per_connection(replica: tuple) -> None:
     """Two requests on one stream arrive together in the same DeltaBatch messages."""
     actor, address = replica
-    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    # Long enough that m0 is still running when its repeated call is read off the stream (with
+    # 6 tokens a loaded machine could finish it first, and the repeat then ran as a new request).
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     calls = [
         replica_pb2.GenerateCall(spec=spec_to_pb(GenerateSpec(f"m{i}", (5, 6, 7, i + 8), params)))
         for i in (0, 1, 0)  # the repeated command for m0 is idempotent: it runs once
