@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +93,10 @@ def run(engine: LLMEngine, reqs: list[tuple[list[int], int]], adapters: list[str
 
 def load_time(engine: LLMEngine, adapter: LoRAAdapter) -> dict[str, float]:
     pool = engine.runner.lora.pool
-    pinned = LoRAAdapter(
-        adapter.name,
-        adapter.path,
-        adapter.rank,
-        adapter.scaling,
-        adapter.modules,
-        {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()},
-        "load-probe",
+    pinned = replace(
+        adapter,
+        weights={k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()},
+        version="load-probe",
     )
     host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")

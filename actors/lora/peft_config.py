@@ -12,6 +12,11 @@ from typing import Any
 
 from actors.common.config import LORA_MODULES
 
+# An adapter's name (the OpenAI `model` suffix): the one definition, for the replica's registry,
+# the controller's catalog and the deployment YAML.
+ADAPTER_NAME = r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}"
+ADAPTER_NAME_RULE = "1-128 letters, digits, '.', '_', '-' or '/'"
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"

@@ -10,13 +10,15 @@ one is in use.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from actors.common.config import LoRAConfig
 from actors.lora.adapter import AdapterError, LoRAAdapter, load_adapter
+from actors.lora.peft_config import ADAPTER_NAME, ADAPTER_NAME_RULE
 from actors.models.config import ModelArchConfig
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}")
+_NAME = re.compile(ADAPTER_NAME)
 
 
 class AdapterRegistry:
@@ -32,9 +34,7 @@ class AdapterRegistry:
         if not self._lora.enabled:
             raise AdapterError("lora_name: adapters are off here (lora.max_loras is 0)")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise AdapterError(
-                f"lora_name: {name!r} must be 1-128 letters, digits, '.', '_', '-' or '/'"
-            )
+            raise AdapterError(f"lora_name: {name!r} must be {ADAPTER_NAME_RULE}")
         adapter = load_adapter(name, Path(path), self._arch, self._lora.max_lora_rank)
         return _pinned(adapter) if self._pin else adapter
 
@@ -87,12 +87,4 @@ class AdapterRegistry:
 
 def _pinned(adapter: LoRAAdapter) -> LoRAAdapter:
     weights = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()}
-    return LoRAAdapter(
-        adapter.name,
-        adapter.path,
-        adapter.rank,
-        adapter.scaling,
-        adapter.modules,
-        weights,
-        adapter.version,
-    )
+    return replace(adapter, weights=weights)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from actors.common.config import EMBEDDED_MODEL
-from actors.lora.peft_config import AdapterError, check_adapter_dir
+from actors.lora.peft_config import ADAPTER_NAME, AdapterError, check_adapter_dir
 from policies.dispatch import DispatchPolicy, make_dispatch_policy
 from policies.params import PolicyParamError
 
@@ -135,7 +135,7 @@ class MigrationSection(Section):
 
 
 class AdapterSource(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")  # the OpenAI model suffix
+    name: str = Field(pattern=f"^{ADAPTER_NAME}$")  # the OpenAI model suffix
     path: str = Field(min_length=1)  # a PEFT directory under one of adapters.allowed_dirs
 
 

@@ -28,13 +28,14 @@ from actors.common.commands import (
 from actors.common.config import AdapterRef
 from actors.common.errors import ErrorKind
 from actors.common.types import LoadReport
+from actors.lora.peft_config import ADAPTER_NAME, ADAPTER_NAME_RULE
 from orchestrator.config.schema import DeploymentConfig, adapter_path_issue
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}")
+_NAME = re.compile(ADAPTER_NAME)
 LOAD_TIMEOUT_S = 60.0  # reading a large adapter and copying it to the device takes a while
 TOMBSTONE_S = 60.0  # after an unload, reports listing the adapter are not taken as news
 
@@ -194,9 +195,7 @@ class AdapterCatalog:
         if not cfg.max_loras:
             raise AdapterRefused(400, "lora_name", "adapters are off (adapters.max_loras is 0)")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise AdapterRefused(
-                400, "lora_name", f"{name!r}: 1-128 letters, digits, '.', '_', '-' or '/'"
-            )
+            raise AdapterRefused(400, "lora_name", f"{name!r}: {ADAPTER_NAME_RULE}")
         if not isinstance(path, str) or not path:
             raise AdapterRefused(400, "lora_path", "must be a non-empty string")
         issue = adapter_path_issue(path, cfg.allowed_dirs, cfg.max_lora_rank)

@@ -33,20 +33,28 @@ def _base_model() -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
+def _save_adapter(
+    out: Path, rank: int, alpha: int, targets: list[str], seed: int
+) -> torch.nn.Module:
+    """A PEFT adapter of the embedded model with random (non-zero) A and B, saved at `out`."""
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
+    model = peft.get_peft_model(_base_model(), config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "lora_" in pname:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    model.save_pretrained(out)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.nn.Module]]:
     root = tmp_path_factory.mktemp("lora-root")
-    models = {}
-    for seed, (name, (rank, targets)) in enumerate(SPECS.items()):
-        config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
-        model = peft.get_peft_model(_base_model(), config)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for pname, param in model.named_parameters():
-                if "lora_" in pname:
-                    param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-        model.save_pretrained(root / name)
-        models[name] = model.eval()
+    models = {
+        name: _save_adapter(root / name, rank, rank, targets, seed)
+        for seed, (name, (rank, targets)) in enumerate(SPECS.items())
+    }
     return root, models
 
 
@@ -192,16 +200,7 @@ def _until(predicate: object, timeout_s: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def late(adapters: tuple[Path, dict]) -> torch.nn.Module:
     """A third adapter in the allowed root, not preloaded."""
-    root = adapters[0]
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["k_proj", "gate_proj"])
-    model = peft.get_peft_model(_base_model(), config)
-    gen = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "lora_" in pname:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    model.save_pretrained(root / "late")
-    return model.eval()
+    return _save_adapter(adapters[0] / "late", 4, 8, ["k_proj", "gate_proj"], seed=9)
 
 
 def test_load_serve_unload_at_run_time(
@@ -287,14 +286,7 @@ def test_an_adapter_under_resolve_dir_loads_on_its_first_request(
     stack: object, adapters: tuple[Path, dict]
 ) -> None:
     root = adapters[0]
-    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "up_proj"])
-    model = peft.get_peft_model(_base_model(), config)
-    gen = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "lora_" in pname:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    model.save_pretrained(root / "ondemand" / "fresh")
+    model = _save_adapter(root / "ondemand" / "fresh", 8, 16, ["q_proj", "up_proj"], seed=21)
     prompt = list(range(50, 60))
     body = {"model": f"{MODEL}:fresh", "prompt": prompt, "max_tokens": 6, "temperature": 0}
     body |= {"ignore_eos": True, "return_token_ids": True}
