@@ -1,15 +1,16 @@
 """Multi-LoRA throughput and adapter load time on one GPU (not a test; figures go to
 docs/benchmarks.md with the command, the GPU and the date).
 
-  python bench/lora.py [--adapters 1,10,100,1000] [--requests 512] [--max-loras 32]
+  python bench/lora.py [--adapters 1,10,100,1000] [--requests 512] [--max-loras 32] [--eager]
   python bench/lora.py --smoke      # the embedded tiny model on CPU: checks the script only
 
 A Llama-3-8B-shaped dummy base (bf16), rank-16 adapters on all seven projections. The same
 offline workload (ShareGPT-like lengths, all submitted at once) runs:
-  base           no adapters, CUDA graphs (the engine as it serves base traffic)
-  base-eager     no adapters, no CUDA graphs (what a LoRA step runs as today)
+  base           LoRA off (max_loras 0): the engine as it serves base traffic
+  base-lora-on   LoRA on, no request names an adapter (what enabling LoRA costs base traffic)
   lora-K         every request names one of K adapters, Zipf-distributed (s = 1.1)
-and reports output tokens/s and the ratio to `base` and to `base-eager`. Adapters are made in
+and reports output tokens/s and the ratio to `base`. Both engines use CUDA graphs (decode steps
+with adapters replay the LoRA graphs); --eager runs both without. Adapters are made in
 memory with random weights; to keep host memory bounded, the K adapters share 8 weight sets
 (each still has its own name, version and device slot, so paging costs what it costs).
 It also times one adapter's host-to-device load against its size / the pinned host-to-device
@@ -43,6 +44,7 @@ from actors.common.config import (
 from actors.common.sampling_params import SamplingParams
 from actors.engine.engine import LLMEngine
 from actors.lora.adapter import LoRAAdapter, module_dims
+from actors.lora.registry import for_device
 from bench.engine import make_model_dir
 
 RANK = 16
@@ -59,7 +61,9 @@ def synthetic_adapters(engine: LLMEngine, count: int, seed: int = 0) -> list[LoR
             for module in LORA_MODULES:
                 i, o = module_dims(arch, module)
                 a = (torch.randn(RANK, i, generator=gen) * 0.01).to(torch.bfloat16)
-                b = (torch.randn(o, RANK, generator=gen) * 0.01).to(torch.bfloat16)
+                b = (torch.randn(RANK, o, generator=gen) * 0.01).to(torch.bfloat16)  # B^T
+                if torch.cuda.is_available():  # as the registry keeps them: async copies
+                    a, b = a.pin_memory(), b.pin_memory()
                 weights[(layer, module)] = (a, b)
         sets.append(weights)
     return [
@@ -93,11 +97,7 @@ def run(engine: LLMEngine, reqs: list[tuple[list[int], int]], adapters: list[str
 
 def load_time(engine: LLMEngine, adapter: LoRAAdapter) -> dict[str, float]:
     pool = engine.runner.lora.pool
-    pinned = replace(
-        adapter,
-        weights={k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()},
-        version="load-probe",
-    )
+    pinned = replace(for_device(adapter, torch.bfloat16, pin=True), version="load-probe")
     host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dev.copy_(host)
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--max-loras", type=int, default=32)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs in either engine")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "lora.json"))
     args = ap.parse_args()
     counts = [int(c) for c in args.adapters.split(",")]
@@ -147,31 +148,48 @@ def main() -> None:
         "gpu": "none (smoke)" if smoke else torch.cuda.get_device_name(0),
         "command": " ".join(["python3", *sys.argv]),
         "runs": {},
+        "adapter_loads": {},  # copies into device slots during each run (prefetches included)
+        "distinct_adapters": {},  # adapters the run's requests name
     }
     lora = LoRAConfig(max_loras=min(args.max_loras, max(counts)), max_lora_rank=RANK)
-    base = LLMEngine(EngineConfig(model=model, cache=cache, scheduler=sched, device=device))
+    base = LLMEngine(
+        EngineConfig(
+            model=model, cache=cache, scheduler=sched, device=device, enforce_eager=args.eager
+        )
+    )
     vocab = min(base.runner.vocab_size, base.tokenizer.vocab_size)
     reqs = workload(args.requests, vocab, smoke)
+    warmup = reqs[: max(1, len(reqs) // 8)]  # the first run in a process is slower: not timed
+    run(base, warmup, [None] * len(warmup))
     report["runs"]["base"] = run(base, reqs, [None] * len(reqs))
     del base
-    eager = EngineConfig(
-        model=model, cache=cache, scheduler=sched, device=device, enforce_eager=True, lora=lora
+    engine = LLMEngine(
+        EngineConfig(
+            model=model,
+            cache=cache,
+            scheduler=sched,
+            device=device,
+            enforce_eager=args.eager,
+            lora=lora,
+        )
     )
-    engine = LLMEngine(eager)
-    report["runs"]["base-eager"] = run(engine, reqs, [None] * len(reqs))
+    run(engine, warmup, [None] * len(warmup))
+    report["runs"]["base-lora-on"] = run(engine, reqs, [None] * len(reqs))
     rng = random.Random(1)
     for count in counts:
         adapters = synthetic_adapters(engine, count)
         for a in adapters:
             engine.install_adapter(a)
         names = [adapters[zipf_choice(rng, count)].name for _ in reqs]
+        loads = engine.stats().adapter_loads
         report["runs"][f"lora-{count}"] = run(engine, reqs, names)
+        report["adapter_loads"][f"lora-{count}"] = engine.stats().adapter_loads - loads
+        report["distinct_adapters"][f"lora-{count}"] = len(set(names))
         for a in adapters:
             engine.remove_adapter(a.name)
         print(json.dumps({k: round(v, 1) for k, v in report["runs"].items()}), flush=True)
     runs = report["runs"]
     report["ratio_to_base"] = {k: v / runs["base"] for k, v in runs.items()}
-    report["ratio_to_base_eager"] = {k: v / runs["base-eager"] for k, v in runs.items()}
     if not smoke:
         report["load"] = load_time(engine, synthetic_adapters(engine, 1, seed=7)[0])
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -52,7 +52,7 @@ def forward_ms(engine: LLMEngine, batch: int) -> float | None:
     graphs = engine.runner.decode_graphs
     if graphs is None:
         return None
-    graph = graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+    graph = graphs.graphs[(next(s for s in graphs.sizes if s >= batch), False)]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()

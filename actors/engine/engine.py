@@ -99,8 +99,9 @@ class LLMEngine:
         self.scheduler = Scheduler(
             config.scheduler, self.block_manager, self.max_model_len, config.lora.max_loras
         )
-        on_gpu = self.runner.device.type == "cuda"
-        self.adapters = AdapterRegistry(self.runner.arch, config.lora, pin=on_gpu)
+        runner = self.runner
+        pin = runner.device.type == "cuda"
+        self.adapters = AdapterRegistry(runner.arch, config.lora, runner.dtype, pin=pin)
         self.sampler = Sampler()
         self._seed_rng = random.Random(config.model.seed)
         self._requests: dict[str, Request] = {}  # live child requests by their own id

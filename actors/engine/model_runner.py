@@ -150,6 +150,7 @@ class ModelRunner:
                 max_model_len=self._max_model_len,
                 block_size=self._block_size,
                 device=self._device,
+                lora=self.lora,
             )
             self._graphs.capture()
         logger.info(
@@ -239,13 +240,15 @@ class ModelRunner:
     def _run_with_adapters(
         self, chunks: list[ScheduledChunk], slots: Mapping[str, int], lora: LoRAHooks
     ) -> torch.Tensor:
-        """An eager step whose projections add each token's adapter delta (no CUDA graph: the
-        captured graphs hold no LoRA)."""
+        """A step whose projections add each token's adapter delta: a decode step replays the
+        LoRA decode graph, any other runs eagerly with the hooks on."""
         per_chunk = [
             (slots[c.request.adapter_id] if c.request.adapter_id else -1, c.num_new_tokens)
             for c in chunks
         ]
         token_slots = torch.tensor([s for s, n in per_chunk for _ in range(n)], dtype=torch.int32)
+        if self.uses_graph(len(chunks), max(n for _, n in per_chunk)):
+            return self.run_batch(self._build(chunks, _CPU), token_slots)
         batch = self._build(chunks, self._device)
         lora.batch = lora.pool.batch(token_slots)  # [T]
         try:
@@ -260,13 +263,16 @@ class ModelRunner:
         return graphs is not None and max_query_len == 1 and num_tokens <= graphs.max_batch
 
     @torch.inference_mode()
-    def run_batch(self, batch: InputBatch) -> torch.Tensor:
-        """The forward of a built batch (host or device tensors); logits [S, V] fp32."""
+    def run_batch(self, batch: InputBatch, token_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """The forward of a built batch (host or device tensors); logits [S, V] fp32.
+        `token_slots` [T] int32: each token's adapter slot, for a step that replays a graph."""
         if self._graphs is not None and self.uses_graph(batch.num_tokens, batch.attn.max_query_len):
-            logits = self._graphs.run(batch)  # [B, V]
+            logits = self._graphs.run(batch, token_slots)  # [B, V]
             if batch.num_sampled == batch.num_tokens:
                 return logits
             return logits[batch.logits_indices.to(self._device)]
+        if token_slots is not None:
+            raise ValueError("token_slots: only a step that replays a decode graph takes them")
         hidden = self.model(batch.input_ids, batch.positions, batch.attn, self.kv_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])  # [S, V]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from actors.common.config import SchedulerConfig
@@ -73,6 +74,9 @@ class Scheduler:
         # A dict keeps insertion order like a list but removes in O(1) (finishes, preemptions).
         self._running: dict[str, Request] = {}
         self._first_child: dict[str, Request] = {}  # n > 1: parent id -> the index-0 child
+        # A running adapter none of whose requests are admitted while a request of a cold
+        # adapter waits for its slot (_adapter_admits): it frees the slot in bounded time.
+        self._draining: str | None = None
         # Running requests a migration holds still for its last copy: not scheduled, never
         # preempted (their blocks are being read), released or resumed by the migration.
         self._paused: set[str] = set()
@@ -265,6 +269,9 @@ class Scheduler:
         # Swapped requests hold host memory and made progress: newcomers of the same or a worse
         # priority must not take the blocks they wait for.
         floor = min((r.priority for r in self._swapped), default=None)
+        adapters = self._running_adapters()
+        if self._draining not in adapters:
+            self._draining = None  # its slot is free (or it never ran): the cold one can run
         i = 0
         while i < len(self._waiting) and step.budget > 0:
             if len(self._running) >= self.config.max_num_seqs:
@@ -275,8 +282,9 @@ class Scheduler:
             if self._gated(req) or req.request_id in self._paused:
                 i += 1
                 continue
-            if not self.adapter_fits(req.adapter_id):
-                return  # FCFS, as for blocks: it runs when a slot frees; nobody overtakes it
+            if not self._adapter_admits(req.adapter_id, adapters):
+                i += 1
+                continue
             hit_blocks, num_hit = bm.get_computed_blocks(req)
             num_new = min(req.num_tokens - num_hit, step.budget)
             if not bm.allocate_slots(req, num_new, hit_blocks):
@@ -290,15 +298,40 @@ class Scheduler:
                 req.num_cached_tokens = num_hit
             req.status = RequestStatus.RUNNING
             self._running[req.request_id] = req
+            if req.adapter_id:
+                adapters[req.adapter_id] += 1
             step.add(req, num_new)
+
+    def _running_adapters(self) -> Counter[str]:
+        return Counter(r.adapter_id for r in self._running.values() if r.adapter_id)
 
     def adapter_fits(self, adapter: str | None) -> bool:
         """Whether a request of `adapter` may run now: its adapter already runs, or a device
         slot is left for it."""
         if adapter is None or not self.max_loras:
             return True
-        active = {r.adapter_id for r in self._running.values() if r.adapter_id}
+        active = self._running_adapters()
         return adapter in active or len(active) < self.max_loras
+
+    def _adapter_admits(self, adapter: str | None, running: Counter[str]) -> bool:
+        """Whether a waiting request of `adapter` may start now, given the adapters running.
+
+        A request whose adapter finds every slot taken waits. Later requests of running
+        adapters overtake it (they take no slot, and a strict FCFS queue would idle the batch
+        behind it), except those of one adapter picked to drain, the running one with the
+        fewest requests: its slot frees once they finish, and the first cold request in the
+        queue takes it. So a cold adapter never starves, and waits at most the remaining
+        lifetime of the drained adapter's requests.
+        """
+        if adapter is None or not self.max_loras:
+            return True
+        if adapter in running:
+            return adapter != self._draining
+        if len(running) < self.max_loras:
+            return True
+        if self._draining is None:
+            self._draining = min(running, key=running.__getitem__)
+        return False
 
     def _gated(self, req: Request) -> bool:
         """n > 1: later choices wait until choice 0 computed the prompt they will share."""

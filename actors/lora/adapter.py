@@ -42,7 +42,9 @@ _KEY = re.compile(
 
 @dataclass(frozen=True)
 class LoRAAdapter:
-    """One adapter's weights on the host, per (layer, module): A [r, in], B [out, r]."""
+    """One adapter's weights on the host, per (layer, module): A [r, in] and B^T [r, out], both
+    contiguous, so a page-in is one flat copy per tensor (a transposed source would be made
+    contiguous on the host first, synchronously)."""
 
     name: str
     path: str
@@ -115,5 +117,5 @@ def _read_weights(
                     f"{where}: shapes {tuple(a.shape)} / {tuple(b.shape)} do not fit this model "
                     f"(expected ({rank}, {in_dim}) / ({out_dim}, {rank})): another base model?"
                 )
-            weights[(layer, module)] = (a, b)
+            weights[(layer, module)] = (a.contiguous(), b.t().contiguous())
     return weights

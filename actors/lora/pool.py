@@ -139,14 +139,14 @@ class AdapterPool:
         r_max = self.max_rank
         for g in GROUPS:
             self._ranks[g][slot] = 0
-        for (layer, module), (a, b) in adapter.weights.items():
+        for (layer, module), (a, bt) in adapter.weights.items():  # [r, in], [r, out]
             g, p = PLACE[module]
             rank, out = a.shape[0], self.out_dims[g][p]
             first = (p * self.num_slots + slot) * r_max  # A row of (slot, p, 0)
             self._a[layer][g][first : first + rank].copy_(a, non_blocking=True)
             start = self._b_base[g][p] + slot * r_max * out
             pool = self._b[layer][g]
-            pool[start : start + rank * out].view(rank, out).copy_(b.t(), non_blocking=True)
+            pool[start : start + rank * out].view(rank, out).copy_(bt, non_blocking=True)
             self._ranks[g][slot, p] = rank
             self._scales[g][slot, p] = adapter.scaling
         for g in GROUPS:

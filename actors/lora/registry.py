@@ -13,6 +13,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from actors.common.config import LoRAConfig
 from actors.lora.adapter import AdapterError, LoRAAdapter, load_adapter
 from actors.lora.peft_config import ADAPTER_NAME, ADAPTER_NAME_RULE
@@ -22,9 +24,12 @@ _NAME = re.compile(ADAPTER_NAME)
 
 
 class AdapterRegistry:
-    def __init__(self, arch: ModelArchConfig, lora: LoRAConfig, pin: bool) -> None:
+    def __init__(
+        self, arch: ModelArchConfig, lora: LoRAConfig, dtype: torch.dtype, pin: bool
+    ) -> None:
         self._arch = arch
         self._lora = lora
+        self._dtype = dtype  # the model's: a page-in is then a plain copy, no conversion
         self._pin = pin  # pinned host memory: the copies to the device run asynchronously
         self._adapters: dict[str, LoRAAdapter] = {}
         self._unloading: set[str] = set()
@@ -36,7 +41,7 @@ class AdapterRegistry:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise AdapterError(f"lora_name: {name!r} must be {ADAPTER_NAME_RULE}")
         adapter = load_adapter(name, Path(path), self._arch, self._lora.max_lora_rank)
-        return _pinned(adapter) if self._pin else adapter
+        return for_device(adapter, self._dtype, self._pin)
 
     def install(self, adapter: LoRAAdapter, in_use: bool) -> LoRAAdapter:
         """Serve a prepared adapter (engine thread); what is served under its name after."""
@@ -85,6 +90,12 @@ class AdapterRegistry:
         return [a for n, a in self._adapters.items() if n not in self._unloading]
 
 
-def _pinned(adapter: LoRAAdapter) -> LoRAAdapter:
-    weights = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()}
+def for_device(adapter: LoRAAdapter, dtype: torch.dtype, pin: bool) -> LoRAAdapter:
+    """The adapter's weights in `dtype`, in pinned memory if `pin` (host copies of them)."""
+
+    def host(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(dtype)
+        return t.pin_memory() if pin else t
+
+    weights = {k: (host(a), host(b)) for k, (a, b) in adapter.weights.items()}
     return replace(adapter, weights=weights)

@@ -65,11 +65,13 @@ def adapters(
     }
 
 
-def engine_for(path: Path, max_loras: int = 2, max_rank: int = 16) -> LLMEngine:
+def engine_for(
+    path: Path, max_loras: int = 2, max_rank: int = 16, device: str = "cpu"
+) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
             model=ModelConfig(model=str(path), dtype="float32"),
-            device="cpu",
+            device=device,
             lora=LoRAConfig(max_loras=max_loras, max_lora_rank=max_rank),
         )
     )
@@ -84,12 +86,24 @@ def greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
     return ids[len(prompt) :]
 
 
+ON_GPU = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    ],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
 def test_one_batch_of_mixed_adapters_equals_peft_with_paging(
     tiny_checkpoint: Callable[[str], Path],
     tiny_hf_model: Callable[[str], torch.nn.Module],
     adapters: dict[str, tuple[Path, torch.nn.Module]],
+    device: str,
 ) -> None:
-    engine = engine_for(tiny_checkpoint("llama"), max_loras=2)  # 4 adapters, 2 device slots
+    """On a GPU this also runs the SGMV Triton kernels compiled and the side-stream prefetch."""
+    engine = engine_for(tiny_checkpoint("llama"), max_loras=2, device=device)  # 4 adapters, 2 slots
     for name, (path, _) in adapters.items():
         engine.add_adapter(name, str(path))
     rng = random.Random(3)
@@ -101,6 +115,8 @@ def test_one_batch_of_mixed_adapters_equals_peft_with_paging(
         assert result.token_ids[0] == greedy(model, prompt, MAX_NEW), name
     pool = engine.runner.lora.pool
     assert pool.num_loads >= 4 and pool.num_evictions >= 2  # it paged
+    if device == "cuda":  # the decodes replayed the LoRA graphs
+        assert engine.runner.decode_graphs is not None and engine.runner.decode_graphs.lora
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_total_blocks
 
 

@@ -28,12 +28,13 @@ def make_sched(
     host_blocks: int = 0,
     max_model_len: int = 256,
     caching: bool = True,
+    max_loras: int = 0,
 ) -> Scheduler:
     cfg = SchedulerConfig(
         max_num_batched_tokens=budget, max_num_seqs=max_seqs, preemption_mode=mode
     )
     bm = BlockManager(num_blocks, BS, caching, num_host_blocks=host_blocks)
-    return Scheduler(cfg, bm, max_model_len)
+    return Scheduler(cfg, bm, max_model_len, max_loras)
 
 
 def make_req(
@@ -42,12 +43,13 @@ def make_req(
     max_tokens: int = 4,
     priority: int = 0,
     first_token: int = 0,
+    adapter_id: str | None = None,
     **kw: object,
 ) -> Request:
     params = SamplingParams(max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
     prompt = list(range(first_token, first_token + prompt_len))
     # Equal arrival times: the scheduler breaks ties by the order requests were added.
-    return Request(rid, prompt, params, arrival_time=0.0, priority=priority)
+    return Request(rid, prompt, params, arrival_time=0.0, priority=priority, adapter_id=adapter_id)
 
 
 def step(s: Scheduler, token: int = NEXT_TOKEN) -> tuple[SchedulerOutput, list[Request]]:
@@ -370,6 +372,49 @@ def test_lone_request_too_large_fails_instead_of_hanging() -> None:
     s.add_request(huge)
     s.schedule()
     assert huge.status == RequestStatus.FINISHED_ERROR
+    assert_idle(s)
+
+
+def running_adapters(s: Scheduler) -> set[str]:
+    return {r.adapter_id for r in s.running_requests() if r.adapter_id}
+
+
+def test_a_cold_adapter_waits_for_a_drained_slot_while_running_adapters_overtake_it() -> None:
+    s = make_sched(max_loras=2, max_seqs=16, budget=256)
+    add = [
+        ("a1", "A", 30), ("a2", "A", 30), ("b1", "B", 3),  # B runs the fewest: it drains
+        ("c1", "C", 3),  # cold: both slots are taken
+        ("a3", "A", 3), ("b2", "B", 3), ("a4", "A", 3),
+    ]  # fmt: skip
+    for rid, adapter, max_tokens in add:
+        s.add_request(make_req(rid, 4, max_tokens=max_tokens, adapter_id=adapter))
+    admitted: dict[str, int] = {}
+    for n in range(40):
+        out, _ = step(s)
+        for c in out.chunks:
+            admitted.setdefault(c.request.request_id, n)
+        assert len(running_adapters(s)) <= 2
+    assert admitted["a3"] == admitted["a4"] == 0  # overtook c1: A already has a slot
+    assert admitted["b1"] == 0 and "b2" in admitted and admitted["b2"] > admitted["c1"]
+    # b1 ends after its prefill + 2 decodes (steps 0-2); c1 takes B's slot on the next step.
+    assert admitted["c1"] == 3
+    assert not s.has_unfinished()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_adapter_slots_never_exceeded_and_everyone_finishes(seed: int) -> None:
+    rng = random.Random(seed)
+    s = make_sched(max_loras=2, max_seqs=6, num_blocks=48, budget=32)
+    for k in range(40):
+        adapter = rng.choice(["A", "A", "A", "B", "C", "D", None])
+        s.add_request(
+            make_req(f"r{k}", rng.randrange(1, 12), rng.randrange(1, 12), adapter_id=adapter)
+        )
+    for _ in range(2000):
+        if not s.has_unfinished():
+            break
+        step(s)
+        assert len(running_adapters(s)) <= 2
     assert_idle(s)
 
 
