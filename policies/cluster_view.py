@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
@@ -52,8 +52,11 @@ class ReplicaLoad:
     migrated_bytes: int = 0  # KV bytes it has sent for migrations since it started
     adapters_loaded: frozenset[str] = frozenset()  # LoRA adapters it can serve (host memory)
     adapters_resident: frozenset[str] = frozenset()  # ... of which in device memory now
+    adapter_slots: int = 0  # adapters its device memory holds at once (max_loras)
     adapter_loads: int = 0  # adapters copied into device memory since it started (prefetches too)
     adapter_evictions: int = 0  # ... and evicted to make room
+    # Requests per adapter since it started (placement's demand, policies/adapters.py).
+    adapter_requests: dict[str, int] = field(default_factory=dict)
     # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
     prefix_hashes: frozenset[str] = frozenset()
 

@@ -337,7 +337,7 @@ class MigrationReport(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., stages: _Optional[int] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ..., downtime_ms: _Optional[float] = ..., duration_ms: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests", "migrate_out", "prepare_migrate_in", "pull_blocks", "commit_migrate_in", "abort_migrate_in", "load_adapter", "unload_adapter", "list_adapters")
+    __slots__ = ("command_id", "cordon", "uncordon", "abort", "list_requests", "migrate_out", "prepare_migrate_in", "pull_blocks", "commit_migrate_in", "abort_migrate_in", "load_adapter", "unload_adapter", "list_adapters", "place_adapter")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     CORDON_FIELD_NUMBER: _ClassVar[int]
     UNCORDON_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +351,7 @@ class Command(_message.Message):
     LOAD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     UNLOAD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LIST_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    PLACE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     cordon: Cordon
     uncordon: Uncordon
@@ -364,7 +365,16 @@ class Command(_message.Message):
     load_adapter: LoadAdapter
     unload_adapter: UnloadAdapter
     list_adapters: ListAdapters
-    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ..., migrate_out: _Optional[_Union[MigrateOut, _Mapping]] = ..., prepare_migrate_in: _Optional[_Union[PrepareMigrateIn, _Mapping]] = ..., pull_blocks: _Optional[_Union[PullBlocks, _Mapping]] = ..., commit_migrate_in: _Optional[_Union[CommitMigrateIn, _Mapping]] = ..., abort_migrate_in: _Optional[_Union[AbortMigrateIn, _Mapping]] = ..., load_adapter: _Optional[_Union[LoadAdapter, _Mapping]] = ..., unload_adapter: _Optional[_Union[UnloadAdapter, _Mapping]] = ..., list_adapters: _Optional[_Union[ListAdapters, _Mapping]] = ...) -> None: ...
+    place_adapter: PlaceAdapter
+    def __init__(self, command_id: _Optional[str] = ..., cordon: _Optional[_Union[Cordon, _Mapping]] = ..., uncordon: _Optional[_Union[Uncordon, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., list_requests: _Optional[_Union[ListRequests, _Mapping]] = ..., migrate_out: _Optional[_Union[MigrateOut, _Mapping]] = ..., prepare_migrate_in: _Optional[_Union[PrepareMigrateIn, _Mapping]] = ..., pull_blocks: _Optional[_Union[PullBlocks, _Mapping]] = ..., commit_migrate_in: _Optional[_Union[CommitMigrateIn, _Mapping]] = ..., abort_migrate_in: _Optional[_Union[AbortMigrateIn, _Mapping]] = ..., load_adapter: _Optional[_Union[LoadAdapter, _Mapping]] = ..., unload_adapter: _Optional[_Union[UnloadAdapter, _Mapping]] = ..., list_adapters: _Optional[_Union[ListAdapters, _Mapping]] = ..., place_adapter: _Optional[_Union[PlaceAdapter, _Mapping]] = ...) -> None: ...
+
+class PlaceAdapter(_message.Message):
+    __slots__ = ("name", "resident")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    resident: bool
+    def __init__(self, name: _Optional[str] = ..., resident: _Optional[bool] = ...) -> None: ...
 
 class ListAdapters(_message.Message):
     __slots__ = ()

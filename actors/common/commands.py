@@ -105,6 +105,16 @@ class UnloadAdapter:
 
 
 @dataclass(frozen=True)
+class PlaceAdapter:
+    """Placement (policies/adapters.py): hold the served adapter `name` in device memory now
+    (`resident`), or let it go from there. Refused (conflict) when every slot, or the adapter
+    itself, is held by running requests."""
+
+    name: str
+    resident: bool
+
+
+@dataclass(frozen=True)
 class ListAdapters:
     """The adapters the replica serves, with where each was loaded from."""
 
@@ -122,6 +132,7 @@ Command = Union[
     LoadAdapter,
     UnloadAdapter,
     ListAdapters,
+    PlaceAdapter,
 ]
 COMMANDS: tuple[type, ...] = get_args(Command)  # the Union above is the one list
 # Commands that change nothing: a repeat may run again instead of replaying a stored answer.

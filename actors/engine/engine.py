@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 from actors.common.commands import RequestInfo
 from actors.common.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
@@ -68,6 +69,7 @@ class EngineStats:
     num_high_priority_running: int = 0  # running requests with priority < 0
     adapter_loads: int = 0  # LoRA adapters copied into device slots (prefetches included)
     adapter_evictions: int = 0
+    adapter_requests: dict[str, int] = field(default_factory=dict)  # per adapter, since start
 
 
 # A request's state as operators read it: its most advanced choice's, first in this order.
@@ -111,6 +113,7 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []  # finished outside step() (aborts)
         self._last_step_ms = 0.0
         self._num_steps = 0
+        self._adapter_requests: Counter[str] = Counter()  # placement's demand signal
 
     @classmethod
     def from_model(
@@ -199,6 +202,8 @@ class LLMEngine:
             )
             self.scheduler.add_request(req)
         self._children[request_id] = child_ids
+        if adapter:
+            self._adapter_requests[adapter] += 1
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -410,6 +415,23 @@ class LLMEngine:
     def resident_adapters(self) -> list[str]:
         lora = self.runner.lora
         return lora.pool.resident() if lora is not None else []
+
+    def place_adapter(self, name: str, resident: bool) -> bool:
+        """Placement's ask (policies/adapters.py): load `name` into a device slot now, or let
+        it go from there. Returns whether it is where asked. A slot is taken only if free or
+        held by an adapter no running or queued request uses; an adapter running requests use
+        stays. AdapterError if `name` is not served here."""
+        adapter = self.adapters.for_request(name)
+        lora = self.runner.lora
+        assert lora is not None  # for_request found it: adapters are served only with a pool
+        if not resident:
+            if any(r.adapter_id == name for r in self.scheduler.running_requests()):
+                return False
+            self._evict_adapter(name)
+            return True
+        keep = {r.adapter_id for r in self._requests.values() if r.adapter_id}
+        lora.pool.prefetch([adapter], keep)
+        return name in lora.pool.resident()
 
     def _adapter_in_use(self, name: str) -> bool:
         return any(r.adapter_id == name for r in self._requests.values())
@@ -644,4 +666,5 @@ class LLMEngine:
             num_high_priority_running=sum(1 for r in running if r.priority < 0),
             adapter_loads=pool.num_loads if pool is not None else 0,
             adapter_evictions=pool.num_evictions if pool is not None else 0,
+            adapter_requests=dict(self._adapter_requests),
         )

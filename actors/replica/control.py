@@ -31,6 +31,7 @@ from actors.common.commands import (
     ListAdapters,
     ListRequests,
     LoadAdapter,
+    PlaceAdapter,
     RequestList,
     Result,
     Uncordon,
@@ -67,6 +68,7 @@ class CommandExecutor:
             LoadAdapter: self._load_adapter,
             UnloadAdapter: self._unload_adapter,
             ListAdapters: self._list_adapters,
+            PlaceAdapter: self._place_adapter,
         }
         if migration is not None:
             self._handlers.update(migration.handlers())
@@ -151,6 +153,21 @@ class CommandExecutor:
         engine = self._engine_loop.engine
         listing = await self._on_engine(engine.adapters.listing)
         return AdapterList(tuple(adapter_info(a) for a in listing))
+
+    async def _place_adapter(self, command: PlaceAdapter, command_id: str) -> Result:
+        engine = self._engine_loop.engine
+        try:
+            placed = await self._on_engine(
+                lambda: engine.place_adapter(command.name, command.resident)
+            )
+        except AdapterError as exc:
+            raise _adapter_refused(exc, ErrorKind.NOT_FOUND) from exc
+        if not placed:
+            where = "load it into a device slot" if command.resident else "evict it"
+            raise CommandRefused(
+                ErrorKind.CONFLICT, f"cannot {where}: running requests hold the slots", "name"
+            )
+        return Done()
 
     async def _unload_adapter(self, command: UnloadAdapter, command_id: str) -> Result:
         engine = self._engine_loop.engine

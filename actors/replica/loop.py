@@ -520,6 +520,8 @@ class EngineLoop:
             adapters_resident=frozenset(self._engine.resident_adapters()),
             adapter_loads=s.adapter_loads,
             adapter_evictions=s.adapter_evictions,
+            adapter_requests=s.adapter_requests,
+            adapter_slots=self._engine.config.lora.max_loras,
         )
         return LoadReport(self._identity, seq=0, load=load)
 

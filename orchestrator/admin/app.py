@@ -246,7 +246,7 @@ class AdminRoutes:
     # ---- adapters --------------------------------------------------------------------------
 
     async def adapters(self) -> dict[str, Any]:
-        return {"adapters": self._core.adapters.listing()}
+        return {"adapters": self._core.adapter_listing()}
 
     async def load_adapter(self, request: Request) -> dict[str, Any]:
         body = await _json_body(request)

@@ -139,6 +139,20 @@ class AdapterSource(Section):
     path: str = Field(min_length=1)  # a PEFT directory under one of adapters.allowed_dirs
 
 
+class AdapterPlacementSection(Section):
+    """Demand-driven adapter placement across replicas (policies/adapters.py, docs/lora.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=2.0, gt=0)  # between rounds
+    replica_rps: float = Field(default=4.0, gt=0)  # one adapter's req/s per device holder
+    down_ratio: float = Field(default=0.5, gt=0, lt=1)  # let a holder go below this share
+    hold_s: float = Field(default=30.0, gt=0)  # no let-go within this long of a change
+    settle_s: float = Field(default=5.0, gt=0)  # no change this soon after one (reports lag)
+    idle_s: float = Field(default=300.0, gt=0)  # no requests this long: off every device
+    window_s: float = Field(default=30.0, gt=0)  # demand's sliding window
+    max_actions: int = Field(default=8, ge=1)  # changes per round, cluster-wide
+
+
 class AdaptersSection(Section):
     """Multi-LoRA (docs/lora.md): PEFT adapters every replica serves beside the base model."""
 
@@ -149,6 +163,7 @@ class AdaptersSection(Section):
     # A request naming an adapter nobody serves loads it from resolve_dir/NAME when that is a
     # PEFT directory (inside allowed_dirs); None: unknown adapters are a 404.
     resolve_dir: str | None = None
+    placement: AdapterPlacementSection = AdapterPlacementSection()
 
 
 class ServerSection(Section):

@@ -126,6 +126,9 @@ class AdapterCatalog:
             return str(exc)
         return None
 
+    def names(self) -> list[str]:
+        return sorted(self._paths)
+
     def refs(self) -> tuple[AdapterRef, ...]:
         return tuple(AdapterRef(n, p) for n, p in sorted(self._paths.items()))
 

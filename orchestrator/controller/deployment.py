@@ -25,6 +25,7 @@ from orchestrator.controller.settings import (
     ControllerSettings,
     ReplicaResources,
 )
+from policies.adapters import PlacementParams
 from policies.migration import RebalanceParams
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -84,6 +85,13 @@ def rebalance_params(cfg: DeploymentConfig) -> RebalanceParams | None:
     return RebalanceParams(r.high_kv_usage, r.low_kv_usage, r.max_moves, r.priority_headroom)
 
 
+def placement_params(cfg: DeploymentConfig) -> PlacementParams | None:
+    p = cfg.adapters.placement
+    if not (cfg.adapters.max_loras and p.enabled):
+        return None
+    return PlacementParams(**p.model_dump(exclude={"enabled", "interval_s"}))
+
+
 def settings_from_config(
     cfg: DeploymentConfig,
     *,
@@ -124,6 +132,8 @@ def settings_from_config(
         migration_concurrency=cfg.migration.max_concurrent_per_replica,
         rebalance=rebalance_params(cfg),
         rebalance_interval_s=cfg.migration.rebalance.interval_s,
+        placement=placement_params(cfg),
+        placement_interval_s=cfg.adapters.placement.interval_s,
         unhealthy_after_s=server.unhealthy_after_s,
         tls=tls,
     )

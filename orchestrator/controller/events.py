@@ -34,6 +34,7 @@ class EventKind(str, enum.Enum):
     MIGRATION = "migration"  # a request moved (or not) between replicas: stages, bytes, downtime
     ADAPTER_LOADED = "adapter_loaded"  # a LoRA adapter joined the catalog (every replica)
     ADAPTER_UNLOADED = "adapter_unloaded"
+    ADAPTER_PLACED = "adapter_placed"  # placement moved an adapter onto or off a device
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from orchestrator.controller.adapters import AdapterCatalog
 from orchestrator.controller.commander import ControlClient, ReplicaCommander
 from orchestrator.controller.deployment import WILDCARD_HOSTS, ConfigUpdater
 from orchestrator.controller.migrations import Migrations
+from orchestrator.controller.placement import AdapterPlacer
 from orchestrator.controller.reconciler import Reconciler, ReplicaBackend
 from orchestrator.controller.service import ControllerCore, ControllerServicer
 from orchestrator.controller.settings import ControllerSettings
@@ -53,6 +54,9 @@ class ControllerHost:
         self.commander = ReplicaCommander(self.state, settings.tls, connect=connect)
         self.migrations = Migrations(self.state, self.commander, lambda: self.settings)
         self.adapters = AdapterCatalog(self.state, self.commander, settings, lambda: config.current)
+        self.placer = AdapterPlacer(
+            self.state, self.commander, self.adapters.names, lambda: self.settings
+        )
         self.core = ControllerCore(
             self.state,
             config,
@@ -60,6 +64,7 @@ class ControllerHost:
             self.migrations,
             self.adapters,
             settings.replica_options.report_interval_s,
+            self.placer,
         )
         self._server = self.call(self._start_server())
         self.address = f"{advertise_host or settings.grpc_host}:{self._bound_port}"
@@ -71,6 +76,7 @@ class ControllerHost:
             lambda: self.adapters.settings_for_new(self.settings),
             lambda: self.core.desired_replicas,
             self.address,
+            self.placer,
         )
         self._admin = self.call(self._start_admin())
         self.admin_url = (
@@ -131,6 +137,7 @@ class ControllerHost:
             except asyncio.TimeoutError:
                 logger.warning("reconciler tick still running after %.0fs: cancelled", STOP_WAIT_S)
             await self.migrations.close()
+            await self.placer.close()
             await self._admin.stop()
             await self._server.stop(0.5)
             await self.commander.close()

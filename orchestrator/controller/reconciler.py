@@ -25,6 +25,7 @@ from actors.common.commands import CommandResult, Cordon, Uncordon
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
 from orchestrator.controller.migrations import Migrations
+from orchestrator.controller.placement import AdapterPlacer
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 
@@ -108,6 +109,7 @@ class Reconciler:
         settings: Callable[[], ControllerSettings],
         desired_replicas: Callable[[], int],
         controller_address: str,
+        placer: AdapterPlacer | None = None,
     ) -> None:
         self._state = state
         self._backend = backend
@@ -116,6 +118,7 @@ class Reconciler:
         self._settings = settings
         self._desired = desired_replicas
         self._address = controller_address
+        self._placer = placer
         self._adopted = False
         self.start_failures = 0
         self._create_after = 0.0
@@ -147,6 +150,8 @@ class Reconciler:
         await self._converge_cordons()
         self._migrations.evacuate()  # draining replicas: their requests move away
         self._migrations.rebalance()  # pressed replicas shed a request to idle ones
+        if self._placer is not None:
+            self._placer.round()  # adapters onto (off) devices as their demand asks
         await self._finish_drains()
 
     async def _blocking(self, fn: Callable, *args: object) -> object:

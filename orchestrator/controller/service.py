@@ -19,6 +19,7 @@ import yaml
 
 from actors.common.commands import CommandResult
 from actors.common.errors import ErrorKind, ReplicaError
+from actors.common.types import LoadReport
 from actors.common.wire import report_from_pb
 from orchestrator.config.errors import ConfigError
 from orchestrator.controller.adapters import AdapterCatalog
@@ -26,6 +27,7 @@ from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.deployment import ConfigUpdater
 from orchestrator.controller.events import EventKind
 from orchestrator.controller.migrations import Migrations
+from orchestrator.controller.placement import AdapterPlacer
 from orchestrator.controller.reconciler import apply_cordon, set_drain
 from orchestrator.controller.state import ControllerState, ReplicaRecord
 from orchestrator.controller.wire import ViewUpdate, update_to_pb
@@ -51,6 +53,7 @@ class ControllerCore:
         migrations: Migrations,
         adapters: AdapterCatalog,
         report_interval_s: float,
+        placer: AdapterPlacer | None = None,
     ) -> None:
         self.state = state
         self.events = state.events
@@ -58,10 +61,25 @@ class ControllerCore:
         self.commander = commander
         self.migrations = migrations
         self.adapters = adapters
+        self.placer = placer
         self.report_interval_s = report_interval_s
         self.watchers: set[asyncio.Event] = set()
         self._view_msg: tuple[int, controller_pb2.ClusterViewMsg] | None = None
         state.on_change(self._wake_watchers)
+
+    def observe(self, report: LoadReport) -> None:
+        """A report the state took: what the adapter catalog and placement learn from it."""
+        self.adapters.observe(report)
+        if self.placer is not None:
+            self.placer.observe(report)
+
+    def adapter_listing(self) -> list[dict[str, Any]]:
+        """The catalog, each adapter with its request rate (placement's demand)."""
+        rates = self.placer.rates() if self.placer is not None else {}
+        return [
+            {**entry, "requests_per_s": round(rates.get(entry["name"], 0.0), 3)}
+            for entry in self.adapters.listing()
+        ]
 
     def _wake_watchers(self) -> None:
         for event in self.watchers:
@@ -164,7 +182,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         report = report_from_pb(request.report)
         accepted, reason = self._core.state.register(report)
         if accepted:
-            self._core.adapters.observe(report)
+            self._core.observe(report)
         return controller_pb2.RegisterReply(
             accepted=accepted, reason=reason, report_interval_s=self._core.report_interval_s
         )
@@ -175,7 +193,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
         report = report_from_pb(request)
         known = self._core.state.report(report)
         if known:
-            self._core.adapters.observe(report)
+            self._core.observe(report)
         return controller_pb2.ReportReply(known=known)
 
     async def ResolveAdapter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.common.config import ReplicaOptions, ReplicaSpec, TlsFiles
+from policies.adapters import PlacementParams
 from policies.migration import RebalanceParams
 
 CONTROLLER_NAME = "fleetlm-controller"
@@ -41,6 +42,8 @@ class ControllerSettings:
     migration_concurrency: int = 2  # migrations out of one replica at once (drains)
     rebalance: RebalanceParams | None = None  # None: the controller never moves on its own
     rebalance_interval_s: float = 1.0
+    placement: PlacementParams | None = None  # None: adapters sit where routing puts them
+    placement_interval_s: float = 2.0
     unhealthy_after_s: float = 2.0
     reconcile_interval_s: float = 0.5
     # A replica that never registered within this long is given up and replaced.

@@ -184,6 +184,31 @@ def test_unload_lets_requests_finish_and_refuses_new_ones(
     assert engine.adapters.listing() == [] and engine.resident_adapters() == []
 
 
+def test_placement_puts_adapters_on_and_off_the_device_but_never_takes_a_running_ones_slot(
+    tiny_checkpoint: Callable[[str], Path], adapters: dict[str, tuple[Path, torch.nn.Module]]
+) -> None:
+    engine = engine_for(tiny_checkpoint("llama"), max_loras=2)
+    for name, (path, _) in adapters.items():
+        engine.add_adapter(name, str(path))
+    a, b, c, d = SPECS
+    assert engine.place_adapter(a, True) and engine.place_adapter(b, True)
+    assert sorted(engine.resident_adapters()) == sorted([a, b])
+    engine.add_request("x", [5, 6, 7], GREEDY, adapter=a)
+    engine.step()  # `a` runs now
+    assert engine.place_adapter(c, True)  # takes b's slot (nobody uses b), never a's
+    assert sorted(engine.resident_adapters()) == sorted([a, c])
+    engine.add_request("y", [5, 6, 7], GREEDY, adapter=c)
+    engine.step()  # both slots are held by running requests now
+    assert not engine.place_adapter(d, True)
+    assert not engine.place_adapter(a, False)  # a running request keeps it
+    with pytest.raises(AdapterError, match="not loaded"):
+        engine.place_adapter("nobody", True)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.place_adapter(c, False) and engine.resident_adapters() == [a]
+    assert engine.stats().adapter_requests == {a: 1, c: 1}
+
+
 def test_reloading_changed_content_is_a_new_version(
     tiny_checkpoint: Callable[[str], Path],
     adapters: dict[str, tuple[Path, torch.nn.Module]],

@@ -312,3 +312,16 @@ def test_config_check_refuses_lora_with_tensor_parallelism() -> None:
     text = "model:\n  tensor_parallel_size: 2\nreplicas:\n  resources: {num_gpus: 2}\n"
     with pytest.raises(ConfigError, match=r"adapters\.max_loras: LoRA adapters with tensor"):
         parse_config(text + "adapters:\n  max_loras: 2\n")
+
+
+def test_adapter_placement_settings_reach_the_controller_and_bad_ones_name_the_key() -> None:
+    from orchestrator.controller.deployment import placement_params
+
+    text = "adapters:\n  max_loras: 4\n  placement: {replica_rps: 2.5, hold_s: 60}\n"
+    params = placement_params(parse_config(text))
+    assert params is not None and (params.replica_rps, params.hold_s) == (2.5, 60.0)
+    assert placement_params(parse_config("adapters:\n  max_loras: 0\n")) is None  # LoRA off
+    off = "adapters:\n  max_loras: 4\n  placement: {enabled: false}\n"
+    assert placement_params(parse_config(off)) is None
+    with pytest.raises(ConfigError, match=r"adapters\.placement\.down_ratio"):
+        parse_config("adapters:\n  max_loras: 4\n  placement: {down_ratio: 1.5}\n")
