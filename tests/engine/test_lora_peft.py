@@ -155,6 +155,22 @@ def test_ten_adapters_through_two_slots_never_evict_one_in_use(
     assert not engine.scheduler.running_requests() and not engine.has_unfinished_requests()
 
 
+def test_equal_to_the_merged_model_too(
+    tiny_checkpoint: Callable[[str], Path],
+    build_hf: Callable[[str], torch.nn.Module],
+    tmp_path: Path,
+) -> None:
+    """PEFT's other reference: the adapter merged into the base weights (merge_and_unload)."""
+    peft_model = make_adapter(build_hf("llama"), "r8-all", tmp_path, seed=11)
+    merged = peft_model.merge_and_unload()
+    engine = engine_for(tiny_checkpoint("llama"))
+    engine.add_adapter("m", str(tmp_path / "r8-all"))
+    prompts = [list(range(7, 7 + n)) for n in (3, 11, 25)]
+    outs = engine.generate(prompts, GREEDY, adapters=["m", None, "m"])
+    assert outs[0].token_ids[0] == greedy(merged, prompts[0], MAX_NEW)
+    assert outs[2].token_ids[0] == greedy(merged, prompts[2], MAX_NEW)
+
+
 def test_the_adapters_change_the_output(
     tiny_checkpoint: Callable[[str], Path], adapters: dict[str, tuple[Path, torch.nn.Module]]
 ) -> None:
