@@ -197,11 +197,11 @@ class Stack:
 
     def banner(self) -> list[str]:
         token: AdminToken = self.cluster.admin_token  # type: ignore[attr-defined]
-        admin = f"{self.admin_url}{PREFIX}/"
+        dashboard = f"{self.admin_url}/"
         if token.source == "generated":  # shown once, as Jupyter does; also in the cache dir
-            admin += f"?token={token.value}"
+            dashboard += f"?token={token.value}"
         else:
-            admin += (
+            dashboard += (
                 f"  (token from {'the config' if token.source == 'config' else ADMIN_TOKEN_ENV})"
             )
         return [
@@ -209,7 +209,8 @@ class Stack:
             f"  OpenAI API  {self.base_url}/v1",
             f"  health      {self.base_url}/health",
             f"  metrics     {self.base_url}/metrics",
-            f"  admin API   {admin}",
+            f"  dashboard   {dashboard}",
+            f"  admin API   {self.admin_url}{PREFIX}/  (bearer token)",
             f"  controller  {self.controller_address} (gRPC)",
             f"  HTTP path   {self._path_line()}",
             "  fleetlm status | cordon REPLICA | scale N   (the admin API; token found here)",

@@ -162,7 +162,8 @@ def test_serve_status_bench_and_clean_shutdown(ray_local: None, tmp_path: Path) 
             pytest.fail(f"fleetlm serve did not stop on SIGINT:\n{output[-3000:]}")
     assert proc.returncode == 0, output[-3000:]
     assert f"OpenAI API  {url}/v1" in output and "shutting down" in output
-    assert f"admin API   http://127.0.0.1:{admin_port}/admin/v1/?token={token}" in output
+    assert f"dashboard   http://127.0.0.1:{admin_port}/?token={token}" in output
+    assert f"admin API   http://127.0.0.1:{admin_port}/admin/v1/" in output
     assert not _controller_alive()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/health", timeout=2)
