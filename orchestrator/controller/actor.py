@@ -31,6 +31,15 @@ class ControllerActor:
         """The admin API's base URL (http://HOST:PORT); routes are under /admin/v1/."""
         return self._host.admin_url
 
+    def apply_config(self, yaml_text: str) -> str:
+        """A redeploy's file applied in place, as `fleetlm config apply` does (ConfigError,
+        nothing changed, when a field cannot change while running)."""
+
+        async def apply() -> str:
+            return self._host.core.apply_config(yaml_text)
+
+        return self._host.call(apply())
+
     def shutdown(self) -> None:
         """Stop the control loop and remove every replica (the cluster is going away)."""
         replica_ids = self._host.replica_ids()

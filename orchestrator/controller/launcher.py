@@ -56,10 +56,7 @@ class ClusterHandle:
         if self._closed:
             return
         self._closed = True
-        _stop_controller()
-        backend = RayBackend()
-        for replica_id in backend.list_replicas():  # anything the controller missed
-            backend.kill_replica(replica_id)
+        stop_cluster()
         if self.owns_ray:
             ray.shutdown()
 
@@ -124,6 +121,38 @@ def start_cluster(
     handle.replicas = _replica_infos(view)
     logger.info("controller at %s, %d replicas healthy", controller_address, len(view.healthy()))
     return handle
+
+
+def ensure_cluster(config: DeploymentConfig, yaml_text: str) -> tuple[ClusterHandle, bool]:
+    """The fleetlm controller of this Ray cluster, created if absent, else given `yaml_text`
+    (the deployment `config` came from) to apply in place; ValueError naming the fields when
+    the running one cannot take it. Idempotent: a declarative deploy calls it on every build.
+    It waits for no replica: the ingress answers 503 until one is ready. Returns the handle
+    and whether this call created the controller (only then is the handle's token its own)."""
+    if not ray.is_initialized():
+        ray.init(namespace=NAMESPACE)
+    if not _controller_exists():
+        return start_cluster(config, min_healthy=0), True
+    actor = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    try:
+        message = ray.get(actor.apply_config.remote(yaml_text), timeout=60)
+    except ray.exceptions.RayError as exc:
+        cause = _cause(exc)
+        raise ValueError(f"config: the running fleetlm controller refused it: {cause}") from None
+    logger.info("fleetlm controller already running; %s", message)
+    address = ray.get(actor.grpc_address.remote(), timeout=30)
+    admin_url = ray.get(actor.admin_url.remote(), timeout=30)
+    # The running controller keeps the token it was started with.
+    return ClusterHandle(address, admin_url, resolve_admin_token(config), [], config), False
+
+
+def stop_cluster() -> None:
+    """Stop this Ray cluster's fleetlm controller and every replica (a declarative deployment's
+    teardown: `serve shutdown` stops the ingress, not the detached controller)."""
+    _stop_controller()
+    backend = RayBackend()
+    for replica_id in backend.list_replicas():  # anything the controller missed
+        backend.kill_replica(replica_id)
 
 
 def _stop_controller(attempts: int = 20) -> None:
