@@ -70,9 +70,9 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
     from orchestrator.api.app import Handlers, build_app
     from orchestrator.api.deployment import HealthChecker, describe_model
     from orchestrator.api.launch import ingress_settings
-    from orchestrator.api.metrics import IngressMetrics
     from orchestrator.api.serving import OpenAIServing, ReplicaPool
     from orchestrator.controller.router import Router
+    from orchestrator.metrics.ingress import IngressMetrics
 
     with stack.cluster.admin() as admin:
         address = admin.replicas()["replicas"][0]["address"]

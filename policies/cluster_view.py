@@ -57,6 +57,10 @@ class ReplicaLoad:
     adapter_evictions: int = 0  # ... and evicted to make room
     # Requests per adapter since it started (placement's demand, policies/adapters.py).
     adapter_requests: dict[str, int] = field(default_factory=dict)
+    # Prompt tokens it admitted since it started, and those of them its prefix cache served:
+    # counters, so a hit rate over any window is the ratio of their increases.
+    prompt_tokens_total: int = 0
+    prefix_hit_tokens_total: int = 0
     # A summary of the replica's cached prefix block hashes (policies.prefix.block_hashes).
     prefix_hashes: frozenset[str] = frozenset()
 

@@ -41,7 +41,7 @@ class Error(_message.Message):
     def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., field: _Optional[str] = ..., message: _Optional[str] = ..., whole_request: _Optional[bool] = ...) -> None: ...
 
 class ReplicaLoad(_message.Message):
-    __slots__ = ("running", "waiting", "kv_blocks_free", "kv_blocks_total", "block_size", "tokens_in_flight", "step_time_ms", "max_running", "num_steps", "num_preemptions", "cordoned", "adapters_resident", "prefix_hashes", "migrating_out", "migrating_in", "migrated_bytes", "high_priority_running", "adapters_loaded", "adapter_loads", "adapter_evictions", "adapter_requests", "adapter_slots")
+    __slots__ = ("running", "waiting", "kv_blocks_free", "kv_blocks_total", "block_size", "tokens_in_flight", "step_time_ms", "max_running", "num_steps", "num_preemptions", "cordoned", "adapters_resident", "prefix_hashes", "migrating_out", "migrating_in", "migrated_bytes", "high_priority_running", "adapters_loaded", "adapter_loads", "adapter_evictions", "adapter_requests", "adapter_slots", "prompt_tokens_total", "prefix_hit_tokens_total")
     class AdapterRequestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class ReplicaLoad(_message.Message):
     ADAPTER_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HIT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     running: int
     waiting: int
     kv_blocks_free: int
@@ -93,7 +95,9 @@ class ReplicaLoad(_message.Message):
     adapter_evictions: int
     adapter_requests: _containers.ScalarMap[str, int]
     adapter_slots: int
-    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens_in_flight: _Optional[int] = ..., step_time_ms: _Optional[float] = ..., max_running: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., cordoned: _Optional[bool] = ..., adapters_resident: _Optional[_Iterable[str]] = ..., prefix_hashes: _Optional[_Iterable[str]] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., migrated_bytes: _Optional[int] = ..., high_priority_running: _Optional[int] = ..., adapters_loaded: _Optional[_Iterable[str]] = ..., adapter_loads: _Optional[int] = ..., adapter_evictions: _Optional[int] = ..., adapter_requests: _Optional[_Mapping[str, int]] = ..., adapter_slots: _Optional[int] = ...) -> None: ...
+    prompt_tokens_total: int
+    prefix_hit_tokens_total: int
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., block_size: _Optional[int] = ..., tokens_in_flight: _Optional[int] = ..., step_time_ms: _Optional[float] = ..., max_running: _Optional[int] = ..., num_steps: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., cordoned: _Optional[bool] = ..., adapters_resident: _Optional[_Iterable[str]] = ..., prefix_hashes: _Optional[_Iterable[str]] = ..., migrating_out: _Optional[int] = ..., migrating_in: _Optional[int] = ..., migrated_bytes: _Optional[int] = ..., high_priority_running: _Optional[int] = ..., adapters_loaded: _Optional[_Iterable[str]] = ..., adapter_loads: _Optional[int] = ..., adapter_evictions: _Optional[int] = ..., adapter_requests: _Optional[_Mapping[str, int]] = ..., adapter_slots: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., prefix_hit_tokens_total: _Optional[int] = ...) -> None: ...
 
 class ReplicaIdentity(_message.Message):
     __slots__ = ("replica_id", "address", "node_id", "incarnation", "pid", "started_at")

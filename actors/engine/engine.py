@@ -70,6 +70,8 @@ class EngineStats:
     adapter_loads: int = 0  # LoRA adapters copied into device slots (prefetches included)
     adapter_evictions: int = 0
     adapter_requests: dict[str, int] = field(default_factory=dict)  # per adapter, since start
+    prompt_tokens_total: int = 0  # prompt tokens admitted (looked up in the prefix cache)
+    prefix_hit_tokens_total: int = 0  # ... of which served from the prefix cache
 
 
 # A request's state as operators read it: its most advanced choice's, first in this order.
@@ -667,4 +669,6 @@ class LLMEngine:
             adapter_loads=pool.num_loads if pool is not None else 0,
             adapter_evictions=pool.num_evictions if pool is not None else 0,
             adapter_requests=dict(self._adapter_requests),
+            prompt_tokens_total=s.num_prompt_tokens,
+            prefix_hit_tokens_total=s.num_prefix_hit_tokens,
         )

@@ -81,6 +81,10 @@ class Scheduler:
         # preempted (their blocks are being read), released or resumed by the migration.
         self._paused: set[str] = set()
         self.num_preemptions = 0
+        # Prompt tokens looked up in the prefix cache on first admission, and those found there:
+        # cumulative, so the prefix-cache hit rate is their rates' ratio over any window.
+        self.num_prompt_tokens = 0
+        self.num_prefix_hit_tokens = 0
         self._failed: list[Request] = []  # given up on; the engine drains and reports them
 
     # ---- queues --------------------------------------------------------------------------------
@@ -296,6 +300,8 @@ class Scheduler:
             req.num_computed_tokens = num_hit
             if req.num_preemptions == 0:
                 req.num_cached_tokens = num_hit
+                self.num_prompt_tokens += req.num_tokens
+                self.num_prefix_hit_tokens += num_hit
             req.status = RequestStatus.RUNNING
             self._running[req.request_id] = req
             if req.adapter_id:

@@ -522,6 +522,8 @@ class EngineLoop:
             adapter_evictions=s.adapter_evictions,
             adapter_requests=s.adapter_requests,
             adapter_slots=self._engine.config.lora.max_loras,
+            prompt_tokens_total=s.prompt_tokens_total,
+            prefix_hit_tokens_total=s.prefix_hit_tokens_total,
         )
         return LoadReport(self._identity, seq=0, load=load)
 

@@ -51,6 +51,7 @@ from orchestrator.controller.events import Event
 from orchestrator.controller.migrations import MigrationRecord, MigrationRefused
 from orchestrator.controller.service import ControllerCore, ReplicaNotFound, StateConflict
 from orchestrator.controller.state import ReplicaRecord
+from orchestrator.metrics.controller import metrics_route
 from policies.cluster_view import LOAD_FIELDS
 
 MAX_BODY_BYTES = 1 << 20
@@ -103,6 +104,7 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
     app.get(f"{PREFIX}/adapters")(api.adapters)
     app.post(f"{PREFIX}/adapters")(api.load_adapter)
     app.delete(f"{PREFIX}/adapters/{{name:path}}")(api.unload_adapter)
+    app.get("/metrics")(metrics_route(core))  # Prometheus (docs/metrics.md): token too
 
     @app.get(f"{PREFIX}/")
     async def index() -> dict[str, Any]:

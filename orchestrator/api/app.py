@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.admin import PREFIX as ADMIN_PREFIX
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
-from orchestrator.api.metrics import CONTENT_TYPE, IngressMetrics
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -34,6 +33,7 @@ from orchestrator.api.protocol import (
 )
 from orchestrator.api.responses import SSE_DONE, ResponseBuilder, sse_event
 from orchestrator.api.serving import OpenAIServing, Prepared, Relay
+from orchestrator.metrics.ingress import CONTENT_TYPE, IngressMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class Handlers:
     async def generate(self, request: Request, chat: bool) -> Response:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
         arrival = time.perf_counter()  # TTFT and E2E count from here, parsing included
+        model = ""  # the label: known once the `model` field resolved
         try:
             check_api_key(request, self.api_key_digests)
             raw = await read_body(request, self.max_body_bytes)
@@ -127,27 +128,46 @@ class Handlers:
                 await self.serving.ensure_model(req.model)
                 prep = self.serving.prepare_completion(req)
             prep = replace(prep, arrival=arrival)
+            model = self._model_label(prep)
             relay = await self.serving.open(prep)
-            self.metrics.ttft.observe(time.perf_counter() - prep.arrival)
+            first_token = time.perf_counter()
+            self.metrics.ttft.observe(first_token - prep.arrival)
             builder = self._builder(prep)
             if prep.stream:
-                self.metrics.observe_request(endpoint, 200)
+                self.metrics.observe_request(endpoint, 200, model)
                 return StreamingResponse(
-                    self._sse(relay, builder, prep),
+                    self._sse(relay, builder, prep, first_token),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
             async for d in relay:
                 builder.add(d)
         except APIError as exc:
-            self.metrics.observe_request(endpoint, exc.status)
+            self.metrics.observe_request(endpoint, exc.status, model)
             return error_response(exc)
         except Exception:
             logger.exception("%s failed", endpoint)
-            self.metrics.observe_request(endpoint, 500)
+            self.metrics.observe_request(endpoint, 500, model)
             return error_response(APIError(500, "internal error", code="internal_error"))
-        self._done(endpoint, prep, builder)
+        self.metrics.observe_request(endpoint, 200, model)
+        self._finished(prep, builder, first_token)
         return JSONResponse(builder.final_body())
+
+    def _model_label(self, prep: Prepared) -> str:
+        """The adapter the request runs with, else the served model: registered names only."""
+        return prep.adapter or self.serving.model.name
+
+    def _finished(self, prep: Prepared, builder: ResponseBuilder, first_token: float) -> None:
+        per_choice = max((c.num_tokens for c in builder.choices.values()), default=0)
+        self.metrics.observe_finished(
+            self._model_label(prep),
+            builder.num_prompt_tokens,
+            per_choice,
+            builder.completion_tokens,
+            prep.arrival,
+            first_token,
+            time.perf_counter(),
+        )
 
     def _builder(self, prep: Prepared) -> ResponseBuilder:
         return ResponseBuilder(
@@ -161,13 +181,8 @@ class Handlers:
             return_token_ids=prep.return_token_ids,
         )
 
-    def _done(self, endpoint: str, prep: Prepared, builder: ResponseBuilder) -> None:
-        self.metrics.observe_request(endpoint, 200)
-        self.metrics.observe_tokens(builder.num_prompt_tokens, builder.completion_tokens)
-        self.metrics.e2e.observe(time.perf_counter() - prep.arrival)
-
     async def _sse(
-        self, relay: Relay, builder: ResponseBuilder, prep: Prepared
+        self, relay: Relay, builder: ResponseBuilder, prep: Prepared, first_token: float
     ) -> AsyncIterator[str]:
         try:
             role = builder.role_chunk()
@@ -179,8 +194,7 @@ class Handlers:
                     yield builder.sse([choice], None)
             if prep.include_usage:
                 yield builder.usage_chunk()
-            self.metrics.observe_tokens(builder.num_prompt_tokens, builder.completion_tokens)
-            self.metrics.e2e.observe(time.perf_counter() - prep.arrival)
+            self._finished(prep, builder, first_token)
             yield SSE_DONE
         except APIError as exc:
             self.metrics.errors.labels(code=str(exc.status)).inc()

@@ -18,15 +18,16 @@ from typing import Any
 import grpc
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from actors.common.config import TlsFiles
 from actors.common.locator import ControllerLocator
 from orchestrator.api.app import Handlers, build_app
-from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
 from orchestrator.controller.router import Router
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 from orchestrator.http_server import DirectHTTPServer
+from orchestrator.metrics.ingress import IngressMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +132,15 @@ class OpenAIIngress:
         model = await describe_model(
             settings.model_name, self._router, self._pool, settings.model_wait_s
         )
-        self._metrics = IngressMetrics()
+        self._metrics = IngressMetrics(_serve_replica_id())
         health = HealthChecker(self._router, self._pool, settings.health_timeout_s)
-        serving = OpenAIServing(model, self._router, self._pool, self._router.resolve_adapter)
+        serving = OpenAIServing(
+            model,
+            self._router,
+            self._pool,
+            self._router.resolve_adapter,
+            on_route=self._metrics.route.observe,
+        )
         handlers = Handlers(
             serving,
             self._metrics,
@@ -162,6 +169,15 @@ class OpenAIIngress:
             await self._http.stop()  # in-flight requests still need the router and pool
         await self._router.close()
         await self._pool.close()
+
+
+def _serve_replica_id() -> str | None:
+    """Ray Serve's id of this ingress replica (the metrics' `ingress` label): unique among the
+    replicas and fixed for the process's life; None outside a Serve replica."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
 
 
 def build_ingress(settings: IngressSettings) -> serve.Application:

@@ -126,6 +126,8 @@ class ReplicaPool:
 
 # Asks the controller to serve an adapter nobody serves yet: None when served, else why not.
 AdapterResolver = Callable[[str], Awaitable[str | None]]
+# Told how long each routing decision took, in seconds (the ingress's route histogram).
+RouteTimer = Callable[[float], None]
 ADAPTER_VIEW_WAIT_S = 10.0  # after a resolve, until the replicas' reports show the adapter
 
 
@@ -136,11 +138,13 @@ class OpenAIServing:
         router: RouterLike,
         pool: ReplicaPool,
         resolver: AdapterResolver | None = None,
+        on_route: RouteTimer | None = None,
     ) -> None:
         self.model = model
         self.router = router
         self.pool = pool
         self._resolver = resolver
+        self._on_route = on_route
         self._background: set[asyncio.Task] = set()  # fire-and-forget aborts, kept alive here
         self._token_text: dict[int, str] = {}
 
@@ -295,6 +299,7 @@ class OpenAIServing:
             await asyncio.sleep(REROUTE_POLL_S)  # back off until the view drops the dead one
 
     async def _route_once(self, prep: Prepared) -> RouteLike:
+        started = time.perf_counter()  # the prefix hashes are part of the routing cost
         meta = RequestMeta(
             request_id=prep.request_id,
             num_prompt_tokens=len(prep.prompt_token_ids),
@@ -306,6 +311,8 @@ class OpenAIServing:
             adapter_id=prep.adapter,
         )
         outcome = await self.router.decide(meta)
+        if self._on_route is not None:
+            self._on_route(time.perf_counter() - started)
         if outcome.result is None:
             raise errors.no_replica(outcome.reason, outcome.overloaded)
         return outcome.result

@@ -17,17 +17,18 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.common.commands import MigrateOut, RequestInfo
-from actors.common.errors import ErrorKind
+from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.migration import MigrationReport
 from orchestrator.controller.commander import ReplicaCommander
 from orchestrator.controller.events import EventKind
 from orchestrator.controller.settings import ControllerSettings
 from orchestrator.controller.state import ControllerState, ReplicaRecord
+from orchestrator.metrics.tally import BucketTally
 from policies.cluster_view import ReplicaState
 from policies.migration import can_take, pick_target, rebalance_moves
 
@@ -35,6 +36,13 @@ logger = logging.getLogger(__name__)
 
 RECENT = 200  # migration reports kept in memory (the admin API and dashboard read them)
 RETRY_AFTER_S = 2.0  # a drain round that moved nothing waits this long before the next
+
+# Why a migration started (the metrics' `reason` label; a bounded set).
+OPERATOR, DRAIN, REBALANCE = "operator", "drain", "rebalance"
+# The request's pause is milliseconds when all goes well; the buckets reach seconds to show when
+# it does not. The whole migration (staged copies while decoding goes on) takes longer.
+DOWNTIME_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DURATION_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class MigrationRefused(RuntimeError):
@@ -54,6 +62,37 @@ class MigrationRecord:
     target_replica: str
 
 
+@dataclass
+class MigrationTally:
+    """Every migration since the controller started, counted (`recent` keeps only the last
+    ones): what the Prometheus collector exports as counters and histograms."""
+
+    started: Counter[str] = field(default_factory=Counter)  # by reason
+    committed: Counter[str] = field(default_factory=Counter)  # by reason
+    aborted: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (reason, cause)
+    downtime_s: BucketTally = field(default_factory=lambda: BucketTally(DOWNTIME_BUCKETS_S))
+    duration_s: BucketTally = field(default_factory=lambda: BucketTally(DURATION_BUCKETS_S))
+
+    def ended(self, reason: str, report: MigrationReport, cause: str) -> None:
+        if report.committed:
+            self.committed[reason] += 1
+            self.downtime_s.observe(report.downtime_ms / 1e3)
+            self.duration_s.observe(report.duration_ms / 1e3)
+        else:
+            self.aborted[reason, cause] += 1
+
+
+def abort_cause(report: MigrationReport, error: ReplicaError | None) -> str:
+    """A bounded label for why a migration aborted (its reason text is free and unbounded)."""
+    if error is not None:  # the controller got no report: the command itself failed
+        return error.kind.name.lower()
+    if report.reason.startswith("destination:"):  # actors/migration/source.py's prefix
+        return "destination"
+    if "outgoing migrations" in report.reason:  # the source's concurrency limit
+        return "source_busy"
+    return "source"
+
+
 class Migrations:
     def __init__(
         self,
@@ -65,6 +104,7 @@ class Migrations:
         self._commander = commander
         self._settings = settings
         self.recent: deque[MigrationRecord] = deque(maxlen=RECENT)
+        self.tally = MigrationTally()
         self._evacuations: dict[str, asyncio.Task[None]] = {}
         self._quiet_until: dict[str, float] = {}
         self._shedding: dict[str, asyncio.Task[None]] = {}  # rebalance: one per source
@@ -96,15 +136,19 @@ class Migrations:
             raise MigrationRefused(
                 ErrorKind.CONFLICT, f"replica {target_id} is {target.state.value}"
             )
-        return await self.move(source_id, request_id, target_id)
+        return await self.move(source_id, request_id, target_id, OPERATOR)
 
-    async def move(self, source_id: str, request_id: str, target_id: str) -> MigrationRecord:
-        """Send the MigrateOut and wait for how it ended; never raises for the replicas."""
+    async def move(
+        self, source_id: str, request_id: str, target_id: str, reason: str
+    ) -> MigrationRecord:
+        """Send the MigrateOut and wait for how it ended; never raises for the replicas.
+        `reason`: why it moves (OPERATOR, DRAIN, REBALANCE), for the metrics."""
         target = self._state.records[target_id]
         assert target.report is not None
         migration_id = f"mig-{uuid.uuid4().hex[:16]}"
         command = MigrateOut(request_id, target.report.identity.address)
         timeout = self._settings().migration_timeout_s
+        self.tally.started[reason] += 1
         result = await self._commander.send(source_id, command, migration_id, timeout_s=timeout)
         report = result.body
         if not isinstance(report, MigrationReport):
@@ -112,6 +156,7 @@ class Migrations:
             report = MigrationReport(migration_id, request_id, "aborted", reason)
         record = MigrationRecord(report, source_id, target_id)
         self.recent.append(record)
+        self.tally.ended(reason, report, abort_cause(report, result.error))
         self._state.events.add(
             EventKind.MIGRATION,
             _describe(report, source_id, target_id),
@@ -155,7 +200,8 @@ class Migrations:
                 target = pick_target(self._state.view(), source_id, info.kv_blocks)
                 if target is None:
                     return False
-                return (await self.move(source_id, info.request_id, target)).report.committed
+                moved = await self.move(source_id, info.request_id, target, DRAIN)
+                return moved.report.committed
 
         moved = await asyncio.gather(*(one(i) for i in infos))
         if infos and not all(moved):
@@ -187,7 +233,7 @@ class Migrations:
         info = min(running, key=lambda i: (i.priority < 0, i.kv_blocks, i.request_id))
         target = self._state.view().get(target_id)
         if target is not None and can_take(target, info.kv_blocks):
-            await self.move(source_id, info.request_id, target_id)
+            await self.move(source_id, info.request_id, target_id, REBALANCE)
 
     async def close(self) -> None:
         tasks = [t for t in (*self._evacuations.values(), *self._shedding.values()) if not t.done()]

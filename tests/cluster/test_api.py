@@ -293,7 +293,7 @@ def test_server_keeps_serving_and_counts_errors(stack: object, client: openai.Op
     ok = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
     assert ok.choices[0].finish_reason in ("stop", "length")
     metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
-    assert 'fleetlm_errors_total{code="400"}' in metrics
+    assert 'fleetlm_errors_total{code="400",ingress=' in metrics  # ingress: the process
     assert "fleetlm_time_to_first_token_seconds_count" in metrics
     assert "fleetlm_generation_tokens_total" in metrics
 

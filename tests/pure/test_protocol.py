@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from actors.common.errors import ErrorKind, ReplicaError
 from orchestrator.api import errors
-from orchestrator.api.metrics import IngressMetrics
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     completion_logprobs,
     validation_error_field,
 )
+from orchestrator.metrics.ingress import IngressMetrics
 
 
 def _field_of(cls: type, body: dict) -> tuple[str, str]:
@@ -153,25 +153,44 @@ def test_completion_logprobs_offsets() -> None:
 
 
 def test_metrics_render_prometheus_text() -> None:
-    m = IngressMetrics()
-    m.observe_request("/v1/completions", 200)
+    m = IngressMetrics("ing-1")
+    m.observe_request("/v1/completions", 200, "base")
     m.observe_request("/v1/completions", 400)
-    m.observe_tokens(5, 7)
+    m.observe_tokens(5, 7, "sql")
     m.ttft.observe(0.02)
     text = m.render().decode()
-    assert 'fleetlm_requests_total{endpoint="/v1/completions",status="400"} 1.0' in text
-    assert 'fleetlm_errors_total{code="400"} 1.0' in text
-    assert "fleetlm_generation_tokens_total 7.0" in text
-    assert "fleetlm_time_to_first_token_seconds_bucket" in text
-    # Two instances do not share counters.
-    assert "fleetlm_prompt_tokens_total 0.0" in IngressMetrics().render().decode()
+    assert (
+        'fleetlm_requests_total{endpoint="/v1/completions",ingress="ing-1",model="",status="400"}'
+        " 1.0" in text
+    )
+    assert 'fleetlm_requests_total{endpoint="/v1/completions",ingress="ing-1",model="base"' in text
+    assert 'fleetlm_errors_total{code="400",ingress="ing-1"} 1.0' in text
+    assert 'fleetlm_generation_tokens_total{ingress="ing-1",model="sql"} 7.0' in text
+    assert 'fleetlm_time_to_first_token_seconds_bucket{ingress="ing-1",le="0.025"} 1.0' in text
+    # Two instances do not share counters; each has its own identity.
+    other = IngressMetrics().render().decode()
+    assert "fleetlm_requests_total{" not in other and 'ingress="ing-1"' not in other
+
+
+def test_metrics_tpot_is_the_time_after_the_first_token_per_later_token() -> None:
+    m = IngressMetrics("i")
+    # 5 tokens of one choice: 1 s after the first token over 4 later tokens = 0.25 s each.
+    m.observe_finished("base", 3, 5, 10, arrival=10.0, first_token=10.5, now=11.5)
+    m.observe_finished("base", 3, 1, 1, arrival=0.0, first_token=0.1, now=0.1)  # one token: none
+    m.route.observe(2e-5)
+    text = m.render().decode()
+    assert 'fleetlm_time_per_output_token_seconds_count{ingress="i"} 1.0' in text
+    assert 'fleetlm_time_per_output_token_seconds_sum{ingress="i"} 0.25' in text
+    assert 'fleetlm_e2e_request_latency_seconds_count{ingress="i"} 2.0' in text
+    assert 'fleetlm_prompt_tokens_total{ingress="i",model="base"} 6.0' in text
+    assert 'fleetlm_route_decision_seconds_bucket{ingress="i",le="2.5e-05"} 1.0' in text
 
 
 def test_protocol_modules_import_no_torch_or_ray() -> None:
     # A fresh interpreter: other tests in the same process may have imported anything.
     code = (
         "import sys, orchestrator.api.protocol, orchestrator.api.responses, "
-        "orchestrator.api.errors, orchestrator.api.metrics, orchestrator.cli.loadgen; "
+        "orchestrator.api.errors, orchestrator.metrics.ingress, orchestrator.cli.loadgen; "
         "bad = {'torch', 'ray', 'grpc'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
