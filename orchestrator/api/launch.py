@@ -212,10 +212,17 @@ class Stack:
             f"  dashboard   {dashboard}",
             f"  admin API   {self.admin_url}{PREFIX}/  (bearer token)",
             f"  controller  {self.controller_address} (gRPC)",
+            f"  Ray         {self._ray_address()}  (`ray status --address` it; docs/deploy.md)",
             f"  HTTP path   {self._path_line()}",
             "  fleetlm status | cordon REPLICA | scale N   (the admin API; token found here)",
             "  Ctrl-C to stop",
         ]
+
+    @staticmethod
+    def _ray_address() -> str:
+        import ray
+
+        return ray.get_runtime_context().gcs_address
 
     def _path_line(self) -> str:
         if self.http_path == "serve-proxy":

@@ -294,7 +294,8 @@ def write_results(summary: dict, results: list[RequestResult], out: Path) -> Pat
     """JSON with the summary and every request; a PNG next to it. Returns the PNG path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**summary, "requests": [_request_row(r) for r in results]}
-    out.write_text(json.dumps(payload, indent=2, default=_json_default))
+    # Strict JSON: a NaN or an infinite rate (everything at once) is null, not `Infinity`.
+    out.write_text(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False))
     png = out.with_suffix(".png")
     write_plot(summary, results, png)
     return png
@@ -307,8 +308,14 @@ def _request_row(r: RequestResult) -> dict[str, Any]:
     return row
 
 
-def _json_default(o: object) -> object:
-    return None if isinstance(o, float) and math.isnan(o) else str(o)
+def _finite(o: object) -> object:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
 
 
 def write_plot(summary: dict, results: list[RequestResult], png: Path) -> None:

@@ -325,3 +325,11 @@ def test_adapter_placement_settings_reach_the_controller_and_bad_ones_name_the_k
     assert placement_params(parse_config(off)) is None
     with pytest.raises(ConfigError, match=r"adapters\.placement\.down_ratio"):
         parse_config("adapters:\n  max_loras: 4\n  placement: {down_ratio: 1.5}\n")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    text = "dispatch:\n  policy: least_load\n  policy: round_robin\n"
+    with pytest.raises(ConfigError, match=r"duplicate key 'policy' \(line 3; first on line 2\)"):
+        parse_config(text)
+    with pytest.raises(ConfigError, match="duplicate key 'engine'"):
+        parse_config("engine: {}\nengine:\n  max_num_seqs: 8\n")

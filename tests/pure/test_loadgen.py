@@ -123,3 +123,13 @@ def test_write_results_json_and_png(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "r" / "result.json").read_text())
     assert data["completed"] == 19 and len(data["requests"]) == 19
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_are_strict_json_with_an_infinite_rate(tmp_path: Path) -> None:
+    results = [_res(0.01 * i, 0.5 + 0.01 * i, 20) for i in range(1, 5)]
+    s = {**summarize(results, 5.0), "workload": {"rate": math.inf, "x": math.nan}}
+    write_results(s, results, tmp_path / "result.json")
+    text = (tmp_path / "result.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert data["workload"] == {"rate": None, "x": None}
