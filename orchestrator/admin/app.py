@@ -3,9 +3,9 @@ CLI, the dashboard and scripts use to see and steer the fleet.
 
 Transport only: every answer is derived from the controller's core (orchestrator/controller/
 service.py) at the moment it is asked; nothing here keeps state. It runs on the controller's
-event loop, so handlers read the records directly. Every route needs the admin token, as
-`Authorization: Bearer TOKEN` or `?token=TOKEN` (what a browser opening the printed URL sends);
-errors have the OpenAI shape `{"error": {"message", "type", ...}}`.
+event loop, so handlers read the records directly. Every route needs the admin token: a bearer
+header, or the browser session cookie (orchestrator/admin/session.py says how, and how
+cross-site requests are refused). Errors have the OpenAI shape `{"error": {"message", ...}}`.
 
     GET  /admin/v1/                          this list of routes
     GET  /admin/v1/replicas                  replicas: state, node, address, pid, load, uptime
@@ -25,6 +25,8 @@ errors have the OpenAI shape `{"error": {"message", "type", ...}}`.
     GET  /admin/v1/adapters                  LoRA adapters: path, replicas serving, on device
     POST /admin/v1/adapters                  {"lora_name", "lora_path"}: load on every replica
     DELETE /admin/v1/adapters/{name}         unload (requests in flight finish first)
+    GET  /admin/v1/stream                    server-sent snapshots of the above (the dashboard)
+    GET  /dashboard/                         the dashboard (orchestrator/admin/dashboard.py)
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.commands import Abort, CommandResult, RequestInfo
-from orchestrator.admin import PREFIX
+from orchestrator.admin import PREFIX, session
+from orchestrator.admin.dashboard import add_dashboard
 from orchestrator.admin.token import token_matches
 from orchestrator.api import errors
 from orchestrator.api.errors import APIError
@@ -65,8 +68,14 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
-        if not token_matches(_presented_token(request), token_digest):
+        cred = session.presented(request)
+        if not token_matches(cred.token, token_digest):
             return _error(APIError(401, "missing or invalid admin token", code="invalid_token"))
+        why = session.refusal(request, cred)
+        if why is not None:
+            return _error(APIError(403, why, code="forbidden"))
+        if session.wants_page(request, cred):
+            return session.sign_in(request, cred.token)
         try:
             return await call_next(request)
         except APIError as exc:  # raised by a route body (FastAPI does not catch these)
@@ -105,6 +114,8 @@ def build_admin_app(core: ControllerCore, token_digest: str) -> FastAPI:
     app.post(f"{PREFIX}/adapters")(api.load_adapter)
     app.delete(f"{PREFIX}/adapters/{{name:path}}")(api.unload_adapter)
     app.get("/metrics")(metrics_route(core))  # Prometheus (docs/metrics.md): token too
+
+    add_dashboard(app, api, core.watchers)
 
     @app.get(f"{PREFIX}/")
     async def index() -> dict[str, Any]:
@@ -334,13 +345,6 @@ def command_json(result: CommandResult) -> dict[str, Any]:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def _presented_token(request: Request) -> str:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query_params.get("token", "")
 
 
 def _error(exc: APIError) -> JSONResponse:

@@ -87,9 +87,15 @@ def run_bench(args: argparse.Namespace) -> int:
         output_mean=args.output_mean,
         seed=args.seed,
     )
-    summary, results = asyncio.run(
-        run_benchmark(args.url, spec, args.slo_ttft_ms, args.slo_tpot_ms, args.model)
-    )
+    import httpx
+
+    try:
+        summary, results = asyncio.run(
+            run_benchmark(args.url, spec, args.slo_ttft_ms, args.slo_tpot_ms, args.model)
+        )
+    except httpx.HTTPError as exc:  # the server is not there (or not an OpenAI API)
+        print(f"fleetlm: error: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     png = write_results(summary, results, Path(args.out))
     print(f"wrote {args.out} and {png}")
