@@ -6,7 +6,8 @@
     a KubeRay RayService's serveConfigV2 (helm/fleetlm/) says the same
 
 Each build gets or creates the fleetlm controller of the Ray cluster
-(orchestrator.controller.launcher.ensure_cluster). The first build creates it from the file.
+(orchestrator.controller.launcher.ensure_cluster), on the head node (where a KubeRay
+deployment's admin Service points). The first build creates it from the file.
 A later one (a redeploy with a changed file) applies the file to the running controller, as
 `fleetlm config apply` does. A field that cannot change while running fails the build, naming
 the field, and nothing changes. The ingress runs behind Ray Serve's HTTP proxy, which exists on

@@ -53,6 +53,9 @@ def test_build_app_deploys_then_redeploys_in_place(proxy_port: int, tmp_path: Pa
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    head = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"])
+    where = controller.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+    assert ray.get(where, timeout=30) == head  # where the chart's admin Service points
 
     # A changed file: applied to the same controller, which now runs the new policy.
     path.write_text(tiny_config_yaml(replicas=1, policy="least_load"))
