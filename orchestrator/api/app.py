@@ -21,6 +21,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.admin import PREFIX as ADMIN_PREFIX
 from orchestrator.api import errors
@@ -67,6 +68,8 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.invalid("body", f"not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise errors.invalid("body", "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise errors.invalid("body", "must be a JSON object")
     try:
@@ -261,6 +264,12 @@ class Handlers:
 
 def build_app(handlers: Handlers) -> FastAPI:
     app = FastAPI(title="fleetlm", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # An unknown route (404) or method (405): the OpenAI error shape, not FastAPI's.
+        what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed"}
+        return error_response(APIError(exc.status_code, what.get(exc.status_code, exc.detail)))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -8,50 +8,108 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from actors.common.sampling_params import SamplingParams
 
 # The OpenAI API caps top_logprobs at 20; the engine's default max_logprobs matches.
 MAX_LOGPROBS = 20
+MAX_N = 128  # choices per request, OpenAI's cap
+# Integers travel as int32/int64 on the wire: out-of-range values are a 400 naming the field,
+# not an overflow deep in the conversion.
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# OpenAI fields this server does not implement: refused by name, so nobody believes e.g. JSON
+# mode or tool calling works (ignoring them would return plain text as if they had).
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logit_bias",
+    "suffix",
+    "best_of",
+    "parallel_tool_calls",
+)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _text(value: str, field: str) -> str:
+    """A string the tokenizer can take: UTF-8 encodable (a lone surrogate such as "\\ud800"
+    from JSON is not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field}: must be valid Unicode text (no lone surrogates)") from None
+    return value
 
+
+class _Strict(BaseModel):
+    # Known fields are strictly typed: "5" is not an integer, "yes" not a boolean.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
-    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras)."""
+class _SamplingFields(_Strict):
+    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras).
 
-    # Unknown fields (logit_bias, user tags, response_format...) are ignored like OpenAI does
-    # for fields a model does not use; the known ones are strictly typed.
-    model_config = ConfigDict(extra="ignore")
+    Unknown fields (user tags, metadata...) are ignored, as OpenAI does for fields a model does
+    not use; those that would change the output (UNSUPPORTED) are refused by name."""
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: Int32 | None = None
     temperature: float = 1.0
     top_p: float = 1.0
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
     # vLLM-style extras.
-    top_k: int = 0
+    top_k: Int32 = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool = False
-    priority: int = 0
+    priority: Int32 = 0
     return_token_ids: bool = False  # vLLM extra: each choice carries its generated token ids
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in UNSUPPORTED:
+                value = data.get(name)
+                if value in (None, [], {}) or (name == "response_format" and value == _TEXT):
+                    continue
+                if name == "best_of" and value == 1:
+                    continue
+                raise ValueError(f"{name}: is not supported by this server")
+        return data
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_text(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for s in [v] if isinstance(v, str) else v or []:
+            _text(s, "stop")
+        return v
 
     @field_validator("stream_options")
     @classmethod
@@ -90,9 +148,17 @@ class _SamplingFields(BaseModel):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = None
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_text(cls, v: Any) -> Any:
+        for s in [v] if isinstance(v, str) else v:
+            if isinstance(s, str):
+                _text(s, "prompt")
+        return v
 
     @field_validator("echo")
     @classmethod
@@ -125,9 +191,7 @@ class CompletionRequest(_SamplingFields):
         return self._sampling(max_tokens, self.logprobs)
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -137,20 +201,20 @@ class ChatMessage(BaseModel):
         if self.content is None:
             return ""
         if isinstance(self.content, str):
-            return self.content
+            return _text(self.content, "messages")
         parts = []
         for part in self.content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise ValueError("messages: only text content parts are supported")
-            parts.append(part["text"])
+            parts.append(_text(part["text"], "messages"))
         return "".join(parts)
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int32 | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
 
     def template_messages(self) -> list[dict[str, str]]:
@@ -175,14 +239,27 @@ class ChatCompletionRequest(_SamplingFields):
         return self._sampling(requested if requested is not None else default_max_tokens, logprobs)
 
 
+_TEXT = {"type": "text"}  # the one response_format that is plain text, i.e. supported
+
+
 def validation_error_field(exc: ValidationError) -> tuple[str, str]:
-    """(field path, reason) of the first pydantic error, for a 400 that names the field."""
-    err = exc.errors()[0]
+    """(field path, reason) of the first pydantic error, for a 400 that names the field.
+
+    For a union (e.g. `prompt`: text or token ids) pydantic reports every member's mismatch;
+    a value error (out of range, a validator's) on the member the input did match is the one
+    that says what is wrong, so it goes first."""
+    errs = exc.errors()
+    values = [e for e in errs if not str(e.get("type", "")).endswith("_type")]
+    err = (values or errs)[0]
     loc = [str(p) for p in err.get("loc", ()) if not _is_type_tag(p)]
     field = ".".join(loc) or "body"
     msg = err.get("msg", "invalid value")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    # Our validators say "field: reason"; a whole-body check (loc empty) names its field so.
+    named, sep, reason = msg.partition(": ")
+    if sep and named.isidentifier() and (field == "body" or field == named):
+        return named, reason
     return field, msg
 
 

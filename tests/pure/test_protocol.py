@@ -43,7 +43,7 @@ def test_completion_fields_map_to_sampling_params() -> None:
             "min_p": 0.05,
             "repetition_penalty": 1.1,
             "ignore_eos": True,
-            "logit_bias": {"1": 2},  # accepted and ignored like other unused OpenAI fields
+            "metadata": {"team": "x"},  # unknown and harmless: ignored, as OpenAI does
         }
     )
     p = req.to_sampling_params()
