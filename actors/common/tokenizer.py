@@ -13,6 +13,7 @@ it (trim_blocks, lstrip_blocks, loopcontrols, `raise_exception`, a non-escaping 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,24 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each
+    byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
 
 
 class Tokenizer:
@@ -56,6 +75,7 @@ class Tokenizer:
         )
         added = backend.get_added_tokens_decoder()
         self.all_special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._byte_level = "ByteLevel" in repr(backend.decoder)  # GPT-2 style byte alphabet
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray may ship a tokenizer to another process; a compiled jinja template does not pickle.
@@ -114,6 +134,21 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for: a byte token's own byte (where decoding it alone
+        gives U+FFFD), a SentencePiece piece's leading space. What logprobs' `bytes` carry."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self.all_special_ids:
+            return piece.encode("utf-8")
+        byte = _BYTE_PIECE.fullmatch(piece)
+        if byte is not None:
+            return bytes([int(byte[1], 16)])
+        if self._byte_level and all(c in _BYTE_LEVEL for c in piece):
+            return bytes(_BYTE_LEVEL[c] for c in piece)
+        return piece.replace("\u2581", " ").encode("utf-8")
 
     def _id_of(self, name: str) -> int | None:
         token = self.special_tokens.get(name)

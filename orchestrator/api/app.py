@@ -178,7 +178,7 @@ class Handlers:
             model=prep.model or self.serving.model.name,
             n=prep.params.n,
             num_prompt_tokens=len(prep.prompt_token_ids),
-            token_text=self.serving.token_text,
+            token_info=self.serving.token_info,
             logprobs=prep.params.logprobs is not None,
             request_id=prep.request_id,
             return_token_ids=prep.return_token_ids,

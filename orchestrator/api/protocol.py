@@ -335,13 +335,16 @@ def completion_logprobs(
     }
 
 
-def chat_logprob_entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+def chat_logprob_entry(
+    token: tuple[str, bytes], logprob: float, top: list[tuple[tuple[str, bytes], float]]
+) -> dict[str, Any]:
+    """`token`: (text, raw bytes); `bytes` are the token's own, not its text's re-encoding."""
     return {
-        "token": token,
+        "token": token[0],
         "logprob": logprob,
-        "bytes": list(token.encode("utf-8")),
+        "bytes": list(token[1]),
         "top_logprobs": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in top
+            {"token": text, "logprob": lp, "bytes": list(raw)} for (text, raw), lp in top
         ],
     }
 

@@ -14,7 +14,7 @@ from typing import Any
 from actors.common.types import GenerateDelta, TokenLogprob
 from orchestrator.api import protocol
 
-TokenText = Callable[[int], str]  # token id -> its text, for logprobs
+TokenInfo = Callable[[int], tuple[str, bytes]]  # token id -> its text and raw bytes (logprobs)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ResponseBuilder:
     model: str
     n: int
     num_prompt_tokens: int
-    token_text: TokenText
+    token_info: TokenInfo
     logprobs: bool
     request_id: str = ""
     return_token_ids: bool = False
@@ -117,17 +117,18 @@ class ResponseBuilder:
         return {"index": index, key: content, "logprobs": logprobs, "finish_reason": finish}
 
     def _logprobs(self, lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
-        tokens = [self.token_text(lp.token_id) for lp in lps]
+        info = self.token_info
         if self.chat:
             return {
                 "content": [
                     protocol.chat_logprob_entry(
-                        tok, lp.logprob, [(self.token_text(t), v) for t, v in lp.top]
+                        info(lp.token_id), lp.logprob, [(info(t), v) for t, v in lp.top]
                     )
-                    for tok, lp in zip(tokens, lps, strict=True)
+                    for lp in lps
                 ]
             }
-        tops = [{self.token_text(t): v for t, v in lp.top} for lp in lps]
+        tokens = [info(lp.token_id)[0] for lp in lps]
+        tops = [{info(t)[0]: v for t, v in lp.top} for lp in lps]
         return protocol.completion_logprobs(tokens, [lp.logprob for lp in lps], tops, offset)
 
     # ---- whole response -------------------------------------------------------------------

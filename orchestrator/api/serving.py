@@ -146,7 +146,7 @@ class OpenAIServing:
         self._resolver = resolver
         self._on_route = on_route
         self._background: set[asyncio.Task] = set()  # fire-and-forget aborts, kept alive here
-        self._token_text: dict[int, str] = {}
+        self._token_info: dict[int, tuple[str, bytes]] = {}  # logprobs' view of each token
 
     # ---- validation and tokenization -------------------------------------------------------
 
@@ -271,12 +271,19 @@ class OpenAIServing:
             model=req.model,
         )
 
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self.model.tokenizer.decode([token_id], skip_special_tokens=False)
-            self._token_text[token_id] = text
-        return text
+    def token_info(self, token_id: int) -> tuple[str, bytes]:
+        """A token as logprobs show it: its text and raw bytes. Bytes that are not UTF-8 on
+        their own (part of a character) show as "bytes:\\xe2..." (as vLLM does), so distinct
+        tokens never share a text and none reads as U+FFFD."""
+        info = self._token_info.get(token_id)
+        if info is None:
+            raw = self.model.tokenizer.token_bytes(token_id)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            info = self._token_info[token_id] = (text, raw)
+        return info
 
     # ---- dispatch --------------------------------------------------------------------------
 

@@ -333,3 +333,28 @@ def test_empty_stop_string_rejected(dirs: dict[str, Path]) -> None:
     tok = Tokenizer.from_dir(dirs["embedded"])
     with pytest.raises(ValueError, match="stop"):
         IncrementalDetokenizer(tok, [256], stop=("",))
+
+
+@pytest.mark.parametrize("kind", ["embedded", "byte_bpe", "sentencepiece"])
+def test_token_bytes_are_each_tokens_own_bytes(dirs: dict[str, Path], kind: str) -> None:
+    """Joined, the tokens' raw bytes are the text: byte tokens give their byte (not U+FFFD),
+    SentencePiece pieces their space. (Logprobs' `bytes` and "bytes:..." tokens use them.)"""
+    tok = Tokenizer.from_dir(dirs[kind])
+    for text in TEXTS[:-1]:
+        ids = tok.encode(text, add_special_tokens=False)
+        raw = b"".join(tok.token_bytes(i) for i in ids)
+        expected = text.encode("utf-8")
+        if kind == "sentencepiece":
+            expected = b" " + expected  # the piece's own leading space, which decode strips
+        assert raw == expected, (kind, text)
+    partial = [i for i in range(tok.vocab_size) if _not_utf8(tok.token_bytes(i))]
+    assert partial  # every byte-capable tokenizer here has tokens that are part of a character
+    assert len({tok.token_bytes(i) for i in partial}) == len(partial)  # none collide
+
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False

@@ -8,8 +8,8 @@ from actors.common.types import GenerateDelta, TokenLogprob
 from orchestrator.api.responses import SSE_DONE, ResponseBuilder
 
 
-def _tok(i: int) -> str:
-    return f"<{i}>"
+def _tok(i: int) -> tuple[str, bytes]:
+    return f"<{i}>", f"<{i}>".encode()
 
 
 def _delta(index: int, ids: tuple[int, ...], text: str, done: bool = False, **kw) -> GenerateDelta:
@@ -32,7 +32,7 @@ def _parse(chunk: str) -> dict:
 
 def test_completion_n2_with_logprobs_and_usage() -> None:
     b = ResponseBuilder(
-        chat=False, model="m", n=2, num_prompt_tokens=0, token_text=_tok, logprobs=True
+        chat=False, model="m", n=2, num_prompt_tokens=0, token_info=_tok, logprobs=True
     )
     lp = (TokenLogprob(7, -0.5, ((7, -0.5), (8, -1.0))),)
     b.add(_delta(0, (7,), "ab", logprobs=lp))
@@ -56,7 +56,7 @@ def test_completion_n2_with_logprobs_and_usage() -> None:
 
 def test_chat_stream_chunks() -> None:
     b = ResponseBuilder(
-        chat=True, model="m", n=1, num_prompt_tokens=4, token_text=_tok, logprobs=False
+        chat=True, model="m", n=1, num_prompt_tokens=4, token_info=_tok, logprobs=False
     )
     role = _parse(b.role_chunk())
     assert role["object"] == "chat.completion.chunk"
@@ -80,7 +80,7 @@ def test_chat_final_message_and_logprobs() -> None:
         model="m",
         n=1,
         num_prompt_tokens=4,
-        token_text=_tok,
+        token_info=_tok,
         logprobs=True,
         return_token_ids=True,
     )
