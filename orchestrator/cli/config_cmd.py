@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.config.load import ConfigError, DeploymentConfig, load_config
+from orchestrator.config.schema import model_path_issue
 
 EXIT_INVALID = 2
 
@@ -23,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     check = actions.add_parser("check", help="validate a deployment file and print a summary")
     check.add_argument("file", help="deployment YAML (e.g. policies/presets/default.yaml)")
+    check.add_argument(
+        "--skip-model-check",
+        action="store_true",
+        help="do not look for model.path on this machine (it exists only on the GPU nodes)",
+    )
     check.set_defaults(func=run_check)
 
     apply = actions.add_parser("apply", help="validate, then apply to a running controller")
@@ -35,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     cfg = _load_or_report(args.file)
     if cfg is None:
+        return EXIT_INVALID
+    issue = (
+        None if args.skip_model_check else model_path_issue(cfg.model.path, cfg.model.load_format)
+    )
+    if issue is not None:
+        print(f"{args.file}: model.path: {issue}", file=sys.stderr)
         return EXIT_INVALID
     print(f"OK {args.file}")
     print(summary(cfg))

@@ -353,6 +353,23 @@ def _adapter_issues(a: AdaptersSection) -> list[tuple[str, str]]:
     return issues
 
 
+def model_path_issue(path: str, load_format: str) -> str | None:
+    """Why `path` holds no model a replica on this machine could load (None: it does, or it is
+    the embedded model). Checked by `fleetlm config check`: a wrong path otherwise shows only
+    when every replica fails to start."""
+    if path == EMBEDDED_MODEL:
+        return None
+    where = Path(path)
+    if not where.is_dir():
+        return f"{path!r} is not a directory on this machine (fleetlm never downloads models)"
+    for name in ("config.json", "tokenizer.json"):
+        if not (where / name).is_file():
+            return f"{path!r} holds no {name}: not a Hugging Face checkpoint fleetlm can read"
+    if load_format != "dummy" and not any(where.glob("*.safetensors")):
+        return f"{path!r} holds no *.safetensors weights (model.load_format: dummy runs without)"
+    return None
+
+
 def adapter_path_issue(path: str, allowed_dirs: Sequence[str], max_rank: int) -> str | None:
     """Why an adapter may not be loaded from `path` (None: it may): it must resolve, symlinks
     followed, inside one of `allowed_dirs` and hold a PEFT adapter fleetlm serves (its files

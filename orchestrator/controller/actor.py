@@ -11,6 +11,7 @@ import logging
 from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.backend import RayBackend
 from orchestrator.controller.deployment import ConfigUpdater, advertised_host
+from orchestrator.controller.events import EventKind
 from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.settings import ControllerSettings
 
@@ -30,6 +31,15 @@ class ControllerActor:
     def admin_url(self) -> str:
         """The admin API's base URL (http://HOST:PORT); routes are under /admin/v1/."""
         return self._host.admin_url
+
+    def start_failures(self) -> list[str]:
+        """The replicas' start failures so far (event messages, oldest first)."""
+
+        async def failures() -> list[str]:
+            events = self._host.state.events.since(0, 1000)
+            return [e.message for e in events if e.kind is EventKind.REPLICA_START_FAILED]
+
+        return self._host.call(failures())
 
     def apply_config(self, yaml_text: str) -> str:
         """A redeploy's file applied in place, as `fleetlm config apply` does (ConfigError,

@@ -95,6 +95,18 @@ class RayBackend:
         except ray.exceptions.RayActorError:
             return False
 
+    def start_error(self, replica_id: str) -> str | None:
+        """The replica constructor's own error (its last line: "ValueError: model.path: ..."),
+        if this backend started it and it failed."""
+        started = self._started.get(replica_id)
+        if started is None or not ray.wait([started], timeout=0)[0]:
+            return None
+        try:
+            ray.get(started)
+        except ray.exceptions.RayError as exc:
+            return _last_line(exc)
+        return None
+
     def stop_replica(self, replica_id: str, timeout_s: float = 30.0) -> None:
         """Shut the replica down cleanly (reporter, gRPC server, engine), then remove it."""
         try:
@@ -117,3 +129,12 @@ class RayBackend:
 
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
+
+
+def _last_line(exc: BaseException) -> str:
+    """A Ray error's root cause as one line (Ray wraps it in a traceback of several)."""
+    cause = getattr(exc, "cause", None) or exc.__cause__ or exc
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(cause).__name__

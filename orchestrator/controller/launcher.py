@@ -22,6 +22,8 @@ from policies.cluster_view import ClusterView
 logger = logging.getLogger(__name__)
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of its head node
+FAIL_FAST_AFTER = 2  # replica start failures after which starting the stack gives up
+WAIT_SLICE_S = 2.0  # how often the wait for replicas looks at start failures
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,9 @@ def start_cluster(
     handle = ClusterHandle(controller_address, admin_url, token, [], config, owns_ray)
     client = handle.client()
     try:
-        view = client.wait_for_replicas(min(min_healthy, config.replicas.initial), wait_s)
+        view = _wait_for_replicas(
+            client, controller, min(min_healthy, config.replicas.initial), wait_s
+        )
     except BaseException:
         client.close()
         handle.shutdown()
@@ -126,6 +130,26 @@ def start_cluster(
     handle.replicas = _replica_infos(view)
     logger.info("controller at %s, %d replicas healthy", controller_address, len(view.healthy()))
     return handle
+
+
+def _wait_for_replicas(
+    client: ControllerClient, controller: object, count: int, wait_s: float
+) -> ClusterView:
+    """`count` healthy replicas, or a ValueError with the replicas' own error as soon as they
+    fail to start FAIL_FAST_AFTER times (a wrong model path fails every try the same way)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.wait_for_replicas(count, min(WAIT_SLICE_S, wait_s))
+        except TimeoutError:
+            pass
+        failures = ray.get(controller.start_failures.remote(), timeout=30)  # type: ignore[attr-defined]
+        if len(failures) >= FAIL_FAST_AFTER:
+            raise ValueError(f"replicas: {len(failures)} failed to start; the last {failures[-1]}")
+        if time.monotonic() > deadline:
+            raise ValueError(
+                f"replicas: fewer than {count} healthy after {wait_s:.0f}s (see `fleetlm events`)"
+            )
 
 
 def ensure_cluster(config: DeploymentConfig, yaml_text: str) -> tuple[ClusterHandle, bool]:

@@ -52,6 +52,9 @@ class ReplicaBackend(Protocol):
 
     def kill_replica(self, replica_id: str) -> None: ...
 
+    def start_error(self, replica_id: str) -> str | None:
+        """Why a replica's constructor failed (one line), if it did."""
+
 
 def cordon_command_id(record: ReplicaRecord) -> str:
     """The id of the command that makes `record`'s replica follow its desired cordon: the same
@@ -181,18 +184,20 @@ class Reconciler:
             if alive and (record.registered or silent < settings.start_timeout_s):
                 continue  # starting, or alive but not reporting (a partition): leave it be
             if not record.registered:
-                self._note_start_failure(record.replica_id)
+                cause = await self._blocking(self._backend.start_error, record.replica_id)
+                self._note_start_failure(record.replica_id, cause)
             await self._remove(record, f"gone (silent {silent:.1f}s): replacing it", kill=True)
 
-    def _note_start_failure(self, replica_id: str) -> None:
+    def _note_start_failure(self, replica_id: str, cause: str | None = None) -> None:
         # A replica that dies while starting (bad model path, OOM) would die again at once:
         # back off exponentially instead of creating one every tick.
         self.start_failures += 1
         delay = min(self.max_backoff_s, 2.0 ** min(self.start_failures, 16))
         self._create_after = time.monotonic() + delay
+        why = f": {cause}" if cause else ""
         self._state.events.add(
             EventKind.REPLICA_START_FAILED,
-            f"died while starting ({self.start_failures} in a row); next try in {delay:.0f}s",
+            f"died while starting{why} ({self.start_failures} in a row); next try in {delay:.0f}s",
             replica_id,
         )
 

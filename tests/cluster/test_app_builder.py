@@ -77,3 +77,17 @@ def test_build_app_refuses_unknown_args() -> None:
 
     with pytest.raises(ValueError, match=r"args: unknown \['cofnig'\]"):
         build_app({"cofnig": "x.yaml"})
+
+
+def test_replicas_that_cannot_start_fail_the_start_with_their_error(
+    ray_local: None, tmp_path: Path
+) -> None:
+    """A wrong model.path fails every replica the same way: starting gives up after two tries
+    with the replica's own error, instead of retrying for minutes and timing out."""
+    from orchestrator.config.load import parse_config
+    from orchestrator.controller.launcher import start_cluster
+
+    text = tiny_config_yaml(replicas=1).replace("fleetlm/tiny-llama", str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match=r"replicas: 2 failed to start; the last died while") as e:
+        start_cluster(parse_config(text), admin_port=0)
+    assert str(tmp_path / "nothing") in str(e.value)

@@ -103,6 +103,9 @@ class FakeReplicaBackend:
     def is_alive(self, replica_id: str) -> bool:
         return replica_id in self.reporters
 
+    def start_error(self, replica_id: str) -> str | None:
+        return None  # the fake's replicas never fail in their constructor
+
     def stop_replica(self, replica_id: str) -> None:
         self.stopped.append(replica_id)
         self.kill_replica(replica_id)

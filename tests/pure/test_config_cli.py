@@ -11,8 +11,8 @@ from orchestrator.config.load import preset_path
 
 
 def test_check_prints_ok_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    path = str(preset_path("gpu-llama3-8b"))
-    assert main(["config", "check", path]) == 0
+    path = str(preset_path("gpu-llama3-8b"))  # its model lives on GPU nodes, not here
+    assert main(["config", "check", path, "--skip-model-check"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"OK {path}")
     assert "llumnix" in out and "2..8 x 1 GPU" in out
@@ -30,6 +30,21 @@ def test_check_reports_every_problem_and_exits_2(
         f"{path}:4: dispatch.policy: unknown dispatch policy 'fastest' (known: round_robin, "
         "least_load, power_of_two, llumnix, prefix_affinity, weighted)",
     ]
+
+
+def test_check_looks_for_the_model_on_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"model:\n  path: {tmp_path / 'no-model'}\n")
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: model.path: " in err and "is not a directory on this machine" in err
+    (tmp_path / "no-model").mkdir()
+    assert main(["config", "check", str(path)]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+    assert main(["config", "check", str(path), "--skip-model-check"]) == 0
+    assert main(["config", "check", str(preset_path("default"))]) == 0  # the embedded model
 
 
 def test_apply_refuses_an_invalid_file_before_contacting_anyone(
