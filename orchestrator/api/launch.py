@@ -212,17 +212,28 @@ class Stack:
             f"  dashboard   {dashboard}",
             f"  admin API   {self.admin_url}{PREFIX}/  (bearer token)",
             f"  controller  {self.controller_address} (gRPC)",
-            f"  Ray         {self._ray_address()}  (`ray status --address` it; docs/deploy.md)",
+            f"  Ray         {self.ray_address}  (`ray status --address` it; docs/deploy.md)",
             f"  HTTP path   {self._path_line()}",
             "  fleetlm status | cordon REPLICA | scale N   (the admin API; token found here)",
             "  Ctrl-C to stop",
         ]
 
-    @staticmethod
-    def _ray_address() -> str:
+    @property
+    def ray_address(self) -> str:
+        """Ray's GCS address (host:port) this deployment runs on."""
         import ray
 
         return ray.get_runtime_context().gcs_address
+
+    def ray_reachable(self, timeout_s: float = 1.0) -> bool:
+        """Whether Ray's GCS still accepts connections (a TCP connect: it never hangs the way a
+        Ray call does while Ray waits for a dead GCS to come back)."""
+        host, _, port = self.ray_address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
 
     def _path_line(self) -> str:
         if self.http_path == "serve-proxy":

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 DEFAULT_RESULT = "bench/results/result.json"
+RAY_CHECK_S = 1.0  # how often `fleetlm serve` checks that Ray is still there
+RAY_MISSES = 3  # checks in a row without Ray's GCS before it gives up
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +68,18 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         for line in stack.banner():
             print(line, flush=True)
-        stop.wait()
+        misses = 0
+        while not stop.wait(RAY_CHECK_S):
+            misses = 0 if stack.ray_reachable() else misses + 1
+            if misses >= RAY_MISSES:
+                print(
+                    f"fleetlm: error: Ray at {stack.ray_address} is gone (its GCS stopped "
+                    "answering); the deployment went with it. Exiting.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                # Ray's own shutdown hooks wait for the dead GCS (30 s and more): leave now.
+                os._exit(1)
         print("fleetlm: shutting down", flush=True)
     finally:
         stack.shutdown()

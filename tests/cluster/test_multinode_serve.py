@@ -8,6 +8,7 @@ import concurrent.futures
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +98,46 @@ def _until(check: object, timeout_s: float = 30.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.25)  # polling the admin API while the cluster settles
+
+
+def test_fleetlm_serve_notices_when_ray_goes_away(_ray_session: None, tmp_path: Path) -> None:
+    """Ray's GCS dies under a running `fleetlm serve`: it says so and exits non-zero within
+    seconds instead of sitting on a dead deployment (and a 30 s SIGINT)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    address = nodes.address
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(tiny_config_yaml(replicas=1))
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLEETLM_CACHE": str(tmp_path / "cache")}
+    args = ["serve", "--config", str(cfg), "--address", address, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*CLI, *args, "--admin-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        _until(lambda: any("Ctrl-C to stop" in line for line in lines), timeout_s=180)
+        nodes.head_node.kill_gcs_server()  # the banner is out: serve is watching
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("fleetlm serve did not notice:\n" + "".join(lines)[-3000:])
+        reader.join(10)
+        output = "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        nodes.shutdown()
+    assert proc.returncode == 1, output[-3000:]
+    assert f"Ray at {address} is gone" in output
