@@ -165,7 +165,7 @@ class PowerOfTwo(_Policy):
     def __init__(self, params: Params) -> None:
         super().__init__()
         self.params = params
-        self._rng = random.Random(params.seed)
+        self._rng = random.Random(params.seed)  # noqa: S311 (tie-breaks, not secrets)
 
     def decide(self, live: LiveView, req: RequestMeta) -> DispatchDecision:
         candidates, refusal = self._open(live, req)

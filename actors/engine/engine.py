@@ -107,7 +107,8 @@ class LLMEngine:
         pin = runner.device.type == "cuda"
         self.adapters = AdapterRegistry(runner.arch, config.lora, runner.dtype, pin=pin)
         self.sampler = Sampler()
-        self._seed_rng = random.Random(config.model.seed)
+        # Sampling seeds, reproducible by design; nothing secret comes from it.
+        self._seed_rng = random.Random(config.model.seed)  # noqa: S311
         self._requests: dict[str, Request] = {}  # live child requests by their own id
         self._children: dict[str, list[str]] = {}  # user request id -> child ids
         self._detok: dict[str, IncrementalDetokenizer] = {}

@@ -55,7 +55,8 @@ class SamplerOutput:
 class Sampler:
     def __init__(self, seed: int | None = None) -> None:
         # Draws seeds for requests that reach the sampler with none (the engine normally sets one).
-        self._seed_rng = random.Random(seed)
+        # Sampling seeds, reproducible by design; nothing secret comes from it.
+        self._seed_rng = random.Random(seed)  # noqa: S311
         # Token histories for penalties, dropped with their request (Request hashes by identity).
         self._history: weakref.WeakKeyDictionary[Request, TokenHistory] = (
             weakref.WeakKeyDictionary()

@@ -19,9 +19,9 @@ from typing import Literal
 from actors.common.config import cache_root
 from orchestrator.config.load import DeploymentConfig
 
-ADMIN_TOKEN_ENV = "FLEETLM_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = "FLEETLM_ADMIN_TOKEN"  # noqa: S105 (a variable name, not a token)
 ADMIN_URL_ENV = "FLEETLM_ADMIN_URL"
-TOKEN_FILE = "admin-token"
+TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a token)
 URL_FILE = "admin-url"
 
 

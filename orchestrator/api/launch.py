@@ -88,7 +88,12 @@ def _local_gpu_count() -> int:
         return 0
     try:
         out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+            # nvidia-smi from PATH, as the driver installs it; fixed arguments, no shell.
+            ["nvidia-smi", "-L"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
@@ -182,7 +187,7 @@ class Stack:
 
     def _url(self, port: int) -> str:
         host = self.config.server.host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 (a comparison)
         if ":" in shown:
             shown = f"[{shown}]"
         return f"http://{shown}:{port}"

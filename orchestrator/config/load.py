@@ -101,7 +101,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _safe_load(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain YAML only
+        # _UniqueKeyLoader is a yaml.SafeLoader: plain YAML only, Python tags are refused.
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
