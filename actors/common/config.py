@@ -186,6 +186,8 @@ class ReplicaOptions:
     advertise_host: str | None = "127.0.0.1"
     port: int = 0
     report_interval_s: float = 0.5
+    # One engine-loop iteration longer than this is a wedged engine (the replica is replaced).
+    stall_after_s: float = 60.0
     tls: TlsFiles | None = None
     # Where to look the controller up again when its address stops answering (it restarted).
     controller_name: str | None = None
@@ -195,3 +197,5 @@ class ReplicaOptions:
     def __post_init__(self) -> None:
         if self.report_interval_s <= 0:
             raise ValueError(f"report_interval_s: must be > 0, got {self.report_interval_s}")
+        if self.stall_after_s <= 0:
+            raise ValueError(f"stall_after_s: must be > 0, got {self.stall_after_s}")

@@ -43,6 +43,7 @@ class ReplicaActor:
             node_id=node_id,
             incarnation=self.incarnation,
             migration=options.migration,
+            stall_after_s=options.stall_after_s,
         )
         self._reporter: LoadReporter | None = None
         if controller_address is not None:

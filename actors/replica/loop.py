@@ -129,13 +129,26 @@ class _ParkingSink:
         self.batches.append((batch, whole))
 
 
+class EngineStalled(RuntimeError):
+    """The engine loop is stuck in one iteration (a wedged step or command)."""
+
+
 class EngineLoop:
     def __init__(
-        self, engine: LLMEngine, identity: ReplicaIdentity, stats_interval_s: float = 0.05
+        self,
+        engine: LLMEngine,
+        identity: ReplicaIdentity,
+        stats_interval_s: float = 0.05,
+        stall_after_s: float = 60.0,
     ) -> None:
+        """`stall_after_s`: one loop iteration (a step, a command) running longer than this is
+        a wedged engine: the replica stops reporting and answers health checks False, so the
+        controller takes it out of dispatch and replaces it."""
         self._engine = engine
         self._identity = identity
         self._stats_interval_s = stats_interval_s
+        self._stall_after_s = stall_after_s
+        self._busy_since: float | None = None  # when the iteration under way began; None: idle
         self._cond = threading.Condition()
         self._inbox: deque[InboxItem] = deque()
         self._live: dict[str, _Live] = {}
@@ -190,6 +203,11 @@ class EngineLoop:
         return future
 
     def snapshot(self) -> LoadReport:
+        """The latest load report; EngineStalled while one iteration has run too long (the
+        reporter then sends nothing, and the controller sees the replica go silent)."""
+        stalled = self.stalled_for
+        if stalled:
+            raise EngineStalled(f"the engine loop has been in one iteration for {stalled:.0f}s")
         with self._cond:
             self._seq += 1
             return replace(self._snapshot, seq=self._seq)
@@ -205,7 +223,15 @@ class EngineLoop:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """The loop thread runs and is not stuck in one iteration."""
+        return self._thread.is_alive() and not self.stalled_for
+
+    @property
+    def stalled_for(self) -> float:
+        """Seconds the iteration under way has run, once past stall_after_s; else 0."""
+        since = self._busy_since
+        busy = 0.0 if since is None else time.monotonic() - since
+        return busy if busy > self._stall_after_s else 0.0
 
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._cond:
@@ -232,6 +258,7 @@ class EngineLoop:
             items = self._wait_for_work()
             if items is None:
                 return
+            self._busy_since = time.monotonic()
             try:
                 for item in items:
                     self._handlers[type(item)](item)
@@ -247,6 +274,7 @@ class EngineLoop:
             while not self._stopped and not self._inbox:
                 if self._engine.has_work():  # a paused request alone is no work: wait
                     break
+                self._busy_since = None  # idle is not stalled
                 self._cond.wait()
             if self._stopped:
                 for item in self._inbox:

@@ -17,6 +17,7 @@ from actors.common.config import TlsFiles
 from actors.common.tls import sync_channel
 from actors.common.types import LoadReport
 from actors.common.wire import report_to_pb
+from actors.replica.loop import EngineStalled
 from protos import controller_pb2, controller_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class LoadReporter:
             if not self._registered or not self._link.report(report):
                 self._registered = self._link.register(report)
             self._failures = 0
+        except EngineStalled as exc:  # a wedged engine: silence takes it out of dispatch
+            self._failures += 1
+            if self._failures in (1, 10) or self._failures % 100 == 0:
+                logger.warning("not reporting load: %s", exc)
         except grpc.RpcError as exc:
             self._registered = False
             self._failures += 1

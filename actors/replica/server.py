@@ -161,6 +161,7 @@ class ReplicaServer:
         node_id: str = "",
         incarnation: str = "",
         migration: MigrationSettings | None = None,
+        stall_after_s: float = 60.0,
     ) -> None:
         self._aio_loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._aio_loop.run_forever, name="replica-grpc")
@@ -181,7 +182,7 @@ class ReplicaServer:
             pid=os.getpid(),
             started_at=time.time(),
         )
-        self.engine_loop = EngineLoop(engine, self.identity)
+        self.engine_loop = EngineLoop(engine, self.identity, stall_after_s=stall_after_s)
         servicer = ReplicaServicer(self.engine_loop, self.identity, model_info(engine))
         replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, self._server)
         migrations = MigrationCommands(

@@ -174,6 +174,9 @@ class ServerSection(Section):
     admin_host: str = "127.0.0.1"
     admin_port: Port = 8080
     report_interval_s: float = Field(default=0.5, gt=0)
+    # One engine-loop iteration (a step) longer than this is a wedged engine: out of dispatch,
+    # then replaced. Above the longest step a deployment can take (a long prefill, a swap).
+    engine_stall_s: float = Field(default=60.0, gt=0)
     unhealthy_after_s: float = Field(default=3.0, gt=0)
     max_queue_per_replica: int = Field(default=64, ge=1)
     max_body_bytes: ByteSize = 1 << 20

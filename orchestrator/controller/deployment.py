@@ -110,6 +110,7 @@ def settings_from_config(
         bind_host=server.host,
         advertise_host=advertised_host(server.host),
         report_interval_s=server.report_interval_s,
+        stall_after_s=server.engine_stall_s,
         tls=tls,
         controller_name=CONTROLLER_NAME,
         controller_namespace=NAMESPACE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -157,3 +158,30 @@ def test_a_loop_whose_only_request_is_paused_waits_instead_of_spinning(loop: Eng
     loop.call(lambda: engine.resume_request("held")).result(10)
     loop.abort("held")  # wakes the loop: it steps again
     assert sink.wait_finished(1)[-1].finish_reason in ("abort", "length")
+
+
+def test_a_wedged_iteration_stops_reports_and_health_until_it_ends() -> None:
+    """Fault injection: a command that hangs the engine thread (as a wedged step would). Past
+    stall_after_s the replica answers health checks False and sends no load report (so the
+    controller drops it from dispatch and replaces it); idle time never counts as stalled."""
+    from actors.replica.loop import EngineStalled
+
+    engine_loop = EngineLoop(
+        LLMEngine(ENGINE), ReplicaIdentity("r-wedge", "127.0.0.1:0"), stall_after_s=0.3
+    )
+    engine_loop.start()
+    try:
+        release = threading.Event()
+        stuck = engine_loop.call(lambda: release.wait(30))  # the engine thread hangs here
+        deadline = time.monotonic() + 10
+        while engine_loop.alive:
+            assert time.monotonic() < deadline, "a wedged loop still reads as alive"
+            time.sleep(0.05)  # polling the health flag as the controller's checks do
+        with pytest.raises(EngineStalled, match="in one iteration for"):
+            engine_loop.snapshot()
+        release.set()
+        assert stuck.result(timeout=10) is True
+        time.sleep(0.5)  # idle, longer than stall_after_s: still healthy
+        assert engine_loop.alive and engine_loop.snapshot().load.running == 0
+    finally:
+        engine_loop.stop()
