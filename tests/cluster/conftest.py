@@ -20,6 +20,9 @@ def ensure_local_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(
+            # Always a new local cluster: never one a `ray start` left on this machine (Ray
+            # would otherwise join whatever /tmp/ray/ray_current_cluster names).
+            address="local",
             num_cpus=RAY_NUM_CPUS,
             namespace="fleetlm",
             include_dashboard=False,
