@@ -1,0 +1,198 @@
+"""Soak: steady load on a CPU fleet while a replica is killed every --kill-every seconds (not a
+test; run by hand, results in docs/reliability.md).
+
+  python bench/soak.py [--minutes 10] [--kill-every 60] [--rate 4] [--replicas 2]
+
+The embedded tiny model on CPU replicas (the whole stack: controller, Serve ingress, gRPC),
+Poisson arrivals of streamed completions. Each kill is `ray.kill` of a ready replica's actor,
+as a crash would end it. Reported: requests sent, completed, failed (by status); p50/p99
+end-to-end latency inside kill windows (the 15 s after a kill) and outside; the time from each
+kill until the fleet is back to --replicas ready replicas; and the resident memory of every
+process of the deployment at the start and the end of the steady part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator.api.launch import ServeOptions, start_stack
+from orchestrator.config.load import parse_config
+from orchestrator.controller.backend import RayBackend
+
+KILL_WINDOW_S = 15.0
+MODEL = "fleetlm/tiny-llama"
+
+
+def config_text(replicas: int) -> str:
+    return f"""
+replicas:
+  count: {replicas}
+  resources: {{num_cpus: 1.0}}
+engine:
+  cpu_kv_cache_bytes: 32MiB
+  max_num_seqs: 16
+server:
+  http_port: 0
+  admin_port: 0
+  report_interval_s: 0.25
+  unhealthy_after_s: 1.5
+"""
+
+
+async def one_request(client: httpx.AsyncClient, url: str, rng: random.Random) -> dict[str, Any]:
+    body = {
+        "model": MODEL,
+        "prompt": [rng.randrange(4, 250) for _ in range(rng.randrange(8, 64))],
+        "max_tokens": rng.randrange(16, 64),
+        "ignore_eos": True,
+        "stream": True,
+        "return_token_ids": True,  # each chunk says which tokens it carries: exact counts
+    }
+    t0 = time.time()
+    tokens, status, error = 0, 0, ""
+    try:
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
+            status = resp.status_code
+            async for line in resp.aiter_lines():
+                if line.startswith("data: {"):
+                    msg = json.loads(line[6:])
+                    if "error" in msg:
+                        error = msg["error"].get("message", "error")
+                    for choice in msg.get("choices", []):
+                        tokens += len(choice.get("token_ids") or [])
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    ok = status == 200 and not error and tokens == body["max_tokens"]
+    return {"start": t0, "end": time.time(), "status": status, "ok": ok, "tokens": tokens,
+            "wanted": body["max_tokens"], "error": error}  # fmt: skip
+
+
+async def load(url: str, rate: float, seconds: float, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    tasks = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            tasks.append(asyncio.create_task(one_request(client, url, rng)))
+            await asyncio.sleep(rng.expovariate(rate))  # Poisson arrivals
+        return list(await asyncio.gather(*tasks))
+
+
+def ready_replicas(stack: Any) -> list[dict[str, Any]]:
+    with stack.cluster.admin() as admin:
+        return [r for r in admin.replicas()["replicas"] if r["state"] == "ready"]
+
+
+def killer(stack: Any, every_s: float, seconds: float, want: int, out: list[dict]) -> None:
+    """Thread: kill a ready replica every `every_s`, and time the fleet's recovery."""
+    backend = RayBackend()
+    start = time.monotonic()
+    while time.monotonic() - start + every_s < seconds:
+        time.sleep(every_s)  # paces the kills
+        ready = ready_replicas(stack)
+        if not ready:
+            continue
+        victim = random.choice(ready)["id"]
+        killed_at = time.time()
+        backend.kill_replica(victim)
+        while True:
+            time.sleep(0.25)  # polling the admin API until a replacement is ready
+            now = ready_replicas(stack)
+            if len(now) >= want and victim not in {r["id"] for r in now}:
+                break
+            if time.time() - killed_at > 120:
+                break
+        out.append({"replica": victim, "at": killed_at, "recovered_s": time.time() - killed_at})
+
+
+def deployment_rss() -> dict[int, int]:
+    """RSS of this driver and every Ray worker process (the controller, replicas, ingress)."""
+    out = {}
+    for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] == os.getpid() or "ray::" in cmd or "default_worker" in cmd:
+            out[p.info["pid"]] = p.info["memory_info"].rss
+    return out
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    import threading
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--kill-every", type=float, default=60.0)
+    ap.add_argument("--rate", type=float, default=4.0)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/soak.json")
+    args = ap.parse_args()
+    cfg = parse_config(config_text(args.replicas))
+    stack = start_stack(ServeOptions(config=cfg, write_admin_files=False))
+    try:
+        asyncio.run(load(stack.base_url, args.rate, 10, seed=1))  # warm-up, not counted
+        rss_start = deployment_rss()
+        kills: list[dict] = []
+        seconds = args.minutes * 60
+        thread = threading.Thread(
+            target=killer, args=(stack, args.kill_every, seconds, args.replicas, kills)
+        )
+        thread.start()
+        results = asyncio.run(load(stack.base_url, args.rate, seconds, seed=2))
+        thread.join()
+        rss_end = deployment_rss()
+    finally:
+        stack.shutdown()
+    in_window = [
+        r for r in results if any(k["at"] <= r["end"] and r["start"] <= k["at"] + KILL_WINDOW_S
+                                  for k in kills)
+    ]  # fmt: skip
+    outside = [r for r in results if r not in in_window]
+    lat = {
+        name: [r["end"] - r["start"] for r in group if r["ok"]]
+        for name, group in (("kill_windows", in_window), ("outside", outside))
+    }
+    common = set(rss_start) & set(rss_end)
+    growth = {pid: rss_end[pid] / rss_start[pid] - 1 for pid in common if rss_start[pid]}
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python3", *sys.argv]),
+        "sent": len(results),
+        "completed": sum(r["ok"] for r in results),
+        "failed": sum(not r["ok"] for r in results),
+        "failures": [r for r in results if not r["ok"]][:20],
+        "kills": kills,
+        "in_flight_at_kills": [
+            sum(r["start"] <= k["at"] <= r["end"] for r in results) for k in kills
+        ],
+        "latency_s": {
+            name: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99)} for name, v in lat.items()
+        },
+        "rss_growth_max": max(growth.values(), default=None),
+        "processes_compared": len(common),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

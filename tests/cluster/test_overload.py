@@ -1,0 +1,61 @@
+"""Overload (issue 13): with every replica's queue full, a new request is a 429 with
+Retry-After at once (not a hang, not a 500), and every admitted request still completes with
+all its tokens. A request ledger checks that each request ended exactly once: completed, or
+refused with an explicit error."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from .conftest import tiny_config_yaml
+from .test_api import _free_port, _wait_healthy
+
+N = 16  # one replica runs 1 request and queues 1: most of the burst must be refused
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def stack(ray_local: None) -> Iterator[object]:
+    from orchestrator.api.launch import ServeOptions, start_stack
+    from orchestrator.config.load import parse_config
+
+    text = tiny_config_yaml(replicas=1, http_port=_free_port(), max_queue_per_replica=1)
+    text = text.replace("max_num_seqs: 16", "max_num_seqs: 1")
+    opts = ServeOptions(
+        config=parse_config(text), http_path="direct", admin_port=0, write_admin_files=False
+    )
+    st = start_stack(opts)
+    try:
+        _wait_healthy(st.base_url)
+        yield st
+    finally:
+        st.shutdown()
+
+
+def test_a_full_fleet_answers_429_with_retry_after_and_loses_nothing(stack: object) -> None:
+    body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": MAX_TOKENS}
+    body["ignore_eos"] = True
+
+    def one(i: int) -> tuple[int, httpx.Response]:
+        return i, httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(N) as pool:
+        ledger = dict(pool.map(one, range(N)))  # request -> its one final answer
+    assert len(ledger) == N
+    outcomes = Counter(r.status_code for r in ledger.values())
+    assert set(outcomes) <= {200, 429}, {i: (r.status_code, r.text) for i, r in ledger.items()}
+    assert outcomes[200] >= 1 and outcomes[429] >= 1, outcomes
+    for r in ledger.values():
+        if r.status_code == 200:
+            assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS  # admitted: complete
+        else:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["type"] == "rate_limit_error"
+    # Afterwards the replica is idle again and serves at once.
+    again = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=120)
+    assert again.status_code == 200
