@@ -2,6 +2,7 @@
 test; run by hand, results in docs/reliability.md).
 
   python bench/soak.py [--minutes 10] [--kill-every 60] [--rate 4] [--replicas 2]
+                       [--max-tokens 64]
 
 The embedded tiny model on CPU replicas (the whole stack: controller, Serve ingress, gRPC),
 Poisson arrivals of streamed completions. Each kill is `ray.kill` of a ready replica's actor,
@@ -53,11 +54,13 @@ server:
 """
 
 
-async def one_request(client: httpx.AsyncClient, url: str, rng: random.Random) -> dict[str, Any]:
+async def one_request(
+    client: httpx.AsyncClient, url: str, rng: random.Random, max_tokens: int
+) -> dict[str, Any]:
     body = {
         "model": MODEL,
         "prompt": [rng.randrange(4, 250) for _ in range(rng.randrange(8, 64))],
-        "max_tokens": rng.randrange(16, 64),
+        "max_tokens": rng.randrange(max_tokens // 4, max_tokens),
         "ignore_eos": True,
         "stream": True,
         "return_token_ids": True,  # each chunk says which tokens it carries: exact counts
@@ -81,13 +84,15 @@ async def one_request(client: httpx.AsyncClient, url: str, rng: random.Random) -
             "wanted": body["max_tokens"], "error": error}  # fmt: skip
 
 
-async def load(url: str, rate: float, seconds: float, seed: int) -> list[dict[str, Any]]:
+async def load(
+    url: str, rate: float, seconds: float, seed: int, max_tokens: int
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     tasks = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            tasks.append(asyncio.create_task(one_request(client, url, rng)))
+            tasks.append(asyncio.create_task(one_request(client, url, rng, max_tokens)))
             await asyncio.sleep(rng.expovariate(rate))  # Poisson arrivals
         return list(await asyncio.gather(*tasks))
 
@@ -143,12 +148,13 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64, help="outputs of max/4 to max tokens")
     ap.add_argument("--out", default="bench/results/soak.json")
     args = ap.parse_args()
     cfg = parse_config(config_text(args.replicas))
     stack = start_stack(ServeOptions(config=cfg, write_admin_files=False))
     try:
-        asyncio.run(load(stack.base_url, args.rate, 10, seed=1))  # warm-up, not counted
+        asyncio.run(load(stack.base_url, args.rate, 10, 1, args.max_tokens))  # warm-up
         rss_start = deployment_rss()
         kills: list[dict] = []
         seconds = args.minutes * 60
@@ -156,7 +162,7 @@ def main() -> None:
             target=killer, args=(stack, args.kill_every, seconds, args.replicas, kills)
         )
         thread.start()
-        results = asyncio.run(load(stack.base_url, args.rate, seconds, seed=2))
+        results = asyncio.run(load(stack.base_url, args.rate, seconds, 2, args.max_tokens))
         thread.join()
         rss_end = deployment_rss()
     finally:

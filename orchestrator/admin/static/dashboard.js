@@ -165,7 +165,12 @@ const PAGES = {
     },
     bind: () => {
       on("scale-go", async () => {
-        const n = Number(document.getElementById("scale-n").value);
+        const raw = document.getElementById("scale-n").value.trim();
+        const n = Number(raw);
+        if (raw === "" || !Number.isInteger(n) || n < 0) {
+          toast("replicas: enter a whole number >= 0", true);
+          return;
+        }
         await act(`Scale the fleet to ${n} replicas?`,
           () => api("POST", "/admin/v1/scale", { replicas: n }),
           (r) => `desired replicas: ${r.desired_replicas}`);
