@@ -74,14 +74,15 @@ def start_cluster(
     min_healthy: int = 1,
     admin_token: AdminToken | None = None,
     admin_port: int | None = None,
-    on_head: bool = False,
+    on_head: bool = True,
 ) -> ClusterHandle:
     """Start the controller (which creates the replicas) and wait for `min_healthy` replicas.
 
     `custom_resources`: Ray resources each replica needs, e.g. to place one per node.
     `admin_token`: the admin API's token (default: resolved from the config, the environment,
     or generated); `admin_port` overrides server.admin_port (0: any free port). `on_head`: the
-    controller runs on Ray's head node, where a deployment's admin Service points (helm/).
+    controller runs on Ray's head node: the node that stays (a worker node may be scaled in or
+    lost) and where a deployment's admin Service points (helm/).
     """
     owns_ray = not ray.is_initialized()
     if owns_ray:
@@ -161,7 +162,7 @@ def ensure_cluster(config: DeploymentConfig, yaml_text: str) -> tuple[ClusterHan
     if not ray.is_initialized():
         ray.init(namespace=NAMESPACE)
     if not _controller_exists():
-        return start_cluster(config, min_healthy=0, on_head=True), True
+        return start_cluster(config, min_healthy=0), True
     actor = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     try:
         message = ray.get(actor.apply_config.remote(yaml_text), timeout=60)
