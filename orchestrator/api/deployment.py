@@ -51,8 +51,9 @@ class IngressSettings:
     # Where each ingress replica serves HTTP itself (None: only through Serve's proxy).
     http_host: str | None = None
     http_port: int | None = None
-    # The node those replicas run on ("node:IP" resource), so host:port is where clients look.
-    node_ip: str | None = None
+    # The node those replicas run on, so host:port is where clients look: a Ray resource only
+    # that node has ("node:__internal_head__", or "node:<ip>" for a driver off the head).
+    node_resource: str | None = None
     # The controller's admin API: /v1/load_lora_adapter and /v1/unload_lora_adapter relay there
     # with the caller's admin token (None: those routes answer 501).
     admin_url: str | None = None
@@ -182,8 +183,8 @@ def _serve_replica_id() -> str | None:
 
 def build_ingress(settings: IngressSettings) -> serve.Application:
     actor_options: dict[str, Any] = {"num_cpus": 0}
-    if settings.node_ip is not None:
-        actor_options["resources"] = {f"node:{settings.node_ip}": 0.001}
+    if settings.node_resource is not None:
+        actor_options["resources"] = {settings.node_resource: 0.001}
     return OpenAIIngress.options(
         num_replicas=settings.num_replicas,
         ray_actor_options=actor_options,

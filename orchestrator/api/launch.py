@@ -123,10 +123,11 @@ def ingress_settings(
     controller_address: str,
     ingress_replicas: int = 1,
     http_port: int | None = None,
-    node_ip: str | None = None,
+    node_resource: str | None = None,
     admin_url: str | None = None,
 ) -> IngressSettings:
-    """`http_port` set: the ingress replicas listen there themselves, on the node `node_ip`."""
+    """`http_port` set: the ingress replicas listen there themselves, on the node that has the
+    Ray resource `node_resource`."""
     from orchestrator.api.deployment import IngressSettings
     from orchestrator.controller.deployment import tls_from_config
 
@@ -139,7 +140,7 @@ def ingress_settings(
         num_replicas=ingress_replicas,
         http_host=cfg.server.host if http_port is not None else None,
         http_port=http_port,
-        node_ip=node_ip,
+        node_resource=node_resource,
         admin_url=admin_url,
     )
 
@@ -289,19 +290,18 @@ def _deploy_ingress(
     admin_url: str | None = None,
 ) -> None:
     """Serve runs the ingress replicas; `port` set: they listen on it themselves."""
-    import ray
     from ray import serve
 
     from orchestrator.api.deployment import APP_NAME, build_ingress
 
     host = cfg.server.host
-    node_ip = ray.util.get_node_ip_address() if port is not None else None
+    node_resource = _this_node_resource() if port is not None else None
     settings = ingress_settings(
         cfg,
         controller_address,
         options.ingress_replicas,
         http_port=port,
-        node_ip=node_ip,
+        node_resource=node_resource,
         admin_url=admin_url,
     )
     if port is None:
@@ -311,3 +311,16 @@ def _deploy_ingress(
     else:
         serve.start(proxy_location="Disabled")
     serve.run(build_ingress(settings), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def _this_node_resource() -> str:
+    """A Ray resource that only this (the driver's) node has. The head's marker when the driver
+    runs there, as `fleetlm serve` does: several raylets may share one IP (containers, Ray's
+    cluster_utils), so `node:<ip>` alone could place the ingress on another node."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == me and "node:__internal_head__" in node["Resources"]:
+            return "node:__internal_head__"
+    return f"node:{ray.util.get_node_ip_address()}"

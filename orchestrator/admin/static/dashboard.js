@@ -81,13 +81,30 @@ const stateBadge = (s) => `<span class="state ${esc(s)}">${esc(s)}</span>`;
 const bar = (f) => `<span class="bar"><span style="width:${(100 * f).toFixed(1)}%"></span></span>`;
 const replicaLink = (id) => `<a href="#/replica/${encodeURIComponent(id)}">${esc(id)}</a>`;
 
-function stepsPerSecond(id) {
+// A replica's counter as a rate over the charts' window (snapshots kept here).
+function ratePerSecond(id, counter) {
   const h = S.history.filter((x) => x.replicas.some((r) => r.id === id));
   if (h.length < 2) return null;
   const first = h[0].replicas.find((r) => r.id === id);
   const last = h[h.length - 1].replicas.find((r) => r.id === id);
   const dt = h[h.length - 1].t - h[0].t;
-  return dt > 0 ? (last.num_steps - first.num_steps) / dt : null;
+  return dt > 0 ? Math.max(0, (last[counter] || 0) - (first[counter] || 0)) / dt : null;
+}
+const stepsPerSecond = (id) => ratePerSecond(id, "num_steps");
+
+// The same counter's rate between consecutive snapshots, per replica, for a chart.
+function rateSeries(counter) {
+  const ids = [...new Set(S.history.flatMap((h) => h.replicas.map((r) => r.id)))].sort();
+  return ids.map((id) => ({
+    name: id,
+    points: S.history.slice(1).flatMap((h, i) => {
+      const prev = S.history[i].replicas.find((x) => x.id === id);
+      const cur = h.replicas.find((x) => x.id === id);
+      const dt = h.t - S.history[i].t;
+      if (!prev || !cur || dt <= 0 || cur[counter] === undefined) return [];
+      return [[h.t, Math.max(0, cur[counter] - prev[counter]) / dt]];
+    }),
+  }));
 }
 
 // A line chart as SVG: series = [{name, points: [[t, v], ...]}].
@@ -149,6 +166,10 @@ const PAGES = {
         ["running requests", sum("running")],
         ["waiting requests", sum("waiting")],
         ["KV cache used", `${(100 * kv).toFixed(1)}%`],
+        ["prompt tokens/s", fmt(reps.reduce((a, r) => a + (ratePerSecond(r.id,
+          "prompt_tokens_total") || 0), 0), 0)],
+        ["prefix-cache hits", `${(100 * sum("prefix_hit_tokens_total") /
+          Math.max(1, sum("prompt_tokens_total"))).toFixed(1)}%`],
         ["migrations (recent)", S.snap.migrations.length],
         ["adapters", S.snap.adapters.length],
       ];
@@ -160,6 +181,7 @@ const PAGES = {
         chart("Waiting requests per replica", seriesPerReplica((r) => r.waiting), ""),
         chart("KV cache used per replica", seriesPerReplica((r) => 100 * kvUsed(r)), "%"),
         chart("Step time per replica", seriesPerReplica((r) => r.step_time_ms), " ms"),
+        chart("Prompt tokens/s per replica", rateSeries("prompt_tokens_total"), "/s"),
       ].join(""));
       setHTML("replicas", replicaTable(reps));
     },
