@@ -99,3 +99,34 @@ async def generate_following(
     finally:
         for c in clients.values():
             await c.close()
+
+
+def burst_through_a_fault(
+    base_url: str, n: int, max_tokens: int, fault: Callable[[], object], after_s: float
+) -> None:
+    """`n` concurrent completions of `max_tokens` tokens; `fault()` runs `after_s` into them.
+    The ledger: every request ends exactly once, at least half of them after the fault (they
+    were in flight), and each one completed with all its tokens."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": max_tokens}
+    body["ignore_eos"] = True
+
+    def one(i: int) -> tuple[int, tuple[httpx.Response, float]]:
+        r = httpx.post(f"{base_url}/v1/completions", json=body, timeout=180)
+        return i, (r, time.monotonic())
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        pending = pool.map(one, range(n))
+        time.sleep(after_s)  # the burst is in flight
+        fault()
+        fault_at = time.monotonic()
+        ledger = dict(pending)
+    assert len(ledger) == n
+    assert sum(end > fault_at for _, end in ledger.values()) >= n // 2  # in flight at the fault
+    for i, (r, _) in ledger.items():
+        assert r.status_code == 200, (i, r.status_code, r.text)
+        assert r.json()["usage"]["completion_tokens"] == max_tokens

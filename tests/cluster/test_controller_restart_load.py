@@ -4,14 +4,13 @@ rebuilds the same replicas from their re-registration, and new requests are serv
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
+from .conftest import burst_through_a_fault, tiny_config_yaml
 from .test_api import _free_port, _wait_healthy
 
 N, MAX_TOKENS = 12, 400
@@ -49,24 +48,10 @@ def test_requests_survive_a_controller_restart_under_load(stack: object) -> None
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     before = _replicas(controller, token)
     assert len(before) == 2
-    body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": MAX_TOKENS}
-    body["ignore_eos"] = True
-
-    def one(i: int) -> tuple[int, tuple[httpx.Response, float]]:
-        r = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=180)
-        return i, (r, time.monotonic())
-
-    with concurrent.futures.ThreadPoolExecutor(N) as pool:
-        pending = pool.map(one, range(N))
-        time.sleep(0.5)  # let the burst be in flight before the kill
-        ray.kill(controller, no_restart=False)  # a crash: Ray restarts the actor
-        fault_at = time.monotonic()
-        ledger = dict(pending)
-    assert len(ledger) == N
-    assert sum(end > fault_at for _, end in ledger.values()) >= N // 2  # in flight at the fault
-    for i, (r, _) in ledger.items():
-        assert r.status_code == 200, (i, r.status_code, r.text)
-        assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+    # a crash: Ray restarts the actor while the burst is in flight
+    burst_through_a_fault(
+        stack.base_url, N, MAX_TOKENS, lambda: ray.kill(controller, no_restart=False), 0.5
+    )
     deadline = time.monotonic() + 60
     while True:  # polling the restarted controller as it re-adopts its replicas
         try:
@@ -76,5 +61,6 @@ def test_requests_survive_a_controller_restart_under_load(stack: object) -> None
             pass
         assert time.monotonic() < deadline, "the restarted controller never rebuilt its replicas"
         time.sleep(0.25)
+    body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": 4}
     r = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=120)
     assert r.status_code == 200

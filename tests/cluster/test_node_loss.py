@@ -5,14 +5,12 @@ all its tokens: a ledger), and the controller replaces the lost replica on the s
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
+from .conftest import burst_through_a_fault, tiny_config_yaml
 from .test_api import _free_port, _wait_healthy
 
 N, MAX_TOKENS = 6, 600
@@ -61,24 +59,8 @@ def _check(stack: object, cluster: object, admin: object) -> None:
     lost = [rid for rid, node in ready().items() if node == worker.node_id]
     assert len(lost) == 1
     spare = cluster.add_node(num_cpus=1)  # where the replacement can go
-    body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": MAX_TOKENS}
-    body["ignore_eos"] = True
-
-    def one(i: int) -> tuple[int, tuple[httpx.Response, float]]:
-        r = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=180)
-        return i, (r, time.monotonic())
-
-    with concurrent.futures.ThreadPoolExecutor(N) as pool:
-        pending = pool.map(one, range(N))
-        time.sleep(1.0)  # the requests are streaming on both replicas
-        cluster.remove_node(worker)  # the node and its replica are gone
-        fault_at = time.monotonic()
-        ledger = dict(pending)
-    assert len(ledger) == N
-    assert sum(end > fault_at for _, end in ledger.values()) >= N // 2  # in flight at the fault
-    for i, (r, _) in ledger.items():
-        assert r.status_code == 200, (i, r.status_code, r.text)
-        assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+    # the node and its replica are gone while requests stream on both replicas
+    burst_through_a_fault(stack.base_url, N, MAX_TOKENS, lambda: cluster.remove_node(worker), 1.0)
     _until(lambda: len(ready()) == 2 and spare.node_id in ready().values(), timeout_s=120)
     assert lost[0] not in ready()
 
