@@ -145,7 +145,9 @@ def test_controller_metrics_after_traffic(stack: object, traffic: dict[str, int]
         "fleetlm_replica_adapter_evictions_total",
     ):
         assert _sum(s, name) >= 0
-    assert _sum(s, "fleetlm_replica_steps_total") > 200  # 200 tokens decoded at least
+    # Decoding ran. Not ">= the tokens generated": batched requests share steps, and a greedy
+    # request may end at EOS before max_tokens (a fresh-clone CI run read 194 for 200).
+    assert _sum(s, "fleetlm_replica_steps_total") >= 8
     assert _sum(s, "fleetlm_replica_prompt_tokens_total") > 0
     assert _sum(s, "fleetlm_replica_prefix_hit_tokens_total") > 0  # SHARED_PROMPT, 4 times
     assert _sum(s, "fleetlm_replica_adapters_loaded") == 2  # sql, on both replicas
