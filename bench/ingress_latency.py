@@ -76,7 +76,7 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
 
     with stack.cluster.admin() as admin:
         address = admin.replicas()["replicas"][0]["address"]
-    replica = ReplicaClient(address)
+    replica = ReplicaClient(address, stack.cluster.security)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
     async def grpc_once(i: int) -> None:
@@ -84,10 +84,10 @@ async def measure(stack: object, prompt: list[int], n: int) -> dict[str, float]:
         async for _ in replica.generate(spec):
             pass
 
-    s = ingress_settings(stack.config, stack.controller_address)
-    router = Router(s.controller_address)
+    s = ingress_settings(stack.config, stack.controller_address, stack.cluster.security)
+    router = Router(s.controller_address, security=s.security)
     await router.start()
-    pool = ReplicaPool()
+    pool = ReplicaPool(s.security)
     model = await describe_model(s.model_name, router, pool, wait_s=60)
     health = HealthChecker(router, pool, 2.0)
     app = build_app(Handlers(OpenAIServing(model, router, pool), IngressMetrics(), health, 1 << 20))

@@ -1,15 +1,17 @@
-"""Soak: steady load on a CPU fleet while a replica is killed every --kill-every seconds (not a
+"""Soak: steady load on a fleet while a replica is killed every --kill-every seconds (not a
 test; run by hand, results in docs/reliability.md).
 
   python bench/soak.py [--minutes 10] [--kill-every 60] [--rate 4] [--replicas 2]
-                       [--max-tokens 64]
+                       [--max-tokens 64] [--gpu]
 
-The embedded tiny model on CPU replicas (the whole stack: controller, Serve ingress, gRPC),
-Poisson arrivals of streamed completions. Each kill is `ray.kill` of a ready replica's actor,
-as a crash would end it. Reported: requests sent, completed, failed (by status); p50/p99
-end-to-end latency inside kill windows (the 15 s after a kill) and outside; the time from each
-kill until the fleet is back to --replicas ready replicas; and the resident memory of every
-process of the deployment at the start and the end of the steady part.
+The embedded tiny model on CPU replicas, or (--gpu) on replicas sharing one GPU; the whole
+stack (controller, Serve ingress, gRPC). Poisson arrivals of streamed completions. Each kill
+is `ray.kill` of a ready replica's actor, as a crash would end it. Reported: requests sent,
+completed, failed (by status); p50/p99 end-to-end latency inside kill windows (the 15 s after
+a kill) and outside; the time from each kill until the fleet is back to --replicas ready
+replicas; and the resident memory of every process of the deployment every 20 s: growth from
+the start of the steady part, and from one minute in (after allocator arenas and caches have
+filled), to its end.
 """
 
 from __future__ import annotations
@@ -35,16 +37,21 @@ from orchestrator.config.load import parse_config
 from orchestrator.controller.backend import RayBackend
 
 KILL_WINDOW_S = 15.0
+SETTLE_S = 60.0  # memory growth is also reported from here on
 MODEL = "fleetlm/tiny-llama"
 
 
-def config_text(replicas: int) -> str:
+def config_text(replicas: int, gpu: bool) -> str:
+    # --gpu: the replicas share one GPU (a fraction each), as two replicas on one H200 would.
+    share = 1.0 / replicas
+    resources = f"{{num_cpus: 1.0, num_gpus: {share:g}}}" if gpu else "{num_cpus: 1.0}"
+    memory = f"gpu_memory_utilization: {0.8 * share:.2f}" if gpu else "cpu_kv_cache_bytes: 32MiB"
     return f"""
 replicas:
   count: {replicas}
-  resources: {{num_cpus: 1.0}}
+  resources: {resources}
 engine:
-  cpu_kv_cache_bytes: 32MiB
+  {memory}
   max_num_seqs: 16
 server:
   http_port: 0
@@ -124,14 +131,41 @@ def killer(stack: Any, every_s: float, seconds: float, want: int, out: list[dict
         out.append({"replica": victim, "at": killed_at, "recovered_s": time.time() - killed_at})
 
 
-def deployment_rss() -> dict[int, int]:
-    """RSS of this driver and every Ray worker process (the controller, replicas, ingress)."""
+def deployment_rss() -> dict[int, tuple[str, int]]:
+    """Name and RSS of this driver and every Ray worker process (controller, replicas, ingress)."""
     out = {}
     for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if p.info["pid"] == os.getpid() or "ray::" in cmd or "default_worker" in cmd:
-            out[p.info["pid"]] = p.info["memory_info"].rss
+            name = "driver" if p.info["pid"] == os.getpid() else cmd.split()[0]
+            out[p.info["pid"]] = (name, p.info["memory_info"].rss)
     return out
+
+
+def sample_rss(every_s: float, stop: Any, out: list[tuple[float, dict]]) -> None:
+    """Thread: the deployment's RSS every `every_s` until `stop` is set."""
+    start = time.monotonic()
+    while True:
+        out.append((time.monotonic() - start, deployment_rss()))
+        if stop.wait(every_s):
+            out.append((time.monotonic() - start, deployment_rss()))
+            return
+
+
+def rss_growth(samples: list[tuple[float, dict]], settle_s: float) -> list[dict[str, Any]]:
+    """Per process alive from the first sample to the last: RSS at the start, after `settle_s`
+    (allocator arenas and caches fill in the first minute), and at the end."""
+    first, last = samples[0][1], samples[-1][1]
+    settled = next((s for t, s in samples if t >= settle_s), last)
+    rows = []
+    for pid in sorted(set(first) & set(last)):
+        name, start = first[pid]
+        mid = settled.get(pid, (name, start))[1]
+        end = last[pid][1]
+        rows.append({"pid": pid, "name": name, "start_mb": start / 2**20, "settled_mb": mid / 2**20,
+                     "end_mb": end / 2**20, "growth": end / start - 1,
+                     "growth_after_settle": end / mid - 1})  # fmt: skip
+    return rows
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -149,13 +183,17 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64, help="outputs of max/4 to max tokens")
+    ap.add_argument("--gpu", action="store_true", help="replicas share this machine's GPU")
     ap.add_argument("--out", default="bench/results/soak.json")
     args = ap.parse_args()
-    cfg = parse_config(config_text(args.replicas))
+    cfg = parse_config(config_text(args.replicas, args.gpu))
     stack = start_stack(ServeOptions(config=cfg, write_admin_files=False))
     try:
         asyncio.run(load(stack.base_url, args.rate, 10, 1, args.max_tokens))  # warm-up
-        rss_start = deployment_rss()
+        samples: list[tuple[float, dict]] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=(20.0, stop, samples))
+        sampler.start()
         kills: list[dict] = []
         seconds = args.minutes * 60
         thread = threading.Thread(
@@ -164,7 +202,8 @@ def main() -> None:
         thread.start()
         results = asyncio.run(load(stack.base_url, args.rate, seconds, 2, args.max_tokens))
         thread.join()
-        rss_end = deployment_rss()
+        stop.set()
+        sampler.join()
     finally:
         stack.shutdown()
     in_window = [
@@ -176,8 +215,7 @@ def main() -> None:
         name: [r["end"] - r["start"] for r in group if r["ok"]]
         for name, group in (("kill_windows", in_window), ("outside", outside))
     }
-    common = set(rss_start) & set(rss_end)
-    growth = {pid: rss_end[pid] / rss_start[pid] - 1 for pid in common if rss_start[pid]}
+    memory = rss_growth(samples, SETTLE_S)
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python3", *sys.argv]),
@@ -192,12 +230,20 @@ def main() -> None:
         "latency_s": {
             name: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99)} for name, v in lat.items()
         },
-        "rss_growth_max": max(growth.values(), default=None),
-        "processes_compared": len(common),
+        "rss_growth_max": max((m["growth"] for m in memory), default=None),
+        "rss_growth_after_settle_max": max(
+            (m["growth_after_settle"] for m in memory), default=None
+        ),
+        "memory": memory,
+        "memory_series": [
+            {"t": round(t, 1), "rss_mb": {str(p): round(r / 2**20, 1) for p, (_, r) in m.items()}}
+            for t, m in samples
+        ],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, indent=1))
+    shown = {k: v for k, v in summary.items() if k not in ("failures", "memory_series")}
+    print(json.dumps(shown, indent=1))
 
 
 if __name__ == "__main__":

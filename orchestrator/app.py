@@ -58,6 +58,10 @@ def build_app(args: dict[str, str]) -> serve.Application:
             token.value,
         )
     settings = ingress_settings(
-        cfg, cluster.controller_address, ingress_replicas, admin_url=cluster.admin_url
+        cfg,
+        cluster.controller_address,
+        cluster.security,
+        ingress_replicas,
+        admin_url=cluster.admin_url,
     )
     return build_ingress(settings)

@@ -9,21 +9,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EMBEDDED_MODEL = "fleetlm/tiny-llama"
+MIN_SECRET_CHARS = 16
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    """PEM paths. `ca` verifies the peer (clients); servers present `cert`/`key`."""
+class GrpcSecurity:
+    """How a deployment's gRPC peers trust each other (actors/common/grpc_security.py).
+
+    PEM paths: servers present `cert`/`key`; `ca` verifies peers (mutual TLS on servers). No
+    cert and no ca: plaintext. `secret`: every call carries it and servers refuse calls
+    without it; None: no check (in-process tests)."""
 
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("cert", "key", "ca"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ValueError(f"security.tls.{name}: no such file {path!r}")
+                raise ValueError(f"security.tls_{name}_file: no such file {path!r}")
+        if self.secret is not None and len(self.secret) < MIN_SECRET_CHARS:
+            raise ValueError(f"security.grpc_secret: at least {MIN_SECRET_CHARS} characters")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None or self.ca is not None
 
 
 def cache_root() -> Path:
@@ -188,7 +200,7 @@ class ReplicaOptions:
     report_interval_s: float = 0.5
     # One engine-loop iteration longer than this is a wedged engine (the replica is replaced).
     stall_after_s: float = 60.0
-    tls: TlsFiles | None = None
+    security: GrpcSecurity | None = None
     # Where to look the controller up again when its address stops answering (it restarted).
     controller_name: str | None = None
     controller_namespace: str | None = None

@@ -8,8 +8,8 @@ import asyncio
 import grpc
 
 from actors.common.commands import Command, CommandResult
-from actors.common.config import TlsFiles
-from actors.common.tls import aio_channel
+from actors.common.config import GrpcSecurity
+from actors.common.grpc_security import aio_channel
 from actors.common.wire import command_to_pb, result_from_pb
 from protos import replica_pb2, replica_pb2_grpc
 
@@ -18,9 +18,9 @@ _PUSH_BLOCKS = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['PushBlocks'].n
 
 
 class ReplicaControlClient:
-    def __init__(self, address: str, tls: TlsFiles | None = None) -> None:
+    def __init__(self, address: str, security: GrpcSecurity | None = None) -> None:
         self.address = address
-        self._tls = tls
+        self._security = security
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: replica_pb2_grpc.ReplicaControlStub | None = None
@@ -31,7 +31,7 @@ class ReplicaControlClient:
         if self._stub is None or self._loop is not loop:
             # aio channels belong to the loop that made them.
             self._loop = loop
-            self._channel = aio_channel(self.address, self._tls)
+            self._channel = aio_channel(self.address, self._security)
             self._stub = replica_pb2_grpc.ReplicaControlStub(self._channel)
             # PushBlocks' request goes out as the bytes it already is (no serializer).
             self._push = self._channel.unary_unary(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from actors.common.config import TlsFiles
-from actors.common.tls import aio_channel
+from actors.common.config import GrpcSecurity
+from actors.common.grpc_security import aio_channel
 from actors.common.types import GenerateDelta, GenerateSpec, ModelInfo
 from actors.common.wire import batch_from_pb, model_info_from_pb, spec_to_pb
 from protos import replica_pb2, replica_pb2_grpc
@@ -36,9 +36,11 @@ class _Stream:
 
 
 class ReplicaClient:
-    def __init__(self, address: str, tls: TlsFiles | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, address: str, security: GrpcSecurity | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.address = address
-        self._tls = tls
+        self._security = security
         self._timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -53,7 +55,7 @@ class ReplicaClient:
             # aio channels belong to the loop that made them.
             self._loop = loop
             self._stream = None
-            self._channel = aio_channel(self.address, self._tls)
+            self._channel = aio_channel(self.address, self._security)
             self._stub = replica_pb2_grpc.ReplicaStub(self._channel)
         return self._stub
 

@@ -77,10 +77,28 @@ def load_adapter(name: str, path: Path, arch: ModelArchConfig, max_rank: int) ->
     """The adapter at `path`, checked against `arch`; AdapterError says what is wrong."""
     config_bytes, rank, scaling, modules = check_adapter_dir(path, max_rank)
     weights_path = path / WEIGHTS_FILE
+    _check_size(weights_path, arch, rank, modules)
     weights = _read_weights(weights_path, arch, rank, modules)
     digest = hashlib.sha256(config_bytes)
     digest.update(weights_path.read_bytes())
     return LoRAAdapter(name, str(path), rank, scaling, modules, weights, digest.hexdigest()[:16])
+
+
+# A safetensors header (tensor names, dtypes, shapes, offsets) is far below this for any adapter.
+HEADER_ALLOWANCE = 1 << 20
+
+
+def _check_size(path: Path, arch: ModelArchConfig, rank: int, modules: tuple[str, ...]) -> None:
+    """Refuse a weights file larger than an adapter of this rank can be for this model, before
+    reading it: at most 8 bytes per parameter (float64) plus the header."""
+    params = sum(rank * sum(module_dims(arch, m)) for m in modules) * arch.num_layers
+    bound = 8 * params + HEADER_ALLOWANCE
+    size = path.stat().st_size
+    if size > bound:
+        raise AdapterError(
+            f"{WEIGHTS_FILE}: {size} bytes, more than a rank-{rank} adapter of this model can "
+            f"hold ({bound} at most)"
+        )
 
 
 def _read_weights(

@@ -20,6 +20,7 @@ ADAPTER_NAME_RULE = "1-128 letters, digits, '.', '_', '-' or '/'"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
+MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json is a few hundred bytes; more is not a config
 
 # PEFT options whose non-default values change the math: (key, the default it must have).
 _MUST_BE_DEFAULT: tuple[tuple[str, Any], ...] = (
@@ -51,6 +52,9 @@ def check_adapter_dir(path: Path, max_rank: int) -> tuple[bytes, int, float, tup
         raise AdapterError(f"lora_path: {WEIGHTS_FILE} is missing")
     if not (path / CONFIG_FILE).is_file():
         raise AdapterError(f"lora_path: {CONFIG_FILE} is missing")
+    size = (path / CONFIG_FILE).stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{CONFIG_FILE}: {size} bytes, over the {MAX_CONFIG_BYTES} allowed")
     data = (path / CONFIG_FILE).read_bytes()
     return (data, *read_config(data, max_rank))
 

@@ -25,7 +25,7 @@ from actors.common.commands import (
     PrepareMigrateIn,
     PullBlocks,
 )
-from actors.common.config import MigrationSettings, TlsFiles
+from actors.common.config import GrpcSecurity, MigrationSettings
 from actors.common.control_client import ReplicaControlClient
 from actors.common.errors import CommandRefused, ErrorKind, ReplicaError
 from actors.common.migration import MigrationReport
@@ -45,12 +45,12 @@ class MigrationCommands:
         engine_loop: EngineLoop,
         settings: MigrationSettings,
         own_address: str,
-        tls: TlsFiles | None = None,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self._loop = engine_loop
         self._settings = settings
         self._own_address = own_address
-        self._tls = tls
+        self._security = security
         self.source = MigrationSource(engine_loop, settings)
         on_cuda = engine_loop.engine.runner.device.type == "cuda"
         self.target = MigrationTarget(engine_loop, settings, _open_handle if on_cuda else None)
@@ -127,7 +127,7 @@ class MigrationCommands:
     def _peer(self, address: str) -> ReplicaControlClient:
         peer = self._peers.get(address)
         if peer is None:
-            peer = self._peers[address] = ReplicaControlClient(address, self._tls)
+            peer = self._peers[address] = ReplicaControlClient(address, self._security)
         return peer
 
 

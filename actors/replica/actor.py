@@ -39,7 +39,7 @@ class ReplicaActor:
             bind_host=options.bind_host,
             advertise_host=options.advertise_host or _ray_node_ip(),
             port=options.port,
-            tls=options.tls,
+            security=options.security,
             node_id=node_id,
             incarnation=self.incarnation,
             migration=options.migration,
@@ -49,10 +49,10 @@ class ReplicaActor:
         if controller_address is not None:
             self._reporter = LoadReporter(
                 self._server.engine_loop.snapshot,
-                ControllerLink(controller_address, options.tls),
+                ControllerLink(controller_address, options.security),
                 options.report_interval_s,
                 resolve=_locator(options),
-                tls=options.tls,
+                security=options.security,
             )
             self._reporter.tick()  # register before the first request can be routed here
             self._reporter.start()

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import grpc
 
-from actors.common.config import TlsFiles
-from actors.common.tls import sync_channel
+from actors.common.config import GrpcSecurity
+from actors.common.grpc_security import sync_channel
 from actors.common.types import LoadReport
 from actors.common.wire import report_to_pb
 from actors.replica.loop import EngineStalled
@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 class ControllerLink:
     """The replica's one wrapper around the controller's gRPC stub."""
 
-    def __init__(self, address: str, tls: TlsFiles | None = None, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, address: str, security: GrpcSecurity | None = None, timeout_s: float = 2.0
+    ) -> None:
         self.address = address
-        self._tls = tls
+        self._security = security
         self._timeout_s = timeout_s
-        self._channel = sync_channel(address, tls)
+        self._channel = sync_channel(address, security)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
 
     def register(self, report: LoadReport) -> bool:
@@ -55,13 +57,13 @@ class LoadReporter:
         link: ControllerLink,
         interval_s: float,
         resolve: Callable[[], str | None] | None = None,
-        tls: TlsFiles | None = None,
+        security: GrpcSecurity | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._link = link
         self._interval_s = interval_s
         self._resolve = resolve
-        self._tls = tls
+        self._security = security
         self._registered = False
         self._failures = 0
         self._stop = threading.Event()
@@ -112,4 +114,4 @@ class LoadReporter:
         if address and address != self._link.address:
             logger.info("controller moved to %s", address)
             self._link.close()
-            self._link = ControllerLink(address, self._tls)
+            self._link = ControllerLink(address, self._security)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from actors.common.config import MigrationSettings, TlsFiles
-from actors.common.tls import SERVER_OPTIONS, add_port
+from actors.common.config import GrpcSecurity, MigrationSettings
+from actors.common.grpc_security import add_port, aio_server
 from actors.common.tokenizer import read_tokenizer_files
 from actors.common.types import GenerateDelta, ModelInfo
 from actors.common.wire import model_info_to_pb, spec_from_pb
@@ -157,7 +157,7 @@ class ReplicaServer:
         bind_host: str = "127.0.0.1",
         advertise_host: str = "127.0.0.1",
         port: int = 0,
-        tls: TlsFiles | None = None,
+        security: GrpcSecurity | None = None,
         node_id: str = "",
         incarnation: str = "",
         migration: MigrationSettings | None = None,
@@ -172,8 +172,8 @@ class ReplicaServer:
         except BaseException:
             self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
             raise
-        self._server = self._call(self._make_server())
-        bound = add_port(self._server, f"{bind_host}:{port}", tls)
+        self._server = self._call(self._make_server(security))
+        bound = add_port(self._server, f"{bind_host}:{port}", security)
         self.identity = ReplicaIdentity(
             replica_id,
             f"{advertise_host}:{bound}",
@@ -186,7 +186,7 @@ class ReplicaServer:
         servicer = ReplicaServicer(self.engine_loop, self.identity, model_info(engine))
         replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, self._server)
         migrations = MigrationCommands(
-            self.engine_loop, migration or MigrationSettings(), self.identity.address, tls
+            self.engine_loop, migration or MigrationSettings(), self.identity.address, security
         )
         executor = CommandExecutor(self.engine_loop, migrations)
         control = ReplicaControlServicer(executor, migrations)
@@ -200,8 +200,8 @@ class ReplicaServer:
         return self.identity.address
 
     @staticmethod
-    async def _make_server() -> grpc.aio.Server:
-        return grpc.aio.server(options=SERVER_OPTIONS)
+    async def _make_server(security: GrpcSecurity | None) -> grpc.aio.Server:
+        return aio_server(security)  # created on the loop that will serve it
 
     def _call(self, coro: object) -> object:
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._aio_loop)

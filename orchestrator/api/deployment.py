@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from actors.common.locator import ControllerLocator
 from orchestrator.api.app import Handlers, build_app
 from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
@@ -45,7 +45,7 @@ class IngressSettings:
     # tokenizer): the ingress serves nothing it could not validate.
     model_wait_s: float = 300.0
     num_replicas: int = 1
-    tls: TlsFiles | None = None  # gRPC to the controller and replicas (config.security)
+    security: GrpcSecurity | None = None  # gRPC to the controller and replicas (config.security)
     # SHA-256 digests of the accepted API keys (empty: no auth); keys never leave the CLI.
     api_key_digests: frozenset[str] = frozenset()
     # Where each ingress replica serves HTTP itself (None: only through Serve's proxy).
@@ -125,11 +125,11 @@ class OpenAIIngress:
         # The router finds a restarted controller again through its named actor.
         self._router = Router(
             settings.controller_address,
-            tls=settings.tls,
+            security=settings.security,
             resolve=ControllerLocator(CONTROLLER_NAME, NAMESPACE),
         )
         await self._router.start()
-        self._pool = ReplicaPool(settings.tls)
+        self._pool = ReplicaPool(settings.security)
         model = await describe_model(
             settings.model_name, self._router, self._pool, settings.model_wait_s
         )

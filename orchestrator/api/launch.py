@@ -19,7 +19,9 @@ from orchestrator.admin.token import ADMIN_TOKEN_ENV, AdminToken, write_admin_fi
 from orchestrator.config.load import DeploymentConfig, load_config, preset_path
 
 if TYPE_CHECKING:
+    from actors.common.config import GrpcSecurity
     from orchestrator.api.deployment import IngressSettings
+    from orchestrator.controller.launcher import ClusterHandle
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ def api_key_digests(cfg: DeploymentConfig) -> frozenset[str]:
 def ingress_settings(
     cfg: DeploymentConfig,
     controller_address: str,
+    security: GrpcSecurity,
     ingress_replicas: int = 1,
     http_port: int | None = None,
     node_resource: str | None = None,
@@ -129,13 +132,12 @@ def ingress_settings(
     """`http_port` set: the ingress replicas listen there themselves, on the node that has the
     Ray resource `node_resource`."""
     from orchestrator.api.deployment import IngressSettings
-    from orchestrator.controller.deployment import tls_from_config
 
     return IngressSettings(
         controller_address=controller_address,
         model_name=cfg.model.name,
         max_body_bytes=cfg.server.max_body_bytes,
-        tls=tls_from_config(cfg),
+        security=security,
         api_key_digests=api_key_digests(cfg),
         num_replicas=ingress_replicas,
         http_host=cfg.server.host if http_port is not None else None,
@@ -273,9 +275,7 @@ def start_stack(options: ServeOptions) -> Stack:
     try:
         if options.write_admin_files:  # before the API answers: a client may look at once
             write_admin_files(cluster.admin_url, cluster.admin_token)
-        _deploy_ingress(
-            cfg, options, cluster.controller_address, port if direct else None, cluster.admin_url
-        )
+        _deploy_ingress(cfg, options, cluster, port if direct else None)
     except BaseException:
         cluster.shutdown()
         raise
@@ -283,11 +283,7 @@ def start_stack(options: ServeOptions) -> Stack:
 
 
 def _deploy_ingress(
-    cfg: DeploymentConfig,
-    options: ServeOptions,
-    controller_address: str,
-    port: int | None,
-    admin_url: str | None = None,
+    cfg: DeploymentConfig, options: ServeOptions, cluster: ClusterHandle, port: int | None
 ) -> None:
     """Serve runs the ingress replicas; `port` set: they listen on it themselves."""
     from ray import serve
@@ -298,11 +294,12 @@ def _deploy_ingress(
     node_resource = _this_node_resource() if port is not None else None
     settings = ingress_settings(
         cfg,
-        controller_address,
+        cluster.controller_address,
+        cluster.security,
         options.ingress_replicas,
         http_port=port,
         node_resource=node_resource,
-        admin_url=admin_url,
+        admin_url=cluster.admin_url,
     )
     if port is None:
         serve.start(http_options={"host": host, "port": cfg.server.http_port})

@@ -4,7 +4,8 @@
 into a `Prepared` request, then `open()` routes it and returns a `Relay`, an async iterator of the
 request's deltas that owns the dispatch slot and aborts the request on its replica when it is
 closed early (client disconnect, error). A replica that dies mid-request is replaced: the request
-is routed again and resumes after the tokens the client already has.
+is routed again and resumes after the tokens the client already has. With n > 1 choices, each
+unfinished choice resumes as a request of its own (one resume list per choice), merged back.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from actors.common.errors import ErrorKind, ReplicaError
 from actors.common.replica_client import ReplicaClient, ReplicaUnavailable
 from actors.common.sampling_params import SamplingParams
@@ -104,14 +105,14 @@ class Prepared:
 class ReplicaPool:
     """One ReplicaClient (one channel, one multiplexed stream) per replica address."""
 
-    def __init__(self, tls: TlsFiles | None = None) -> None:
-        self._tls = tls
+    def __init__(self, security: GrpcSecurity | None = None) -> None:
+        self._security = security
         self._clients: dict[str, ReplicaClient] = {}
 
     def get(self, address: str) -> ReplicaClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = ReplicaClient(address, self._tls)
+            client = self._clients[address] = ReplicaClient(address, self._security)
         return client
 
     def drop(self, address: str) -> ReplicaClient | None:
@@ -350,6 +351,7 @@ class Relay:
         self._gen: AsyncIterator[GenerateDelta] | None = None
         self._first: GenerateDelta | None = None
         self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
+        self._done: set[int] = set()  # choices that finished
         self._left = prep.params.n
         self._failed: set[str] = set()  # replicas that died under (or refused) this request
         self._lost = 0  # replicas that died under it
@@ -397,6 +399,7 @@ class Relay:
                 raise errors.from_replica_error(d.error)
             self._sent.setdefault(d.index, []).extend(d.token_ids)
             if d.finished:
+                self._done.add(d.index)
                 self._left -= 1
             return d
 
@@ -418,8 +421,7 @@ class Relay:
         await self._dispatch()
 
     async def _redispatch(self, exc: ReplicaUnavailable) -> None:
-        # Resuming is exact for one choice; n > 1 choices would need one resume list each.
-        if self._lost >= MAX_REDISPATCH or self._prep.params.n > 1:
+        if self._lost >= MAX_REDISPATCH:
             raise APIError(503, f"replica lost mid-request: {exc}", retry_after_s=1) from exc
         logger.warning("request %s: %s; re-dispatching", self._prep.request_id, exc)
         self._lost += 1
@@ -429,7 +431,25 @@ class Relay:
             if dead is not None:
                 self._serving.spawn(dead.close())
         self._release()
-        await self._dispatch()
+        if self._prep.params.n == 1:
+            await self._dispatch()
+            return
+        n = self._prep.params.n
+        left = {i: self._choice_relay(i) for i in range(n) if i not in self._done}
+        self._gen = _merge(self._prep.request_id, left)
+
+    def _choice_relay(self, index: int) -> Relay:
+        """Choice `index` of this n > 1 request as an n = 1 request that resumes after the
+        tokens it already sent (seeded as the choice was: seed + index)."""
+        prep, params = self._prep, self._prep.params
+        seed = params.seed + index if params.seed is not None else None
+        one = replace(params, n=1, seed=seed)
+        child = Relay(
+            self._serving, replace(prep, request_id=f"{prep.request_id}.{index}", params=one)
+        )
+        child._sent = {0: list(self._sent.get(index, ()))}
+        child._failed, child._lost = set(self._failed), self._lost
+        return child
 
     def __aiter__(self) -> Relay:
         return self
@@ -478,6 +498,38 @@ class Relay:
         if gen is not None and self._left > 0:
             # Closing the client's generator sends the abort on the multiplexed stream.
             self._serving.spawn(_aclose_quietly(gen))
+
+
+async def _merge(request_id: str, children: dict[int, Relay]) -> AsyncIterator[GenerateDelta]:
+    """The deltas of per-choice relays as one stream, each under its choice's index. The first
+    error ends the stream; closing it closes every child (which aborts it on its replica)."""
+    queue: asyncio.Queue[tuple[int, GenerateDelta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, child: Relay) -> None:
+        try:
+            await child.start()
+            async for d in child:
+                await queue.put((index, d))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, c)) for i, c in children.items()]
+    try:
+        open_children = len(tasks)
+        while open_children:
+            index, item = await queue.get()
+            if item is None:
+                open_children -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield replace(item, index=index, request_id=request_id)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for child in children.values():
+            child.close()
 
 
 async def _aclose_quietly(gen: AsyncIterator[GenerateDelta]) -> None:

@@ -17,9 +17,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -248,11 +249,36 @@ async def stream_one(
     return res
 
 
+Progress = Callable[[int, int, int], None]  # (finished, failed, total) after each request
+
+
+class ProgressPrinter:
+    """A line on `stream` at most every `every_s` seconds, and at the end, while a run lasts."""
+
+    def __init__(self, stream: TextIO, every_s: float = 5.0) -> None:
+        self._stream, self._every_s = stream, every_s
+        self._start = self._last = time.monotonic()
+
+    def __call__(self, finished: int, failed: int, total: int) -> None:
+        now = time.monotonic()
+        if finished < total and now - self._last < self._every_s:
+            return
+        self._last = now
+        line = f"fleetlm bench: {finished}/{total} requests done, {failed} failed, "
+        self._stream.write(line + f"{now - self._start:.0f} s\n")
+        self._stream.flush()
+
+
 async def run_requests(
-    url: str, model: str, plans: list[RequestPlan], timeout_s: float = 600.0
+    url: str,
+    model: str,
+    plans: list[RequestPlan],
+    timeout_s: float = 600.0,
+    progress: Progress | None = None,
 ) -> tuple[list[RequestResult], float]:
     """Send every plan at its arrival offset (open loop); returns results and the run's length."""
     limits = httpx.Limits(max_connections=len(plans), max_keepalive_connections=len(plans))
+    done = [0, 0]  # finished, failed
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         start = time.perf_counter()
 
@@ -260,7 +286,12 @@ async def run_requests(
             delay = start + plan.at_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # waiting for the arrival time, not standing in for work
-            return await stream_one(client, url, model, plan)
+            result = await stream_one(client, url, model, plan)
+            done[0] += 1
+            done[1] += not result.ok
+            if progress is not None:
+                progress(done[0], done[1], len(plans))
+            return result
 
         results = await asyncio.gather(*(fire(p) for p in plans))
         return list(results), time.perf_counter() - start
@@ -272,6 +303,7 @@ async def run_benchmark(
     slo_ttft_ms: float | None = None,
     slo_tpot_ms: float | None = None,
     model: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], list[RequestResult]]:
     url = url.rstrip("/")
     async with httpx.AsyncClient(timeout=30.0) as client:
@@ -280,7 +312,7 @@ async def run_benchmark(
     vocab = info.get("vocab_size") or spec.vocab_size
     spec = WorkloadSpec(**{**asdict(spec), "max_model_len": max_len, "vocab_size": vocab})
     plans = build_workload(spec)
-    results, duration = await run_requests(url, model or info["id"], plans)
+    results, duration = await run_requests(url, model or info["id"], plans, progress=progress)
     summary = summarize(results, duration, slo_ttft_ms, slo_tpot_ms)
     summary["workload"] = asdict(spec)
     summary["url"] = url

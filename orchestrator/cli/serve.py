@@ -90,7 +90,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from orchestrator.cli.loadgen import WorkloadSpec, format_summary, run_benchmark, write_results
+    from orchestrator.cli.loadgen import (
+        ProgressPrinter,
+        WorkloadSpec,
+        format_summary,
+        run_benchmark,
+        write_results,
+    )
 
     spec = WorkloadSpec(
         num_requests=args.num_requests,
@@ -105,7 +111,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     try:
         summary, results = asyncio.run(
-            run_benchmark(args.url, spec, args.slo_ttft_ms, args.slo_tpot_ms, args.model)
+            run_benchmark(
+                args.url,
+                spec,
+                args.slo_ttft_ms,
+                args.slo_tpot_ms,
+                args.model,
+                progress=ProgressPrinter(sys.stderr),  # stdout keeps only the summary
+            )
         )
     except httpx.HTTPError as exc:  # the server is not there (or not an OpenAI API)
         print(f"fleetlm: error: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)

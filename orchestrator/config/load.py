@@ -71,7 +71,9 @@ def _validate(data: Mapping[str, Any], source: str, text: str) -> DeploymentConf
         cfg = DeploymentConfig.model_validate(data)
     except ValidationError as exc:
         issues = pydantic_issues(exc, DeploymentConfig)
-        issues += section_checks(valid_sections(data))
+        named = {key for key, _ in issues}
+        # A key pydantic refused was checked with its default: only the others' issues count.
+        issues += [i for i in section_checks(valid_sections(data)) if i[0] not in named]
         raise ConfigError(source, issues, text) from None
     issues = cross_checks(cfg)
     if issues:

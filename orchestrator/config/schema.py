@@ -183,7 +183,8 @@ class ServerSection(Section):
 
 
 class SecuritySection(Section):
-    """TLS for gRPC (PEM paths, as actors.common.tls.TlsFiles takes them) and API keys."""
+    """gRPC trust (TLS PEM paths and the shared secret, as actors.common.config.GrpcSecurity
+    takes them), API keys and the admin token."""
 
     tls_cert_file: str | None = None  # absent: plaintext gRPC (a trusted network only)
     tls_key_file: str | None = None
@@ -193,6 +194,9 @@ class SecuritySection(Section):
     api_keys_env: str | None = None  # name of an env var holding comma-separated keys
     # The admin API's bearer token (else $FLEETLM_ADMIN_TOKEN, else `fleetlm serve` makes one).
     admin_token: str | None = Field(default=None, min_length=16)
+    # What every gRPC call between controller, ingress and replicas carries, and servers
+    # demand (else $FLEETLM_GRPC_SECRET, else whoever starts the controller makes one).
+    grpc_secret: str | None = Field(default=None, min_length=16)
 
     @property
     def tls(self) -> bool:
@@ -274,15 +278,26 @@ def section_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def valid_sections(data: Mapping[str, Any]) -> dict[str, Any]:
     """The sections of `data` that validate on their own (absent ones: their defaults), so a
-    file with a type error elsewhere still gets every cross-field problem reported at once."""
+    file with a type error elsewhere still gets every cross-field problem reported at once. A
+    section with invalid keys is taken without them (their defaults in their place), so its
+    other keys are still checked."""
     out: dict[str, Any] = {}
     for name, info in DeploymentConfig.model_fields.items():
-        try:
-            out[name] = (
-                info.annotation.model_validate(data[name]) if name in data else info.get_default()
-            )
-        except ValidationError:
+        if name not in data:
+            out[name] = info.get_default()
             continue
+        section = data[name]
+        try:
+            out[name] = info.annotation.model_validate(section)
+        except ValidationError as exc:
+            if not isinstance(section, Mapping):
+                continue
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+            try:
+                rest = {k: v for k, v in section.items() if k not in bad}
+                out[name] = info.annotation.model_validate(rest)
+            except ValidationError:
+                continue
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from actors.common.config import GrpcSecurity
 from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.backend import RayBackend
 from orchestrator.controller.deployment import ConfigUpdater, advertised_host
@@ -27,6 +28,11 @@ class ControllerActor:
 
     def grpc_address(self) -> str:
         return self._host.address
+
+    def grpc_security(self) -> GrpcSecurity:
+        """What a gRPC client of this deployment needs: TLS files and the shared secret (an
+        ingress built by a redeploy gets it here; Ray's token auth guards the call)."""
+        return self._host.settings.security
 
     def admin_url(self) -> str:
         """The admin API's base URL (http://HOST:PORT); routes are under /admin/v1/."""

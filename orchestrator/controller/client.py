@@ -8,19 +8,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from actors.common.config import TlsFiles
-from actors.common.tls import aio_channel, sync_channel
+from actors.common.config import GrpcSecurity
+from actors.common.grpc_security import aio_channel, sync_channel
 from orchestrator.controller.wire import ViewUpdate, update_from_pb
 from policies.cluster_view import ClusterView
 from protos import controller_pb2, controller_pb2_grpc
 
 
 class ControllerClient:
-    def __init__(self, address: str, tls: TlsFiles | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, address: str, security: GrpcSecurity | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.address = address
-        self._tls = tls
+        self._security = security
         self._timeout_s = timeout_s
-        self._channel = sync_channel(address, tls)
+        self._channel = sync_channel(address, security)
         self._stub = controller_pb2_grpc.ControllerStub(self._channel)
 
     def cluster_view(self) -> ClusterView:
@@ -55,7 +57,7 @@ class ControllerClient:
 
     async def watch_updates(self, watcher_id: str = "") -> AsyncIterator[ViewUpdate]:
         """Stream the controller's view (and policy) as it changes; ends with the connection."""
-        channel = aio_channel(self.address, self._tls)
+        channel = aio_channel(self.address, self._security)
         try:
             stub = controller_pb2_grpc.ControllerStub(channel)
             call = stub.WatchClusterView(controller_pb2.WatchRequest(watcher_id=watcher_id))
@@ -67,7 +69,7 @@ class ControllerClient:
     async def resolve_adapter(self, name: str, timeout_s: float) -> str | None:
         """Ask the controller to serve adapter `name` from its resolve_dir; None when it is
         served, else why not."""
-        channel = aio_channel(self.address, self._tls)
+        channel = aio_channel(self.address, self._security)
         try:
             stub = controller_pb2_grpc.ControllerStub(channel)
             request = controller_pb2.ResolveAdapterRequest(name=name)

@@ -25,7 +25,7 @@ from actors.common.commands import (
     RequestInfo,
     RequestList,
 )
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from actors.common.control_client import ReplicaControlClient
 from actors.common.errors import ErrorKind, ReplicaError
 from orchestrator.controller.events import EventKind
@@ -58,15 +58,15 @@ class ReplicaCommander:
     def __init__(
         self,
         state: ControllerState,
-        tls: TlsFiles | None = None,
+        security: GrpcSecurity | None = None,
         *,
         timeout_s: float = 5.0,
         attempts: int = 3,
         backoff_s: float = 0.2,
-        connect: Callable[[str, TlsFiles | None], ControlClient] = ReplicaControlClient,
+        connect: Callable[[str, GrpcSecurity | None], ControlClient] = ReplicaControlClient,
     ) -> None:
         self._state = state
-        self._tls = tls
+        self._security = security
         self._timeout_s = timeout_s
         self._attempts = attempts
         self._backoff_s = backoff_s
@@ -158,7 +158,7 @@ class ReplicaCommander:
     def _client(self, address: str) -> ControlClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = self._connect(address, self._tls)
+            client = self._clients[address] = self._connect(address, self._security)
         return client
 
     def _log(self, replica_id: str, command: Command, result: CommandResult) -> CommandResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 
 import yaml
@@ -10,13 +12,13 @@ from actors.common.config import (
     AdapterRef,
     CacheConfig,
     EngineConfig,
+    GrpcSecurity,
     LoRAConfig,
     MigrationSettings,
     ModelConfig,
     ReplicaOptions,
     ReplicaSpec,
     SchedulerConfig,
-    TlsFiles,
 )
 from orchestrator.config.load import ConfigUpdate, DeploymentConfig, parse_policy_update
 from orchestrator.controller.settings import (
@@ -29,6 +31,7 @@ from policies.adapters import PlacementParams
 from policies.migration import RebalanceParams
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 (recognized, not bound here)
+GRPC_SECRET_ENV = "FLEETLM_GRPC_SECRET"  # noqa: S105 (a variable name, not a secret)
 
 
 def advertised_host(bind_host: str) -> str | None:
@@ -40,11 +43,18 @@ def advertised_host(bind_host: str) -> str | None:
     return None if bind_host in WILDCARD_HOSTS else bind_host
 
 
-def tls_from_config(cfg: DeploymentConfig) -> TlsFiles | None:
+def resolve_grpc_secret(cfg: DeploymentConfig) -> str:
+    """security.grpc_secret, else $FLEETLM_GRPC_SECRET, else a new random one: whoever starts a
+    controller resolves it once; the controller hands it to its replicas and ingresses."""
+    configured = cfg.security.grpc_secret or os.environ.get(GRPC_SECRET_ENV, "").strip()
+    return configured or secrets.token_urlsafe(32)
+
+
+def grpc_security(cfg: DeploymentConfig, secret: str) -> GrpcSecurity:
     sec = cfg.security
-    if sec.tls_cert_file is None:
-        return None
-    return TlsFiles(cert=sec.tls_cert_file, key=sec.tls_key_file, ca=sec.tls_ca_file)
+    return GrpcSecurity(
+        cert=sec.tls_cert_file, key=sec.tls_key_file, ca=sec.tls_ca_file, secret=secret
+    )
 
 
 def replica_spec(cfg: DeploymentConfig) -> ReplicaSpec:
@@ -96,6 +106,7 @@ def settings_from_config(
     cfg: DeploymentConfig,
     *,
     admin_token_digest: str,
+    grpc_secret: str,
     custom_resources: dict[str, float] | None = None,
     grpc_port: int | None = None,
     admin_port: int | None = None,
@@ -103,15 +114,16 @@ def settings_from_config(
     """The controller's settings; `custom_resources` pins replicas (e.g. one per node).
 
     `admin_token_digest`: the SHA-256 of the admin API's token (the token itself stays with
-    whoever resolved it, orchestrator/admin/token.py)."""
+    whoever resolved it, orchestrator/admin/token.py). `grpc_secret`: what every gRPC call of
+    the deployment carries (resolve_grpc_secret)."""
     server, res = cfg.server, cfg.replicas.resources
-    tls = tls_from_config(cfg)
+    security = grpc_security(cfg, grpc_secret)
     options = ReplicaOptions(
         bind_host=server.host,
         advertise_host=advertised_host(server.host),
         report_interval_s=server.report_interval_s,
         stall_after_s=server.engine_stall_s,
-        tls=tls,
+        security=security,
         controller_name=CONTROLLER_NAME,
         controller_namespace=NAMESPACE,
         migration=migration_settings(cfg),
@@ -136,7 +148,7 @@ def settings_from_config(
         placement=placement_params(cfg),
         placement_interval_s=cfg.adapters.placement.interval_s,
         unhealthy_after_s=server.unhealthy_after_s,
-        tls=tls,
+        security=security,
     )
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from actors.common.control_client import ReplicaControlClient
-from actors.common.tls import SERVER_OPTIONS, add_port
+from actors.common.grpc_security import add_port, aio_server
 from orchestrator.admin.app import build_admin_app
 from orchestrator.controller.adapters import AdapterCatalog
 from orchestrator.controller.commander import ControlClient, ReplicaCommander
@@ -43,7 +43,7 @@ class ControllerHost:
         backend: ReplicaBackend,
         config: ConfigUpdater,
         advertise_host: str | None = None,
-        connect: Callable[[str, TlsFiles | None], ControlClient] = ReplicaControlClient,
+        connect: Callable[[str, GrpcSecurity | None], ControlClient] = ReplicaControlClient,
     ) -> None:
         self.settings = settings
         self._loop = asyncio.new_event_loop()
@@ -51,7 +51,7 @@ class ControllerHost:
         self._thread.daemon = True
         self._thread.start()
         self.state = ControllerState(settings.unhealthy_after_s)
-        self.commander = ReplicaCommander(self.state, settings.tls, connect=connect)
+        self.commander = ReplicaCommander(self.state, settings.security, connect=connect)
         self.migrations = Migrations(self.state, self.commander, lambda: self.settings)
         self.adapters = AdapterCatalog(self.state, self.commander, settings, lambda: config.current)
         self.placer = AdapterPlacer(
@@ -87,11 +87,11 @@ class ControllerHost:
         logger.info("controller serving on %s, admin API on %s", self.address, self.admin_url)
 
     async def _start_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = aio_server(self.settings.security)
         servicer = ControllerServicer(self.core, self.settings.watch_min_interval_s)
         controller_pb2_grpc.add_ControllerServicer_to_server(servicer, server)
         bind = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        self._bound_port = add_port(server, bind, self.settings.tls)
+        self._bound_port = add_port(server, bind, self.settings.security)
         if self._bound_port == 0:
             raise ValueError(f"server.controller_grpc_port: cannot bind {bind}")
         await server.start()

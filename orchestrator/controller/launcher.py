@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from actors.common.config import GrpcSecurity
 from actors.common.locator import ControllerLocator
 from orchestrator.admin.client import AdminClient
 from orchestrator.admin.token import AdminToken, resolve_admin_token
@@ -15,7 +16,7 @@ from orchestrator.config.load import DeploymentConfig
 from orchestrator.controller.actor import ControllerActor
 from orchestrator.controller.backend import RayBackend
 from orchestrator.controller.client import ControllerClient
-from orchestrator.controller.deployment import settings_from_config, tls_from_config
+from orchestrator.controller.deployment import resolve_grpc_secret, settings_from_config
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 from policies.cluster_view import ClusterView
 
@@ -41,11 +42,12 @@ class ClusterHandle:
     admin_token: AdminToken
     replicas: list[ReplicaInfo]
     config: DeploymentConfig
+    security: GrpcSecurity  # what a gRPC client of this deployment needs (TLS, its secret)
     owns_ray: bool = False
     _closed: bool = field(default=False, repr=False)
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.controller_address, tls_from_config(self.config))
+        return ControllerClient(self.controller_address, self.security)
 
     def admin(self) -> AdminClient:
         """A client of the controller's admin API (close it, or use it in a `with`)."""
@@ -96,6 +98,7 @@ def start_cluster(
     settings = settings_from_config(
         config,
         admin_token_digest=token.digest,
+        grpc_secret=resolve_grpc_secret(config),
         custom_resources=custom_resources,
         admin_port=admin_port,
     )
@@ -117,7 +120,9 @@ def start_cluster(
     except ray.exceptions.RayActorError as exc:
         ray.kill(controller, no_restart=True)  # it fails the same way on every restart
         raise ValueError(f"controller: failed to start: {_cause(exc)}") from exc
-    handle = ClusterHandle(controller_address, admin_url, token, [], config, owns_ray)
+    handle = ClusterHandle(
+        controller_address, admin_url, token, [], config, settings.security, owns_ray
+    )
     client = handle.client()
     try:
         view = _wait_for_replicas(
@@ -172,8 +177,10 @@ def ensure_cluster(config: DeploymentConfig, yaml_text: str) -> tuple[ClusterHan
     logger.info("fleetlm controller already running; %s", message)
     address = ray.get(actor.grpc_address.remote(), timeout=30)
     admin_url = ray.get(actor.admin_url.remote(), timeout=30)
+    security = ray.get(actor.grpc_security.remote(), timeout=30)  # Ray's token guards this call
     # The running controller keeps the token it was started with.
-    return ClusterHandle(address, admin_url, resolve_admin_token(config), [], config), False
+    token = resolve_admin_token(config)
+    return ClusterHandle(address, admin_url, token, [], config, security), False
 
 
 def stop_cluster() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from orchestrator.controller.client import ControllerClient
 from orchestrator.controller.wire import ViewUpdate
 from policies.cluster_view import ClusterView, RequestMeta
@@ -50,12 +50,12 @@ class Router:
         self,
         controller_address: str,
         *,
-        tls: TlsFiles | None = None,
+        security: GrpcSecurity | None = None,
         resolve: Callable[[], str | None] | None = None,
         reconnect_s: float = 0.5,
     ) -> None:
         self._address = controller_address
-        self._tls = tls
+        self._security = security
         self._resolve = resolve
         self._reconnect_s = reconnect_s
         self._update: ViewUpdate | None = None
@@ -114,7 +114,7 @@ class Router:
     async def resolve_adapter(self, name: str, timeout_s: float = 120.0) -> str | None:
         """Ask the controller to serve LoRA adapter `name` (its adapters.resolve_dir): None when
         served, else why not ("" when there is nowhere to look)."""
-        client = ControllerClient(self._address, self._tls)
+        client = ControllerClient(self._address, self._security)
         try:
             return await client.resolve_adapter(name, timeout_s)
         finally:
@@ -123,7 +123,7 @@ class Router:
     async def _watch_forever(self) -> None:
         while True:
             try:
-                client = ControllerClient(self._address, self._tls)
+                client = ControllerClient(self._address, self._security)
                 try:
                     async for update in client.watch_updates(watcher_id="router"):
                         self._connected = True

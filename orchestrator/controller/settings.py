@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.common.config import ReplicaOptions, ReplicaSpec, TlsFiles
+from actors.common.config import GrpcSecurity, ReplicaOptions, ReplicaSpec
 from policies.adapters import PlacementParams
 from policies.migration import RebalanceParams
 
@@ -51,7 +51,7 @@ class ControllerSettings:
     # An unhealthy replica whose actor is gone is replaced after this long.
     dead_after_s: float = 5.0
     watch_min_interval_s: float = 0.05  # at most this often a watcher gets a new view
-    tls: TlsFiles | None = None
+    security: GrpcSecurity | None = None
 
     def __post_init__(self) -> None:
         for name in ("unhealthy_after_s", "reconcile_interval_s", "start_timeout_s"):

@@ -75,14 +75,18 @@ server:
 
 
 async def generate_following(
-    address: str, spec: object, on_delta: Callable[[object], None] = lambda d: None
+    address: str,
+    spec: object,
+    on_delta: Callable[[object], None] = lambda d: None,
+    security: object = None,
 ) -> list:
     """Stream `spec` (a GenerateSpec) from the replica at `address` and, when the request
     migrates, follow it to the replica it moved to (`attach`), as the ingress does: the deltas
-    of the whole request, wherever they were made."""
+    of the whole request, wherever they were made. `security`: the deployment's GrpcSecurity
+    (ClusterHandle.security) for replicas a controller started."""
     from actors.common.replica_client import ReplicaClient
 
-    clients = {address: ReplicaClient(address)}
+    clients = {address: ReplicaClient(address, security)}  # type: ignore[arg-type]
     deltas: list = []
     try:
         stream = clients[address].generate(spec)  # type: ignore[arg-type]
@@ -94,7 +98,8 @@ async def generate_following(
                 moved_to = d.migrated_to or moved_to
             if moved_to is None:
                 return deltas
-            client = clients.setdefault(moved_to, ReplicaClient(moved_to))
+            client = clients.get(moved_to) or ReplicaClient(moved_to, security)  # type: ignore[arg-type]
+            clients[moved_to] = client
             stream = client.attach(spec.request_id)  # type: ignore[attr-defined]
     finally:
         for c in clients.values():
@@ -130,3 +135,22 @@ def burst_through_a_fault(
     for i, (r, _) in ledger.items():
         assert r.status_code == 200, (i, r.status_code, r.text)
         assert r.json()["usage"]["completion_tokens"] == max_tokens
+
+
+class FakeNoReplicas:
+    """The controller's replica-backend seam, for tests that register replicas by hand."""
+
+    def create_replica(self, *args: object) -> None:
+        raise AssertionError("desired is 0")
+
+    def list_replicas(self) -> list[str]:
+        return []
+
+    def is_alive(self, replica_id: str) -> bool:
+        return False
+
+    def stop_replica(self, replica_id: str) -> None:
+        return None
+
+    def kill_replica(self, replica_id: str) -> None:
+        return None

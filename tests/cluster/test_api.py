@@ -8,6 +8,8 @@ of the same replicas on a second port, and test_serve_proxy_path_* drives that p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -372,6 +374,65 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
     assert steps - steps_before < 1000
 
 
+def _kv_free(stack: object) -> int:
+    with stack.cluster.admin() as admin:
+        return sum(r.get("kv_blocks_free", 0) for r in admin.replicas()["replicas"])
+
+
+def _until(predicate: object, timeout_s: float, what: object = "") -> float:
+    """Seconds until `predicate()` held (polling the admin API), or an AssertionError."""
+    start = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - start < timeout_s, what() if callable(what) else what
+        time.sleep(0.05)  # polling the replicas' state through the admin API
+    return time.monotonic() - start
+
+
+def test_client_disconnect_while_queued_drops_it_unrun(stack: object) -> None:
+    """Both replicas full (n=16 each, max_num_seqs 16), a third request waits in a replica's
+    queue; its client leaves. It must leave the queue within a second without ever running,
+    and once the fillers are gone too, every KV block is free again."""
+    free_before = _kv_free(stack)
+    long = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True}
+
+    async def run() -> tuple[float, list[str]]:
+        async with httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=60) as http:
+            fillers = []
+            for _ in range(2):
+                ctx = http.stream("POST", "/v1/completions", json=long | {"n": 16, "stream": True})
+                resp = await ctx.__aenter__()
+                assert resp.status_code == 200
+                fillers.append(ctx)
+            await asyncio.to_thread(
+                _until, lambda: sum(q["state"] == "running" for q in _requests(stack)) == 2, 30
+            )
+
+            async def queued() -> None:
+                body = long | {"stream": True}
+                async with http.stream("POST", "/v1/completions", json=body) as resp:
+                    await resp.aread()
+
+            def waiting() -> list[dict]:
+                return [q for q in _requests(stack) if q["n"] == 1]
+
+            client = asyncio.create_task(queued())
+            await asyncio.to_thread(_until, lambda: bool(waiting()), 30, lambda: _requests(stack))
+            seen = [q["state"] for q in waiting()]
+            client.cancel()  # the client leaves while its request waits: the connection closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await client
+            gone_s = await asyncio.to_thread(_until, lambda: not waiting(), 5, waiting)
+            for ctx in fillers:
+                await ctx.__aexit__(None, None, None)
+            return gone_s, seen
+
+    gone_s, states = asyncio.run(run())
+    assert states == ["waiting"], states  # it was queued, not running, when its client left
+    assert gone_s < 1.0, gone_s
+    _until(lambda: not _requests(stack), 5, lambda: _requests(stack))
+    _until(lambda: _kv_free(stack) == free_before, 5, lambda: (_kv_free(stack), free_before))
+
+
 # ---- the admin API sees and steers what the OpenAI API serves ---------------------------------
 
 
@@ -450,28 +511,18 @@ def test_cordoned_replica_takes_no_new_requests_while_its_running_one_finishes(
 # ---- a replica dies mid-stream (last: it leaves the cluster one replica short) ----------------
 
 
-def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engine: object) -> None:
+def _stream_and_kill(stack: object, body: dict) -> tuple[dict[int, list[int]], str, dict]:
+    """Stream `body`, kill the replica serving it once 10 tokens came; the tokens per choice,
+    the killed replica and the usage chunk."""
     import ray
 
-    from actors.common.sampling_params import SamplingParams
     from orchestrator.controller.settings import NAMESPACE, REPLICA_NAME_PREFIX
 
-    n = 400
-    prompt_ids = offline_engine.tokenizer.encode(PROMPT)
-    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-    expected = offline_engine.generate([prompt_ids], params)[0].token_ids[0]
-    body = {
-        "model": MODEL,
-        "prompt": PROMPT,
-        "max_tokens": n,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "return_token_ids": True,
-    }
-    got: list[int] = []
-    killed = None
+    got: dict[int, list[int]] = {}
+    killed, usage = None, {}
     url = f"{stack.base_url}/v1/completions"
+    body = body | {"stream": True, "return_token_ids": True}
+    body |= {"stream_options": {"include_usage": True}}
     with httpx.stream("POST", url, json=body, headers=AUTH, timeout=60) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
@@ -479,13 +530,45 @@ def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engi
                 continue
             msg = json.loads(line[6:])
             assert "error" not in msg, msg
+            usage = msg.get("usage") or usage
             for choice in msg["choices"]:
-                got.extend(choice["token_ids"])
-            if killed is None and len(got) >= 10:
+                got.setdefault(choice["index"], []).extend(choice["token_ids"])
+            if killed is None and sum(map(len, got.values())) >= 10:
                 busy = {q["replica"] for q in _requests(stack)}
                 assert len(busy) == 1
                 killed = busy.pop()
                 actor = ray.get_actor(REPLICA_NAME_PREFIX + killed, namespace=NAMESPACE)
                 ray.kill(actor, no_restart=True)
-    assert killed is not None and len(got) == n
-    assert got == expected  # nothing lost, nothing repeated, greedy continues exactly
+    assert killed is not None
+    return got, killed, usage
+
+
+def test_replica_death_mid_stream_resumes_on_another(stack: object, offline_engine: object) -> None:
+    from actors.common.sampling_params import SamplingParams
+
+    n = 400
+    prompt_ids = offline_engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    expected = offline_engine.generate([prompt_ids], params)[0].token_ids[0]
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": n, "temperature": 0}
+    got, _, usage = _stream_and_kill(stack, body | {"ignore_eos": True})
+    assert got == {0: expected}  # nothing lost, nothing repeated, greedy continues exactly
+    assert usage["completion_tokens"] == n and usage["prompt_tokens"] == len(prompt_ids)
+
+
+def test_replica_death_resumes_each_of_n_choices(stack: object, offline_engine: object) -> None:
+    """n = 3: each unfinished choice goes on as its own request, resumed after its own tokens."""
+    from actors.common.sampling_params import SamplingParams
+
+    with stack.cluster.admin() as admin:  # the previous test killed one: wait for its successor
+        _until(lambda: sum(r["state"] == "ready" for r in admin.replicas()["replicas"]) == 2, 90)
+    n = 300
+    prompt_ids = offline_engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    expected = offline_engine.generate([prompt_ids], params)[0].token_ids[0]
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": n, "temperature": 0, "n": 3}
+    got, _, usage = _stream_and_kill(stack, body | {"ignore_eos": True})
+    assert got == {0: expected, 1: expected, 2: expected}
+    assert usage["completion_tokens"] == 3 * n and usage["prompt_tokens"] == len(prompt_ids)
+    # The resumed choices ran elsewhere as requests of their own, and none is left behind.
+    _until(lambda: not _requests(stack), 5, lambda: _requests(stack))

@@ -43,9 +43,12 @@ def _ready(admin: AdminClient) -> list[dict]:
     return [r for r in admin.replicas()["replicas"] if r["state"] == "ready"]
 
 
-async def _generate(address: str, request_id: str, params: SamplingParams) -> list[GenerateDelta]:
+async def _generate(
+    cluster: ClusterHandle, address: str, request_id: str, params: SamplingParams
+) -> list[GenerateDelta]:
     # Followed where it moves: scale-in empties replicas by live migration.
-    return await generate_following(address, GenerateSpec(request_id, (3, 4, 5), params))
+    spec = GenerateSpec(request_id, (3, 4, 5), params)
+    return await generate_following(address, spec, security=cluster.security)
 
 
 def _tokens(deltas: list[GenerateDelta]) -> list[int]:
@@ -61,7 +64,9 @@ def test_registers_and_the_admin_api_lists_replicas(cluster: ClusterHandle) -> N
         assert r["state"] == "ready" and r["pid"] > 0 and r["node"] and r["uptime_s"] > 0
         assert r["kv_blocks_total"] > 0 and r["address"].startswith("127.0.0.1:")
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-    outputs = [_tokens(asyncio.run(_generate(r["address"], "cp-gen", params))) for r in replicas]
+    outputs = [
+        _tokens(asyncio.run(_generate(cluster, r["address"], "cp-gen", params))) for r in replicas
+    ]
     assert outputs[0] == outputs[1] and len(outputs[0]) == 4  # same model, greedy
 
 
@@ -88,11 +93,11 @@ def test_scale_out_then_in_loses_no_request(cluster: ClusterHandle) -> None:
         admin.scale(3)
         _wait(lambda: len(_ready(admin)) == 3, 120, admin.replicas)
         replicas = _ready(admin)
-        expected = _tokens(asyncio.run(_generate(replicas[0]["address"], "ref", GREEDY)))
+        expected = _tokens(asyncio.run(_generate(cluster, replicas[0]["address"], "ref", GREEDY)))
 
         async def run_all() -> list[list[GenerateDelta]]:
             streams = [
-                asyncio.create_task(_generate(r["address"], f"scale-{i}", GREEDY))
+                asyncio.create_task(_generate(cluster, r["address"], f"scale-{i}", GREEDY))
                 for i, r in enumerate(replicas)
             ]
             await asyncio.sleep(0.3)  # every request is running now
@@ -116,15 +121,15 @@ def test_killed_replica_goes_unhealthy_and_is_replaced(cluster: ClusterHandle) -
     with cluster.admin() as admin:
         victim = _ready(admin)[0]
         # A request in flight on the victim fails with ReplicaUnavailable (ingress re-dispatches).
-        assert asyncio.run(_generate_while_killed(victim["address"], victim["id"]))
+        assert asyncio.run(_generate_while_killed(cluster, victim["address"], victim["id"]))
         _wait(lambda: victim["id"] not in {r["id"] for r in _ready(admin)}, 10)
         # The reconciler replaces it to get back to two ready replicas.
         _wait(lambda: len(_ready(admin)) == 2, 90, admin.replicas)
         assert victim["id"] not in {r["id"] for r in admin.replicas()["replicas"]}
 
 
-async def _generate_while_killed(address: str, replica_id: str) -> bool:
-    client = ReplicaClient(address)
+async def _generate_while_killed(cluster: ClusterHandle, address: str, replica_id: str) -> bool:
+    client = ReplicaClient(address, cluster.security)
     params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
     try:
         stream = client.generate(GenerateSpec("doomed", (3, 4, 5), params))

@@ -31,7 +31,7 @@ from actors.common.commands import (
     RequestList,
     Uncordon,
 )
-from actors.common.config import TlsFiles
+from actors.common.config import GrpcSecurity
 from actors.common.migration import MigrationReport
 from actors.common.types import LoadReport
 from actors.replica.reporter import ControllerLink, LoadReporter
@@ -50,6 +50,7 @@ from .conftest import tiny_config_yaml
 
 REPORT_S = 0.1
 TOKEN = "unit-test-admin-token"
+SECURITY = GrpcSecurity(secret="unit-test-grpc-secret")  # what every gRPC call here carries
 
 
 class FakeReplicaBackend:
@@ -91,7 +92,7 @@ class FakeReplicaBackend:
         self._start(replica_id, address)
 
     def _start(self, replica_id: str, address: str) -> None:
-        link = ControllerLink(address, timeout_s=1.0)
+        link = ControllerLink(address, SECURITY, timeout_s=1.0)
         reporter = LoadReporter(lambda: self.report(replica_id), link, REPORT_S)
         self.reporters[replica_id] = reporter
         reporter.start()
@@ -134,7 +135,7 @@ class FakeReplicaBackend:
                 self.fail_next -= 1
                 raise RuntimeError("injected backend failure")
 
-    def connect(self, address: str, tls: TlsFiles | None) -> FakeControlClient:
+    def connect(self, address: str, security: GrpcSecurity | None) -> FakeControlClient:
         return FakeControlClient(self, address)
 
 
@@ -194,7 +195,10 @@ def _config(replicas: int = 2) -> ConfigUpdater:
 
 def _settings(config: ConfigUpdater) -> ControllerSettings:
     settings = settings_from_config(
-        config.current, admin_token_digest=token_digest(TOKEN), admin_port=0
+        config.current,
+        admin_token_digest=token_digest(TOKEN),
+        grpc_secret=SECURITY.secret or "",
+        admin_port=0,
     )
     return dataclasses.replace(
         settings, reconcile_interval_s=0.05, dead_after_s=0.3, watch_min_interval_s=0.01
@@ -220,7 +224,7 @@ Controller = tuple[ControllerHost, FakeReplicaBackend, ControllerClient, AdminCl
 def controller() -> Iterator[Controller]:
     backend = FakeReplicaBackend()
     host = _host(backend)
-    client = ControllerClient(host.address)
+    client = ControllerClient(host.address, SECURITY)
     admin = AdminClient(host.admin_url, TOKEN)
     yield host, backend, client, admin
     admin.close()
@@ -282,7 +286,7 @@ def test_replicas_that_die_starting_back_off() -> None:
     backend = FakeReplicaBackend()
     backend.broken = True
     host = _host(backend)
-    client = ControllerClient(host.address)
+    client = ControllerClient(host.address, SECURITY)
     try:
         _wait(lambda: host.reconciler.start_failures >= 1)
         created = len(backend.created)
@@ -452,7 +456,7 @@ def test_apply_config_valid_invalid_and_scale(controller: Controller) -> None:
 def test_restarted_controller_rebuilds_from_registrations() -> None:
     backend = FakeReplicaBackend()
     first = _host(backend)
-    client = ControllerClient(first.address)
+    client = ControllerClient(first.address, SECURITY)
     try:
         _wait(lambda: len(_healthy(client)) == 2)
         ids = sorted(backend.created)
@@ -461,7 +465,7 @@ def test_restarted_controller_rebuilds_from_registrations() -> None:
         first.stop()
     second = _host(backend)
     backend.relink(second.address)
-    client = ControllerClient(second.address)
+    client = ControllerClient(second.address, SECURITY)
     try:
         _wait(lambda: len(_healthy(client)) == 2)
         assert sorted(_healthy(client)) == ids
@@ -478,7 +482,7 @@ def test_router_routes_locally_and_falls_back(controller: Controller) -> None:
     _wait(lambda: len(_healthy(client)) == 2)
 
     async def run() -> None:
-        router = Router(host.address, reconnect_s=0.05)
+        router = Router(host.address, security=SECURITY, reconnect_s=0.05)
         await router.start(wait_s=5)
         try:
             assert router.connected and router.view is not None

@@ -56,9 +56,9 @@ def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> N
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
 
     async def run() -> tuple[Counter, list[int], list[list[int]]]:
-        router = Router(two_nodes.controller_address)
+        router = Router(two_nodes.controller_address, security=two_nodes.security)
         await router.start(wait_s=10)
-        clients = {r.address: ReplicaClient(r.address) for r in replicas}
+        clients = {r.address: ReplicaClient(r.address, two_nodes.security) for r in replicas}
         try:
             picks = [
                 await router.route(RequestMeta(f"mn{i}", num_prompt_tokens=3, max_tokens=3))
@@ -104,11 +104,11 @@ def test_drain_moves_requests_to_the_other_node(two_nodes: ClusterHandle) -> Non
             if len(tokens) >= 3:
                 started.set()
 
-        await generate_following(source["address"], spec, seen)
+        await generate_following(source["address"], spec, seen, two_nodes.security)
         return tokens
 
     async def run() -> tuple[list[list[int]], list[list[int]]]:
-        reference_client = ReplicaClient(target["address"])
+        reference_client = ReplicaClient(target["address"], two_nodes.security)
 
         async def unmoved(i: int, p: tuple[int, ...]) -> list[int]:
             spec = GenerateSpec(f"ref{i}", p, params)

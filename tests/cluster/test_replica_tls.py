@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from actors.common.commands import ListRequests, RequestList
-from actors.common.config import CacheConfig, EngineConfig, TlsFiles
+from actors.common.config import CacheConfig, EngineConfig, GrpcSecurity
 from actors.common.control_client import ReplicaControlClient
 from actors.common.replica_client import ReplicaClient
 from actors.common.sampling_params import SamplingParams
@@ -27,11 +27,13 @@ from orchestrator.controller.host import ControllerHost
 from orchestrator.controller.settings import ControllerSettings
 from policies.cluster_view import ReplicaIdentity, ReplicaLoad
 
+from .conftest import FakeNoReplicas
+
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+def tls(tmp_path_factory: pytest.TempPathFactory) -> GrpcSecurity:
     d: Path = tmp_path_factory.mktemp("tls")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -39,16 +41,19 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True,
     )  # fmt: skip
-    return TlsFiles(cert=str(d / "cert.pem"), key=str(d / "key.pem"))
+    # TLS and the shared secret together, as a deployment with TLS runs.
+    return GrpcSecurity(
+        cert=str(d / "cert.pem"), key=str(d / "key.pem"), secret="tls-and-a-secret-0123"
+    )
 
 
-def test_replica_over_tls(tls: TlsFiles) -> None:
+def test_replica_over_tls(tls: GrpcSecurity) -> None:
     engine = EngineConfig(cache=CacheConfig(cpu_kv_cache_bytes=8 << 20), device="cpu")
-    server = ReplicaServer(lambda: LLMEngine(engine), "r-tls", tls=tls)
+    server = ReplicaServer(lambda: LLMEngine(engine), "r-tls", security=tls)
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
 
     async def run() -> None:
-        client = ReplicaClient(server.address, tls=tls)
+        client = ReplicaClient(server.address, security=tls)
         plain = ReplicaClient(server.address, timeout_s=2.0)
         control = ReplicaControlClient(server.address, tls)
         plain_control = ReplicaControlClient(server.address)
@@ -74,9 +79,9 @@ def test_replica_over_tls(tls: TlsFiles) -> None:
         server.stop()
 
 
-def _no_replicas(tls: TlsFiles) -> tuple[ControllerSettings, ConfigUpdater]:
+def _no_replicas(tls: GrpcSecurity) -> tuple[ControllerSettings, ConfigUpdater]:
     cfg = parse_config("replicas:\n  count: 0\n")
-    return ControllerSettings(tls=tls, admin_port=0), ConfigUpdater(cfg)
+    return ControllerSettings(security=tls, admin_port=0), ConfigUpdater(cfg)
 
 
 def _load(replica_id: str, seq: int = 1) -> LoadReport:
@@ -85,26 +90,7 @@ def _load(replica_id: str, seq: int = 1) -> LoadReport:
     )
 
 
-class FakeNoReplicas:
-    """The backend seam: this test registers its replica by hand."""
-
-    def create_replica(self, *args: object) -> None:
-        raise AssertionError("desired is 0")
-
-    def list_replicas(self) -> list[str]:
-        return []
-
-    def is_alive(self, replica_id: str) -> bool:
-        return False
-
-    def stop_replica(self, replica_id: str) -> None:
-        return None
-
-    def kill_replica(self, replica_id: str) -> None:
-        return None
-
-
-def test_controller_over_tls(tls: TlsFiles) -> None:
+def test_controller_over_tls(tls: GrpcSecurity) -> None:
     settings, config = _no_replicas(tls)
     host = ControllerHost(settings, FakeNoReplicas(), config)
     link = ControllerLink(host.address, tls)
@@ -122,12 +108,12 @@ def test_controller_over_tls(tls: TlsFiles) -> None:
         host.stop()
 
 
-def test_controller_mutual_tls(tls: TlsFiles) -> None:
+def test_controller_mutual_tls(tls: GrpcSecurity) -> None:
     mtls = dataclasses.replace(tls, ca=tls.cert)  # the self-signed cert is its own CA
     settings, config = _no_replicas(mtls)
     host = ControllerHost(settings, FakeNoReplicas(), config)
     with_cert = ControllerLink(host.address, mtls)
-    without_cert = ControllerLink(host.address, TlsFiles(ca=tls.cert), timeout_s=2.0)
+    without_cert = ControllerLink(host.address, GrpcSecurity(ca=tls.cert), timeout_s=2.0)
     try:
         assert with_cert.register(_load("r-mtls"))
         with pytest.raises(grpc.RpcError):

@@ -248,6 +248,14 @@ def _copy(src: Path, dst: Path, edit: Callable[[dict], None] | None = None) -> P
     return dst
 
 
+def _padded(src: Path, dst: Path, name: str, size: int) -> Path:
+    """A copy of the adapter at `src` whose file `name` is grown to `size` bytes (sparse)."""
+    out = _copy(src, dst)
+    with open(out / name, "r+b") as f:
+        f.truncate(size)
+    return out
+
+
 def test_bad_adapters_are_refused_by_name(
     tiny_checkpoint: Callable[[str], Path],
     build_hf: Callable[[str], torch.nn.Module],
@@ -272,6 +280,12 @@ def test_bad_adapters_are_refused_by_name(
         str(_copy(good, tmp_path / "dora", lambda c: c.update(use_dora=True))): "use_dora: True",
         str(other_base): "do not fit this model",
         str(tmp_path / "nowhere"): "lora_path: .* is not a directory",
+        str(_padded(good, tmp_path / "huge", "adapter_model.safetensors", 64 << 20)): (
+            "more than a rank-4 adapter of this model can hold"
+        ),
+        str(_padded(good, tmp_path / "bigcfg", "adapter_config.json", 2 << 20)): (
+            "adapter_config.json: .* bytes, over the"
+        ),
     }
     for path, says in cases.items():
         with pytest.raises(AdapterError, match=says):

@@ -4,6 +4,8 @@ the field, never a 500. Parsed exactly as the ingress parses them (app.parse_req
 from __future__ import annotations
 
 import json
+import pickle
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -81,3 +83,21 @@ def test_unknown_routes_and_methods_answer_in_the_openai_shape() -> None:
     r = client.get("/v1/completions")
     assert r.status_code == 405 and r.json()["error"]["type"]
     assert "detail" not in r.json()
+
+
+class _Touch:
+    """Unpickling this would create `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("model", [CompletionRequest, ChatCompletionRequest])
+def test_a_pickle_body_is_a_400_and_never_unpickled(model: type, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    err = refused(pickle.dumps(_Touch(marker)), model)
+    assert err.param == "body", err.message
+    assert not marker.exists()

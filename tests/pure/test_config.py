@@ -138,6 +138,20 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
     assert len(str(err).splitlines()) == 3
 
 
+def test_a_section_with_a_type_error_still_gets_its_other_checks() -> None:
+    # block_size's power-of-two check is a section check: it used to be skipped when another
+    # key of the same section failed its type, so only the first error of the section showed.
+    err = bad("engine:\n  block_size: 3\n  cpu_kv_cache_bytes: lots\n  max_num_seqs: -1\n")
+    keys = {k for k, _ in err.issues}
+    assert keys == {"engine.block_size", "engine.cpu_kv_cache_bytes", "engine.max_num_seqs"}
+    assert "power of two" in str(err)
+
+
+def test_a_refused_key_is_not_reported_twice() -> None:
+    err = bad("engine:\n  block_size: x\n  max_num_seqs: 0\n")
+    assert sorted(k for k, _ in err.issues) == ["engine.block_size", "engine.max_num_seqs"]
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli.loadgen import (
+    ProgressPrinter,
     RequestResult,
     WorkloadSpec,
     arrival_offsets,
@@ -133,3 +135,17 @@ def test_results_are_strict_json_with_an_infinite_rate(tmp_path: Path) -> None:
     assert "Infinity" not in text and "NaN" not in text
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert data["workload"] == {"rate": None, "x": None}
+
+
+def test_progress_lines_are_throttled_and_the_last_always_shows() -> None:
+    out = io.StringIO()
+    progress = ProgressPrinter(out, every_s=3600.0)
+    for finished in range(1, 11):
+        progress(finished, finished // 5, 10)  # requests 5 and 10 failed
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines  # within the hour only the end is shown
+    assert lines[0].startswith("fleetlm bench: 10/10 requests done, 2 failed, ")
+    every = ProgressPrinter(out := io.StringIO(), every_s=0.0)
+    every(1, 0, 3)
+    every(2, 1, 3)
+    assert out.getvalue().splitlines()[1].startswith("fleetlm bench: 2/3 requests done, 1 failed")
