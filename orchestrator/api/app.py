@@ -7,6 +7,7 @@ OpenAI shape with their status (400 names the field, 404 model, 413 body, 429/50
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -14,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +40,45 @@ from orchestrator.metrics.ingress import CONTENT_TYPE, IngressMetrics
 logger = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+CLIENT_GONE = 499  # nginx's "client closed request": counted in metrics, never sent
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response began."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`, or ClientGone as soon as the client disconnects. A request that waits in a
+    replica's queue (or a non-streamed one while it decodes) has sent the client nothing yet,
+    so only the connection's own end can tell that nobody waits for it: cancelling `work`
+    then aborts the request on its replica (Relay.close)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task  # its cleanup (the abort) runs before the handler returns
+    raise ClientGone
+
+
+async def _disconnect(request: Request) -> None:
+    # The body is read: the next ASGI message is the disconnect, whenever it comes.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(relay: Relay, builder: ResponseBuilder) -> None:
+    async for d in relay:
+        builder.add(d)
 
 
 def error_response(exc: APIError) -> JSONResponse:
@@ -132,7 +172,7 @@ class Handlers:
                 prep = self.serving.prepare_completion(req)
             prep = replace(prep, arrival=arrival)
             model = self._model_label(prep)
-            relay = await self.serving.open(prep)
+            relay = await unless_disconnected(request, self.serving.open(prep))
             first_token = time.perf_counter()
             self.metrics.ttft.observe(first_token - prep.arrival)
             builder = self._builder(prep)
@@ -143,8 +183,11 @@ class Handlers:
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            async for d in relay:
-                builder.add(d)
+            await unless_disconnected(request, _collect(relay, builder))
+        except ClientGone:
+            self.metrics.aborts.inc()
+            self.metrics.observe_request(endpoint, CLIENT_GONE, model)
+            return Response(status_code=CLIENT_GONE)
         except APIError as exc:
             self.metrics.observe_request(endpoint, exc.status, model)
             return error_response(exc)

@@ -374,6 +374,11 @@ def test_client_disconnect_aborts_on_the_replica(stack: object) -> None:
     assert steps - steps_before < 1000
 
 
+def _ready_replicas(stack: object) -> int:
+    with stack.cluster.admin() as admin:
+        return sum(r["state"] == "ready" for r in admin.replicas()["replicas"])
+
+
 def _kv_free(stack: object) -> int:
     with stack.cluster.admin() as admin:
         return sum(r.get("kv_blocks_free", 0) for r in admin.replicas()["replicas"])
@@ -392,8 +397,10 @@ def test_client_disconnect_while_queued_drops_it_unrun(stack: object) -> None:
     """Both replicas full (n=16 each, max_num_seqs 16), a third request waits in a replica's
     queue; its client leaves. It must leave the queue within a second without ever running,
     and once the fillers are gone too, every KV block is free again."""
+    _until(lambda: _ready_replicas(stack) == 2, 90)  # least_load puts one filler on each
     free_before = _kv_free(stack)
-    long = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True}
+    # 16 x 460 tokens fill most of a replica's KV cache (8k tokens) and run for seconds.
+    long = {"model": MODEL, "prompt": PROMPT, "max_tokens": 450, "ignore_eos": True}
 
     async def run() -> tuple[float, list[str]]:
         async with httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=60) as http:
@@ -401,14 +408,17 @@ def test_client_disconnect_while_queued_drops_it_unrun(stack: object) -> None:
             for _ in range(2):
                 ctx = http.stream("POST", "/v1/completions", json=long | {"n": 16, "stream": True})
                 resp = await ctx.__aenter__()
-                assert resp.status_code == 200
+                assert resp.status_code == 200, await resp.aread()
                 fillers.append(ctx)
             await asyncio.to_thread(
-                _until, lambda: sum(q["state"] == "running" for q in _requests(stack)) == 2, 30
+                _until,
+                lambda: sum(q["state"] == "running" for q in _requests(stack)) == 2,
+                30,
+                lambda: _requests(stack),
             )
 
             async def queued() -> None:
-                body = long | {"stream": True}
+                body = long | {"stream": True, "max_tokens": 50}
                 async with http.stream("POST", "/v1/completions", json=body) as resp:
                     await resp.aread()
 
@@ -560,8 +570,7 @@ def test_replica_death_resumes_each_of_n_choices(stack: object, offline_engine: 
     """n = 3: each unfinished choice goes on as its own request, resumed after its own tokens."""
     from actors.common.sampling_params import SamplingParams
 
-    with stack.cluster.admin() as admin:  # the previous test killed one: wait for its successor
-        _until(lambda: sum(r["state"] == "ready" for r in admin.replicas()["replicas"]) == 2, 90)
+    _until(lambda: _ready_replicas(stack) == 2, 90)  # the previous test killed one
     n = 300
     prompt_ids = offline_engine.tokenizer.encode(PROMPT)
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
