@@ -153,13 +153,17 @@ def sample_rss(every_s: float, stop: Any, out: list[tuple[float, dict]]) -> None
 
 
 def rss_growth(samples: list[tuple[float, dict]], settle_s: float) -> list[dict[str, Any]]:
-    """Per process alive from the first sample to the last: RSS at the start, after `settle_s`
-    (allocator arenas and caches fill in the first minute), and at the end."""
+    """Per process alive from the first sample to the last in one role: RSS at the start, after
+    `settle_s` (allocator arenas and caches fill in the first minute), and at the end. Ray
+    pre-starts idle workers (`ray::IDLE`); one that became a replacement replica changed role,
+    and is left out (its growth is a model loading, not a leak)."""
     first, last = samples[0][1], samples[-1][1]
     settled = next((s for t, s in samples if t >= settle_s), last)
     rows = []
     for pid in sorted(set(first) & set(last)):
         name, start = first[pid]
+        if last[pid][0] != name:
+            continue
         mid = settled.get(pid, (name, start))[1]
         end = last[pid][1]
         rows.append({"pid": pid, "name": name, "start_mb": start / 2**20, "settled_mb": mid / 2**20,

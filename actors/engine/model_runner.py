@@ -11,10 +11,11 @@ layout (pinned on GPU).
 
 Sizing: on CPU the KV budget is `cache.cpu_kv_cache_bytes`. On GPU it is
 `gpu_memory_utilization x total memory - peak torch memory of a profile step at
-max_num_batched_tokens (weights included) - this process's memory outside torch`, at most what
-is free next to the step's activations. Memory other processes held before this one started
-(a replica sharing the GPU) is not this replica's: `gpu_memory_utilization` is its own share,
-so two replicas on one GPU take 0.45 each, and a replacement of one starts beside the other.
+max_num_batched_tokens (weights included) - what that step took outside torch`, at most what
+is free next to the step's activations. `gpu_memory_utilization` is this replica's own share
+(its CUDA context and the libraries' one-time buffers live in the rest): memory other processes
+hold, such as a replica sharing the GPU, is not counted against it, so two replicas on one GPU
+take 0.45 each, and the replacement of one starts beside the other.
 `cache.num_gpu_blocks_override` wins on either device.
 
 On GPU, decode-only steps (one new token per chunk, up to 256 chunks) replay CUDA graphs
@@ -109,13 +110,8 @@ class ModelRunner:
         """
         self.config = config
         self._device = resolve_device(config.device)
-        # GPU memory in use before this runner allocates anything: other processes' (a replica
-        # sharing the GPU) and this one's CUDA context. The KV budget leaves it out.
-        self._used_at_start = 0
         if self._device.type == "cuda":
             torch.cuda.set_device(self._device)
-            free, total = torch.cuda.mem_get_info(self._device)
-            self._used_at_start = total - free
         model_dir = Path(config.model.model)
         self.arch = load_arch_config(model_dir)
         self._dtype = resolve_dtype(config.model.dtype, self.arch, self._device)
@@ -388,6 +384,10 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self._device)
         tokens = self.config.scheduler.max_num_batched_tokens
         try:
+            self._profile_run()  # compiles the kernels: seconds, for a first step
+            torch.cuda.synchronize(self._device)
+            free_before, _ = torch.cuda.mem_get_info(self._device)
+            reserved_before = torch.cuda.memory_reserved(self._device)
             self._profile_run()
         except torch.cuda.OutOfMemoryError as exc:
             raise ValueError(
@@ -397,24 +397,25 @@ class ModelRunner:
         torch.cuda.synchronize(self._device)
         peak = torch.cuda.max_memory_allocated(self._device)
         free, total = torch.cuda.mem_get_info(self._device)
-        # This process's memory outside torch's allocator (NCCL, cuBLAS workspaces), plus what
-        # other processes took since this one started: never more KV than what is left.
-        outside_torch = (total - free) - self._used_at_start - torch.cuda.memory_reserved()
+        # What a step takes outside torch's allocator, measured over one compiled step: short,
+        # so a replica sharing the GPU is unlikely to allocate its KV cache meanwhile (that is
+        # not this one's; the bound on free memory below covers it whenever it happens).
+        grown = (free_before - free) - (torch.cuda.memory_reserved(self._device) - reserved_before)
+        outside_torch = max(grown, 0)
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(self._device)
         activations = peak - torch.cuda.memory_allocated(self._device)
         util = self.config.cache.gpu_memory_utilization
         # gpu_memory_utilization is this replica's share of the GPU (replicas sharing one GPU
         # give each its fraction), bounded by what is free now next to the step's activations.
-        budget = min(int(util * total) - peak - max(outside_torch, 0), free - activations)
+        budget = min(int(util * total) - peak - outside_torch, free - activations)
         logger.info(
             "GPU memory: total %.2f GiB x %.2f, torch peak %.2f GiB, outside torch %.2f GiB, "
-            "in use by others at start %.2f GiB, free %.2f GiB, KV budget %.2f GiB",
+            "free %.2f GiB, KV budget %.2f GiB",
             total / 2**30,
             util,
             peak / 2**30,
             outside_torch / 2**30,
-            self._used_at_start / 2**30,
             free / 2**30,
             budget / 2**30,
         )

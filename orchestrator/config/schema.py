@@ -98,9 +98,8 @@ class EngineSection(Section):
     max_num_batched_tokens: int = Field(default=2048, ge=1)
     max_num_seqs: int = Field(default=256, ge=1)
     preemption_mode: Literal["recompute", "swap"] = "recompute"
-    # A fixed KV cache size in blocks instead of sizing it from gpu_memory_utilization: what
-    # replicas that share one GPU (num_gpus < 1) need, since each one would otherwise count the
-    # others' memory as taken.
+    # A fixed KV cache size in blocks instead of sizing it from gpu_memory_utilization (this
+    # replica's share of its GPU; replicas sharing one take a share each).
     num_kv_blocks: int | None = Field(default=None, ge=1)
 
 
