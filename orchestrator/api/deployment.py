@@ -23,7 +23,7 @@ from ray.serve.exceptions import RayServeException
 from actors.common.config import GrpcSecurity
 from actors.common.locator import ControllerLocator
 from orchestrator.api.app import Handlers, build_app
-from orchestrator.api.serving import OpenAIServing, ReplicaPool, ServedModel
+from orchestrator.api.serving import OpenAIServing, ReplicaPool, RequestLimits, ServedModel
 from orchestrator.controller.router import Router
 from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 from orchestrator.http_server import DirectHTTPServer
@@ -46,6 +46,7 @@ class IngressSettings:
     model_wait_s: float = 300.0
     num_replicas: int = 1
     security: GrpcSecurity | None = None  # gRPC to the controller and replicas (config.security)
+    limits: RequestLimits = RequestLimits()  # what one request may ask for
     # SHA-256 digests of the accepted API keys (empty: no auth); keys never leave the CLI.
     api_key_digests: frozenset[str] = frozenset()
     # Where each ingress replica serves HTTP itself (None: only through Serve's proxy).
@@ -141,6 +142,7 @@ class OpenAIIngress:
             self._pool,
             self._router.resolve_adapter,
             on_route=self._metrics.route.observe,
+            limits=settings.limits,
         )
         handlers = Handlers(
             serving,

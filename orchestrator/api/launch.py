@@ -132,12 +132,14 @@ def ingress_settings(
     """`http_port` set: the ingress replicas listen there themselves, on the node that has the
     Ray resource `node_resource`."""
     from orchestrator.api.deployment import IngressSettings
+    from orchestrator.api.serving import RequestLimits
 
     return IngressSettings(
         controller_address=controller_address,
         model_name=cfg.model.name,
         max_body_bytes=cfg.server.max_body_bytes,
         security=security,
+        limits=RequestLimits(cfg.server.max_n, cfg.server.max_stop_sequences),
         api_key_digests=api_key_digests(cfg),
         num_replicas=ingress_replicas,
         http_host=cfg.server.host if http_port is not None else None,

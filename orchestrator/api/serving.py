@@ -86,6 +86,24 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for beyond the model's own limits (server.* in the YAML)."""
+
+    max_n: int = 128  # choices per request
+    max_stop: int = 16  # stop strings, and separately stop_token_ids
+
+    def check(self, params: SamplingParams) -> None:
+        """A 400 naming the field that asks for more than the deployment allows."""
+        asked = (("n", params.n, self.max_n, "server.max_n"),
+                 ("stop", len(params.stop), self.max_stop, "server.max_stop_sequences"),
+                 ("stop_token_ids", len(params.stop_token_ids), self.max_stop,
+                  "server.max_stop_sequences"))  # fmt: skip
+        for name, value, bound, key in asked:
+            if value > bound:
+                raise errors.invalid(name, f"at most {bound} ({key}), got {value}")
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A validated, tokenized request, ready to route."""
 
@@ -140,8 +158,10 @@ class OpenAIServing:
         pool: ReplicaPool,
         resolver: AdapterResolver | None = None,
         on_route: RouteTimer | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.model = model
+        self.limits = limits or RequestLimits()
         self.router = router
         self.pool = pool
         self._resolver = resolver
@@ -246,6 +266,7 @@ class OpenAIServing:
             params.validate(self.model.vocab_size)
         except ValueError as exc:
             raise errors.from_value_error(exc) from exc
+        self.limits.check(params)
         limit = self.model.max_model_len
         if len(ids) >= limit:
             raise errors.invalid(
@@ -295,18 +316,25 @@ class OpenAIServing:
         return relay
 
     async def _route(self, prep: Prepared, avoid: frozenset[str] = frozenset()) -> RouteLike:
-        """A replica for `prep`, never one in `avoid` (replicas that died under it)."""
+        """A replica for `prep`, never one in `avoid` (replicas that died under it). A request
+        re-dispatched after a replica died (`avoid` set) was accepted: it waits up to
+        REROUTE_WAIT_S for a replica rather than failing while the views catch up (the survivor
+        can miss a report while the replacement starts); a new request gets its 503 at once."""
         deadline = time.monotonic() + REROUTE_WAIT_S
         while True:
-            route = await self._route_once(prep)
-            if route.replica_id not in avoid:
+            route = await self._route_once(prep, wait=bool(avoid))
+            if route is not None and route.replica_id not in avoid:
                 return route
-            self.router.release(route.replica_id)
+            if route is not None:
+                self.router.release(route.replica_id)
             if time.monotonic() > deadline:
-                raise errors.no_replica("only replicas that failed this request are listed")
+                raise errors.no_replica(
+                    f"none but replicas that failed this request within {REROUTE_WAIT_S:g}s"
+                )
             await asyncio.sleep(REROUTE_POLL_S)  # back off until the view drops the dead one
 
-    async def _route_once(self, prep: Prepared) -> RouteLike:
+    async def _route_once(self, prep: Prepared, wait: bool = False) -> RouteLike | None:
+        """The router's pick; None when none is free and `wait` (else the 503/429)."""
         started = time.perf_counter()  # the prefix hashes are part of the routing cost
         meta = RequestMeta(
             request_id=prep.request_id,
@@ -321,7 +349,7 @@ class OpenAIServing:
         outcome = await self.router.decide(meta)
         if self._on_route is not None:
             self._on_route(time.perf_counter() - started)
-        if outcome.result is None:
+        if outcome.result is None and not wait:
             raise errors.no_replica(outcome.reason, outcome.overloaded)
         return outcome.result
 

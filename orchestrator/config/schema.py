@@ -179,6 +179,10 @@ class ServerSection(Section):
     unhealthy_after_s: float = Field(default=3.0, gt=0)
     max_queue_per_replica: int = Field(default=64, ge=1)
     max_body_bytes: ByteSize = 1 << 20
+    # What one request may ask for: choices (OpenAI's cap, 128, at most), and stop strings
+    # (each is checked against every new token) or stop token ids.
+    max_n: int = Field(default=128, ge=1, le=128)
+    max_stop_sequences: int = Field(default=16, ge=0, le=1024)
 
 
 class SecuritySection(Section):

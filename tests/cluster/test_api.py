@@ -247,6 +247,7 @@ _BAD = [
     ({"prompt": ["a", "b"]}, 400, "prompt"),
     ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+    ({"prompt": "x", "stop": [str(i) for i in range(17)]}, 400, "stop"),
     ({"prompt": "x", "model": "nope"}, 404, "model"),
     ({"prompt": "x", "model": f"{MODEL}:my-adapter"}, 404, "model"),
 ]
@@ -379,9 +380,11 @@ def _ready_replicas(stack: object) -> int:
         return sum(r["state"] == "ready" for r in admin.replicas()["replicas"])
 
 
-def _kv_free(stack: object) -> int:
+def _kv_blocks(stack: object) -> tuple[int, int]:
+    """(free, total) KV blocks over the replicas, from their latest reports."""
     with stack.cluster.admin() as admin:
-        return sum(r.get("kv_blocks_free", 0) for r in admin.replicas()["replicas"])
+        replicas = admin.replicas()["replicas"]
+    return sum(r["kv_blocks_free"] for r in replicas), sum(r["kv_blocks_total"] for r in replicas)
 
 
 def _until(predicate: object, timeout_s: float, what: object = "") -> float:
@@ -397,25 +400,27 @@ def test_client_disconnect_while_queued_drops_it_unrun(stack: object) -> None:
     """Both replicas full (n=16 each, max_num_seqs 16), a third request waits in a replica's
     queue; its client leaves. It must leave the queue within a second without ever running,
     and once the fillers are gone too, every KV block is free again."""
-    _until(lambda: _ready_replicas(stack) == 2, 90)  # least_load puts one filler on each
-    free_before = _kv_free(stack)
+    _until(lambda: _ready_replicas(stack) == 2, 90)
+    _until(lambda: len(set(_kv_blocks(stack))) == 1, 10, lambda: _kv_blocks(stack))  # all free
     # 16 x 460 tokens fill most of a replica's KV cache (8k tokens) and run for seconds.
     long = {"model": MODEL, "prompt": PROMPT, "max_tokens": 450, "ignore_eos": True}
 
     async def run() -> tuple[float, list[str]]:
         async with httpx.AsyncClient(base_url=stack.base_url, headers=AUTH, timeout=60) as http:
             fillers = []
-            for _ in range(2):
+
+            def full() -> bool:  # every replica runs a filler: 16 sequences, its max_num_seqs
+                running = {q["replica"] for q in _requests(stack) if q["state"] == "running"}
+                return len(running) == 2
+
+            # Routing decides where each filler lands: add them until both replicas are full.
+            while not full():
+                assert len(fillers) < 4, _requests(stack)
                 ctx = http.stream("POST", "/v1/completions", json=long | {"n": 16, "stream": True})
                 resp = await ctx.__aenter__()
                 assert resp.status_code == 200, await resp.aread()
                 fillers.append(ctx)
-            await asyncio.to_thread(
-                _until,
-                lambda: sum(q["state"] == "running" for q in _requests(stack)) == 2,
-                30,
-                lambda: _requests(stack),
-            )
+                await asyncio.sleep(0.3)  # a report interval: the admin API lists it
 
             async def queued() -> None:
                 body = long | {"stream": True, "max_tokens": 50}
@@ -440,7 +445,7 @@ def test_client_disconnect_while_queued_drops_it_unrun(stack: object) -> None:
     assert states == ["waiting"], states  # it was queued, not running, when its client left
     assert gone_s < 1.0, gone_s
     _until(lambda: not _requests(stack), 5, lambda: _requests(stack))
-    _until(lambda: _kv_free(stack) == free_before, 5, lambda: (_kv_free(stack), free_before))
+    _until(lambda: len(set(_kv_blocks(stack))) == 1, 5, lambda: _kv_blocks(stack))  # all free
 
 
 # ---- the admin API sees and steers what the OpenAI API serves ---------------------------------

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from actors.common.sampling_params import SamplingParams
 from orchestrator.api.app import build_app, parse_request
 from orchestrator.api.errors import APIError
 from orchestrator.api.protocol import ChatCompletionRequest, CompletionRequest
+from orchestrator.api.serving import RequestLimits
 
 BASE = {"model": "m", "prompt": "hi"}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -101,3 +103,22 @@ def test_a_pickle_body_is_a_400_and_never_unpickled(model: type, tmp_path: Path)
     err = refused(pickle.dumps(_Touch(marker)), model)
     assert err.param == "body", err.message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        (SamplingParams(n=9), "n"),
+        (SamplingParams(stop=tuple("abcde")), "stop"),
+        (SamplingParams(stop_token_ids=(1, 2, 3, 4, 5)), "stop_token_ids"),
+    ],
+)
+def test_request_limits_from_the_deployment_name_the_field(
+    params: SamplingParams, field: str
+) -> None:
+    limits = RequestLimits(max_n=8, max_stop=4)
+    with pytest.raises(APIError) as info:
+        limits.check(params)
+    assert info.value.status == 400 and info.value.param == field
+    assert "server." in info.value.message  # says which setting bounds it
+    limits.check(SamplingParams(n=8, stop=tuple("abcd"), stop_token_ids=(1, 2, 3, 4)))
