@@ -7,9 +7,14 @@ starts it again. Ray is shut down at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import httpx
 import pytest
 
 RAY_NUM_CPUS = 4  # logical slots: two 1-CPU replicas plus room; the machine has 2 cores
@@ -154,3 +159,39 @@ class FakeNoReplicas:
 
     def kill_replica(self, replica_id: str) -> None:
         return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/health", timeout=5)  # open: probes carry no key
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)  # polling a server that is starting up
+    raise AssertionError(f"stack never became healthy: {last}")
+
+
+@contextlib.contextmanager
+def started_stack(text: str, **options: Any) -> Iterator[Any]:
+    """The whole stack (start_stack, as `fleetlm serve` runs it) from the deployment YAML
+    `text`, healthy; shut down on exit. `options`: more ServeOptions (http_path, ...)."""
+    from orchestrator.api.launch import ServeOptions, start_stack
+    from orchestrator.config.load import parse_config
+
+    opts = ServeOptions(config=parse_config(text), admin_port=0, write_admin_files=False, **options)
+    st = start_stack(opts)
+    try:
+        wait_healthy(st.base_url)
+        yield st
+    finally:
+        st.shutdown()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import tiny_config_yaml
+from .conftest import free_port, started_stack, tiny_config_yaml
 
 MODEL = "fleetlm/tiny-llama"
 MAX_BODY = 64 * 1024
@@ -28,46 +27,12 @@ AUTH = {"authorization": f"Bearer {API_KEY}"}
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(ray_local: None) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
-    text = tiny_config_yaml(replicas=2, http_port=_free_port(), max_body_bytes=MAX_BODY)
-    cfg = parse_config(text + f"security:\n  api_keys: [{API_KEY}]\n")
-    options = ServeOptions(
-        config=cfg,
-        http_path="direct",
-        serve_proxy_port=_free_port(),
-        admin_port=0,
-        write_admin_files=False,
-    )
-    st = start_stack(options)
-    try:
-        _wait_healthy(st.base_url)
+    text = tiny_config_yaml(replicas=2, http_port=free_port(), max_body_bytes=MAX_BODY)
+    text += f"security:\n  api_keys: [{API_KEY}]\n"
+    with started_stack(text, http_path="direct", serve_proxy_port=free_port()) as st:
         yield st
-    finally:
-        st.shutdown()
-
-
-def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(f"{url}/health", timeout=5)  # open: probes carry no key
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.2)  # polling a server that is starting up
-    raise AssertionError(f"stack never became healthy: {last}")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, tiny_config_yaml, wait_healthy
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def proxy_port(ray_local: None) -> Iterator[int]:
 
     from orchestrator.controller.launcher import stop_cluster
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield port
@@ -48,7 +47,7 @@ def test_build_app_deploys_then_redeploys_in_place(proxy_port: int, tmp_path: Pa
     path.write_text(tiny_config_yaml(replicas=1, policy="round_robin"))
     _deploy(path)
     url = f"http://127.0.0.1:{proxy_port}"
-    _wait_healthy(url)
+    wait_healthy(url)
     body = {"model": "fleetlm/tiny-llama", "prompt": [5, 6, 7], "max_tokens": 4}
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

@@ -8,22 +8,15 @@ up every actor.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
 import ray
 
-from .conftest import tiny_config_yaml
+from .conftest import free_port, tiny_config_yaml
 
 MODEL = "fleetlm/tiny-llama"
 BODY = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _until(check: object, timeout_s: float = 60.0) -> httpx.Response:
@@ -55,7 +48,7 @@ def test_ingress_serves_through_a_controller_outage(ray_local: None) -> None:
     from orchestrator.config.load import parse_config
     from orchestrator.controller.settings import CONTROLLER_NAME, NAMESPACE
 
-    cfg = parse_config(tiny_config_yaml(replicas=1, http_port=_free_port()))
+    cfg = parse_config(tiny_config_yaml(replicas=1, http_port=free_port()))
     stack = start_stack(ServeOptions(config=cfg, admin_port=0, write_admin_files=False))
     try:
         url = stack.base_url

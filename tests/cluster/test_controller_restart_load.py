@@ -10,25 +10,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import burst_through_a_fault, tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import burst_through_a_fault, free_port, started_stack, tiny_config_yaml
 
 N, MAX_TOKENS = 12, 400
 
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
-    cfg = parse_config(tiny_config_yaml(replicas=2, http_port=_free_port()))
-    opts = ServeOptions(config=cfg, http_path="direct", admin_port=0, write_admin_files=False)
-    st = start_stack(opts)
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(
+        tiny_config_yaml(replicas=2, http_port=free_port()), http_path="direct"
+    ) as st:
         yield st
-    finally:
-        st.shutdown()
 
 
 def _replicas(controller: object, token: str) -> set[str]:

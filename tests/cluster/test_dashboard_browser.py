@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, started_stack, tiny_config_yaml
 from .test_lora_stack import _save_adapter
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,24 +29,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
     root = tmp_path_factory.mktemp("dash-adapters")
     _save_adapter(root / "sql", 8, 8, ["q_proj", "v_proj"], seed=1)
-    text = tiny_config_yaml(replicas=2, http_port=_free_port()) + (
+    text = tiny_config_yaml(replicas=2, http_port=free_port()) + (
         f"adapters:\n  max_loras: 2\n  allowed_dirs: [{root}]\n"
         f"  preload:\n    - {{name: sql, path: {root / 'sql'}}}\n"
     )
-    opts = ServeOptions(
-        config=parse_config(text), http_path="direct", admin_port=0, write_admin_files=False
-    )
-    st = start_stack(opts)
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(text, http_path="direct") as st:
         yield st
-    finally:
-        st.shutdown()
 
 
 @pytest.fixture(scope="module")

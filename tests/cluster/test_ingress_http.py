@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 from orchestrator.api.launch import check_port_free
 from orchestrator.http_server import DirectHTTPServer, bind_socket
 
+from .conftest import free_port
+
 
 def _app(name: str) -> FastAPI:
     app = FastAPI()
@@ -27,15 +29,9 @@ def _app(name: str) -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serves_and_stops() -> None:
     async def run() -> None:
-        port = _free_port()
+        port = free_port()
         server = DirectHTTPServer(_app("a"), "127.0.0.1", port)
         await server.start()
         server.check()
@@ -54,7 +50,7 @@ def test_serves_and_stops() -> None:
 
 def test_replicas_share_the_port() -> None:
     async def run() -> None:
-        port = _free_port()
+        port = free_port()
         servers = [DirectHTTPServer(_app(n), "127.0.0.1", port) for n in ("a", "b")]
         for s in servers:
             await s.start()

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, started_stack, tiny_config_yaml
 from .test_lora_stack import _save_adapter
 
 # Fast on purpose: one request per second already wants two holders; 4 s without requests
@@ -25,25 +24,14 @@ PLACEMENT = (
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
     root = tmp_path_factory.mktemp("placement-root")
     _save_adapter(root / "hot", 4, 8, ["q_proj", "v_proj"], seed=3)
-    text = tiny_config_yaml(replicas=2, http_port=_free_port()) + (
+    text = tiny_config_yaml(replicas=2, http_port=free_port()) + (
         f"adapters:\n  max_loras: 2\n  allowed_dirs: [{root}]\n"
         f"  preload:\n    - {{name: hot, path: {root / 'hot'}}}\n" + PLACEMENT
     )
-    st = start_stack(
-        ServeOptions(
-            config=parse_config(text), http_path="direct", admin_port=0, write_admin_files=False
-        )
-    )
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(text, http_path="direct") as st:
         yield st
-    finally:
-        st.shutdown()
 
 
 def _until(check: Callable[[], object], timeout_s: float = 30.0) -> object:

@@ -17,8 +17,7 @@ import peft
 import pytest
 import torch
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, started_stack, tiny_config_yaml
 
 MODEL = "fleetlm/tiny-llama"
 SPECS = {"sql": (8, ["q_proj", "v_proj", "down_proj"]), "poet": (4, ["o_proj", "up_proj"])}
@@ -70,19 +69,9 @@ def _config_text(root: Path, http_port: int, preload_root: Path | None = None) -
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None, adapters: tuple[Path, dict]) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
-    cfg = parse_config(_config_text(adapters[0], _free_port()))
-    st = start_stack(
-        ServeOptions(config=cfg, http_path="direct", admin_port=0, write_admin_files=False)
-    )
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(_config_text(adapters[0], free_port()), http_path="direct") as st:
         _wait_adapters(st.base_url)
         yield st
-    finally:
-        st.shutdown()
 
 
 def _wait_adapters(url: str, timeout_s: float = 30.0) -> None:

@@ -14,8 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, started_stack, tiny_config_yaml
 from .test_lora_stack import SPECS, _save_adapter
 
 MODEL = "fleetlm/tiny-llama"
@@ -28,22 +27,15 @@ Samples = list[tuple[str, dict[str, str], float]]
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
     root = tmp_path_factory.mktemp("metrics-lora")
     rank, targets = SPECS[ADAPTER]
     _save_adapter(root / ADAPTER, rank, rank, targets, seed=0)
-    text = tiny_config_yaml(replicas=2, http_port=_free_port()) + (
+    text = tiny_config_yaml(replicas=2, http_port=free_port()) + (
         f"adapters:\n  max_loras: 2\n  allowed_dirs: [{root}]\n"
         f"  preload:\n    - {{name: {ADAPTER}, path: {Path(root) / ADAPTER}}}\n"
     )
-    st = start_stack(ServeOptions(config=parse_config(text), admin_port=0, write_admin_files=False))
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(text) as st:
         yield st
-    finally:
-        st.shutdown()
 
 
 @pytest.fixture(scope="module")

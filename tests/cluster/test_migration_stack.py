@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +15,9 @@ import httpx
 import openai
 import pytest
 
-from .conftest import tiny_config_yaml
+from .conftest import free_port, tiny_config_yaml
 
 MODEL = "fleetlm/tiny-llama"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def stack(ray_local: None) -> Iterator[object]:
     from orchestrator.api.launch import ServeOptions, start_stack
     from orchestrator.config.load import parse_config
 
-    text = tiny_config_yaml(replicas=2, http_port=_free_port())
+    text = tiny_config_yaml(replicas=2, http_port=free_port())
     text += "migration:\n  downtime_budget_ms: 5\n  max_concurrent_per_replica: 4\n"
     st = start_stack(ServeOptions(config=parse_config(text), admin_port=0, write_admin_files=False))
     try:

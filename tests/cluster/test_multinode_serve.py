@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
-from .test_serve_cli import CLI, _free_port, _wait_healthy
+from .conftest import free_port, tiny_config_yaml
+from .test_serve_cli import CLI, _wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_fleetlm_serve_joins_a_two_node_cluster_and_serves_from_both(
 ) -> None:
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text(tiny_config_yaml(replicas=2, policy="round_robin", host="0.0.0.0"))
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLEETLM_CACHE": str(tmp_path / "cache")}
     env.pop("FLEETLM_ADMIN_TOKEN", None)
     args = ["serve", "--config", str(cfg), "--address", two_nodes, "--port", str(port)]
@@ -112,7 +112,7 @@ def test_fleetlm_serve_notices_when_ray_goes_away(_ray_session: None, tmp_path: 
     address = nodes.address
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text(tiny_config_yaml(replicas=1))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLEETLM_CACHE": str(tmp_path / "cache")}
     args = ["serve", "--config", str(cfg), "--address", address, "--port", str(port)]
     proc = subprocess.Popen(

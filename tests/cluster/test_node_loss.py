@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import burst_through_a_fault, tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import burst_through_a_fault, free_port, started_stack, tiny_config_yaml
 
 N, MAX_TOKENS = 6, 600
 
@@ -35,19 +34,9 @@ def cluster(_ray_session: None) -> Iterator[object]:
 
 
 def test_a_lost_node_loses_no_request(cluster: object) -> None:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
-    cfg = parse_config(tiny_config_yaml(replicas=2, policy="round_robin", http_port=_free_port()))
-    stack = start_stack(
-        ServeOptions(config=cfg, http_path="direct", admin_port=0, write_admin_files=False)
-    )
-    try:
-        _wait_healthy(stack.base_url)
-        with stack.cluster.admin() as admin:
-            _check(stack, cluster, admin)
-    finally:
-        stack.shutdown()
+    text = tiny_config_yaml(replicas=2, policy="round_robin", http_port=free_port())
+    with started_stack(text, http_path="direct") as stack, stack.cluster.admin() as admin:
+        _check(stack, cluster, admin)
 
 
 def _check(stack: object, cluster: object, admin: object) -> None:

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
-from .test_api import _free_port, _wait_healthy
+from .conftest import free_port, started_stack, tiny_config_yaml
 
 N = 16  # one replica runs 1 request and queues 1: most of the burst must be refused
 MAX_TOKENS = 48
@@ -22,20 +21,10 @@ MAX_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def stack(ray_local: None) -> Iterator[object]:
-    from orchestrator.api.launch import ServeOptions, start_stack
-    from orchestrator.config.load import parse_config
-
-    text = tiny_config_yaml(replicas=1, http_port=_free_port(), max_queue_per_replica=1)
+    text = tiny_config_yaml(replicas=1, http_port=free_port(), max_queue_per_replica=1)
     text = text.replace("max_num_seqs: 16", "max_num_seqs: 1")
-    opts = ServeOptions(
-        config=parse_config(text), http_path="direct", admin_port=0, write_admin_files=False
-    )
-    st = start_stack(opts)
-    try:
-        _wait_healthy(st.base_url)
+    with started_stack(text, http_path="direct") as st:
         yield st
-    finally:
-        st.shutdown()
 
 
 def test_a_full_fleet_answers_429_with_retry_after_and_loses_nothing(stack: object) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import tiny_config_yaml
+from .conftest import free_port, tiny_config_yaml
 
 CLI = [sys.executable, "-m", "orchestrator.cli.main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -68,13 +61,13 @@ def test_serve_status_bench_and_clean_shutdown(ray_local: None, tmp_path: Path) 
 
     cfg = tmp_path / "deploy.yaml"
     cfg.write_text(tiny_config_yaml(replicas=1))  # http_port 0 in the file; --port overrides
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     gcs = ray.get_runtime_context().gcs_address
     cache = tmp_path / "cache"  # where serve leaves the admin URL and token for the CLI
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLEETLM_CACHE": str(cache)}
     env.pop("FLEETLM_ADMIN_TOKEN", None)
-    admin_port = _free_port()
+    admin_port = free_port()
     proc = subprocess.Popen(
         [
             *CLI,
