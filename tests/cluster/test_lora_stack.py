@@ -212,8 +212,8 @@ def test_load_serve_unload_at_run_time(
     resp = httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60).json()
     assert resp["choices"][0]["token_ids"] == _greedy(late, prompt, 8)
     with AdminClient(stack.admin_url, stack.cluster.admin_token.value) as admin:
-        listed = {a["name"]: a for a in admin.adapters()}
-        assert len(listed["late"]["loaded_on"]) == 2
+        # loaded_on is built from replica reports; the second replica's may come a beat later
+        _until(lambda: len({a["name"]: a for a in admin.adapters()}["late"]["loaded_on"]) == 2)
 
     r = _lora_call(stack, "unload", {"lora_name": "late"})
     assert r.status_code == 200, r.text
