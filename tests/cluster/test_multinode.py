@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -69,8 +70,12 @@ def test_one_replica_per_node_and_requests_spread(two_nodes: ClusterHandle) -> N
                 *(_tokens(clients[p.address], s) for p, s in zip(picks, specs, strict=True))
             )
             with two_nodes.admin() as admin:  # the replicas' own reports, over the admin API
-                await asyncio.sleep(0.6)  # one report interval: the steps just run are counted
-                loads = (await asyncio.to_thread(admin.replicas))["replicas"]
+                deadline = time.monotonic() + 10
+                while True:  # the steps just run are counted with each replica's next report
+                    loads = (await asyncio.to_thread(admin.replicas))["replicas"]
+                    if all(r["num_steps"] > 0 for r in loads) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)  # polls the admin API
             return Counter(p.replica_id for p in picks), [r["num_steps"] for r in loads], outs
         finally:
             await router.close()
