@@ -11,7 +11,8 @@ completed, failed (by status); p50/p99 end-to-end latency inside kill windows (t
 a kill) and outside; the time from each kill until the fleet is back to --replicas ready
 replicas; and the resident memory of every process of the deployment every 20 s: growth from
 the start of the steady part, and from one minute in (after allocator arenas and caches have
-filled), to its end.
+filled), to its end. The load generator runs in a process of its own, so the driver measured
+is the stack's launcher alone, as `fleetlm serve` is.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,12 @@ async def load(
         return list(await asyncio.gather(*tasks))
 
 
+def run_load(url: str, rate: float, seconds: float, seed: int, max_tokens: int) -> list[dict]:
+    """`load` in the load generator's own process: the driver measured is then the stack's
+    launcher alone (as `fleetlm serve` is), not a client holding every result."""
+    return asyncio.run(load(url, rate, seconds, seed, max_tokens))
+
+
 def ready_replicas(stack: Any) -> list[dict[str, Any]]:
     with stack.cluster.admin() as admin:
         return [r for r in admin.replicas()["replicas"] if r["state"] == "ready"]
@@ -132,12 +141,15 @@ def killer(stack: Any, every_s: float, seconds: float, want: int, out: list[dict
 
 
 def deployment_rss() -> dict[int, tuple[str, int]]:
-    """Name and RSS of this driver and every Ray worker process (controller, replicas, ingress)."""
+    """Name and RSS of this driver (the stack's launcher), every Ray worker process
+    (controller, replicas, ingress) and Ray's own raylet and GCS server."""
     out = {}
     for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["pid"] == os.getpid() or "ray::" in cmd or "default_worker" in cmd:
-            name = "driver" if p.info["pid"] == os.getpid() else cmd.split()[0]
+        argv = p.info["cmdline"] or []
+        cmd = " ".join(argv)
+        system = bool(argv) and Path(argv[0]).name in ("raylet", "gcs_server")
+        if p.info["pid"] == os.getpid() or "ray::" in cmd or "default_worker" in cmd or system:
+            name = "driver" if p.info["pid"] == os.getpid() else Path(argv[0]).name
             out[p.info["pid"]] = (name, p.info["memory_info"].rss)
     return out
 
@@ -191,25 +203,29 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/soak.json")
     args = ap.parse_args()
     cfg = parse_config(config_text(args.replicas, args.gpu))
-    stack = start_stack(ServeOptions(config=cfg, write_admin_files=False))
-    try:
-        asyncio.run(load(stack.base_url, args.rate, 10, 1, args.max_tokens))  # warm-up
-        samples: list[tuple[float, dict]] = []
-        stop = threading.Event()
-        sampler = threading.Thread(target=sample_rss, args=(20.0, stop, samples))
-        sampler.start()
-        kills: list[dict] = []
-        seconds = args.minutes * 60
-        thread = threading.Thread(
-            target=killer, args=(stack, args.kill_every, seconds, args.replicas, kills)
-        )
-        thread.start()
-        results = asyncio.run(load(stack.base_url, args.rate, seconds, 2, args.max_tokens))
-        thread.join()
-        stop.set()
-        sampler.join()
-    finally:
-        stack.shutdown()
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no Ray state inherited
+    with ProcessPoolExecutor(1, mp_context=spawn) as generator:
+        stack = start_stack(ServeOptions(config=cfg, write_admin_files=False))
+        try:
+            url = stack.base_url
+            generator.submit(run_load, url, args.rate, 10, 1, args.max_tokens).result()  # warm-up
+            samples: list[tuple[float, dict]] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_rss, args=(20.0, stop, samples))
+            sampler.start()
+            kills: list[dict] = []
+            seconds = args.minutes * 60
+            thread = threading.Thread(
+                target=killer, args=(stack, args.kill_every, seconds, args.replicas, kills)
+            )
+            thread.start()
+            steady = generator.submit(run_load, url, args.rate, seconds, 2, args.max_tokens)
+            results = steady.result()
+            thread.join()
+            stop.set()
+            sampler.join()
+        finally:
+            stack.shutdown()
     in_window = [
         r for r in results if any(k["at"] <= r["end"] and r["start"] <= k["at"] + KILL_WINDOW_S
                                   for k in kills)
