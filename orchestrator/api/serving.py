@@ -380,7 +380,6 @@ class Relay:
         self._first: GenerateDelta | None = None
         self._sent: dict[int, list[int]] = {}  # choice -> tokens already relayed
         self._done: set[int] = set()  # choices that finished
-        self._left = prep.params.n
         self._failed: set[str] = set()  # replicas that died under (or refused) this request
         self._lost = 0  # replicas that died under it
         self.closed = False
@@ -428,7 +427,6 @@ class Relay:
             self._sent.setdefault(d.index, []).extend(d.token_ids)
             if d.finished:
                 self._done.add(d.index)
-                self._left -= 1
             return d
 
     def _follow(self, address: str) -> None:
@@ -478,6 +476,11 @@ class Relay:
         child._sent = {0: list(self._sent.get(index, ()))}
         child._failed, child._lost = set(self._failed), self._lost
         return child
+
+    @property
+    def _left(self) -> int:
+        """Choices not finished yet."""
+        return self._prep.params.n - len(self._done)
 
     def __aiter__(self) -> Relay:
         return self
